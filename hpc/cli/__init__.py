@@ -1,0 +1,1 @@
+"""Command-line front ends: ``hpc-launch`` and ``hpc``."""

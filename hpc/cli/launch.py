@@ -1,0 +1,118 @@
+"""``hpc-launch [-m] [key=value ...]``: compose, validate, plan, then run or submit.
+
+Exit codes: 0 success, 2 bad input (nothing launched), otherwise the job's own.
+Only light modules are imported here; torch and mlflow load inside the job.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+
+from hpc.config import ConfigError
+
+USAGE = """\
+usage: hpc-launch [-m|--multirun] [--cfg] [key=value ...]
+
+Compose the job config (configs/config.yaml) with overrides and launch it.
+  hpc-launch                                  digits job, 2 local workers
+  hpc-launch job.epochs=3 resources.tasks_per_node=4
+  hpc-launch cluster=slurm dry_run=true       print the sbatch script only
+  hpc-launch --cfg                            print the resolved config only
+Config groups: cluster={local,slurm,k8s} job={digits}
+"""
+
+
+def err(message: str) -> None:
+    print(f"hpc-launch: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE, end="")
+        return 0
+    multirun = False
+    show_cfg = False
+    overrides: list[str] = []
+    for arg in args:
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg == "--cfg":
+            show_cfg = True
+        elif arg.startswith("-"):
+            err(f"error: unknown option {arg!r} (see hpc-launch --help)")
+            return 2
+        else:
+            overrides.append(arg)
+    if multirun:
+        from hpc.sweep import run_sweep
+
+        return run_sweep(overrides)
+    return launch(overrides, show_cfg=show_cfg)
+
+
+def launch(overrides: Sequence[str], show_cfg: bool = False) -> int:
+    from hpc.jobspec import load_spec
+    from hpc.launchers import get_launcher
+
+    try:
+        spec = load_spec(overrides)
+        launcher = get_launcher(spec.launcher)
+        plan = launcher.plan(spec)
+    except ConfigError as exc:
+        err(f"error: {exc}")
+        return 2
+    except KeyError as exc:
+        err(f"error: cluster: {exc.args[0]}")
+        return 2
+    if show_cfg:
+        sys.stdout.write(spec.config_yaml())
+        return 0
+    if spec.config.get("dry_run"):
+        sys.stdout.write(plan.text)
+        return 0
+    try:
+        handle = launcher.submit(plan)
+    except ConfigError as exc:
+        err(f"error: {exc}")
+        return 2
+    err(f"{handle.job_id}: started, run directory {handle.run_dir}")
+    if spec.launcher != "local" and not spec.config.get("wait"):
+        return 0
+    return follow(handle, spec.name)
+
+
+def follow(handle, name: str) -> int:  # type: ignore[no-untyped-def]
+    """Wait for the job with a progress display; forward Ctrl-C/SIGTERM to it."""
+    from hpc.cli.progress import Progress
+
+    interrupts = 0
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1 and signum == signal.SIGINT:
+            handle.forward(signal.SIGKILL) if hasattr(handle, "forward") else handle.cancel()
+            return
+        err(f"{signal.Signals(signum).name}: stopping {handle.job_id}")
+        handle.forward(signum) if hasattr(handle, "forward") else handle.cancel()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with Progress(handle, name) as progress:
+            code = progress.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    message = getattr(handle, "message", None)
+    if code == 0:
+        err(f"{handle.job_id}: COMPLETED ({handle.run_dir})")
+    else:
+        err(f"{handle.job_id}: {handle.status()}: {message or f'exit code {code}'}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

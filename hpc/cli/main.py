@@ -1,0 +1,119 @@
+"""``hpc``: subcommands around launched jobs (status, show, topo, cost, ...).
+
+Each subcommand's module is imported only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from hpc import records
+
+# Subcommands implemented in their own modules: name -> "module:function(argv) -> int".
+DELEGATED = {
+    "topo": "hpc.topology.cli:main",
+    "cost": "hpc.cost.cli:main",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpc", description="Inspect and manage hpc-launch jobs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = sub.add_parser("status", help="list recent runs")
+    status.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
+    status.add_argument("--json", action="store_true", help="print records as JSON")
+    show = sub.add_parser("show", help="print one run's record")
+    show.add_argument("run_dir", metavar="RUN_DIR")
+    for name in DELEGATED:
+        sub.add_parser(name, help=f"{name} subcommands (see hpc {name} --help)", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in DELEGATED:
+        import importlib
+
+        module_name, _, func = DELEGATED[args_list[0]].partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            print(f"hpc: error: {args_list[0]}: not available ({exc})", file=sys.stderr)
+            return 2
+        return int(getattr(module, func)(args_list[1:]))
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    if args.command == "status":
+        return cmd_status(args.limit, args.json)
+    if args.command == "show":
+        return cmd_show(args.run_dir)
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+def effective_state(record: dict[str, Any]) -> str:
+    """A local run whose launcher died without finishing shows as LOST."""
+    state = str(record.get("state", "?"))
+    pid = (record.get("extra") or {}).get("launcher_pid")
+    if record.get("launcher") == "local" and state in ("PENDING", "RUNNING") and pid:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return "LOST"
+        except PermissionError:
+            pass
+    return state
+
+
+def cmd_status(limit: int, as_json: bool) -> int:
+    if limit < 1:
+        print("hpc: error: --limit: must be >= 1", file=sys.stderr)
+        return 2
+    runs = records.recent_runs(limit)
+    for run in runs:
+        run["state"] = effective_state(run)
+    if as_json:
+        print(json.dumps(runs, indent=2))
+        return 0
+    if not runs:
+        print("no runs yet (hpc-launch writes one record per launch)", file=sys.stderr)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="recent runs")
+    for column in ("name", "launcher", "job id", "state", "started", "run dir"):
+        table.add_column(column)
+    for run in runs:
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.get("created", 0)))
+        table.add_row(
+            str(run.get("name")),
+            str(run.get("launcher")),
+            str(run.get("job_id")),
+            run["state"],
+            started,
+            str(run.get("run_dir")),
+        )
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    return 0
+
+
+def cmd_show(run_dir: str) -> int:
+    try:
+        record = records.load(run_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"hpc: error: {exc}", file=sys.stderr)
+        return 2
+    record["state"] = effective_state(record)
+    print(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Compose a job config from the shipped Hydra groups plus command-line overrides.
+
+Every failure becomes a :class:`ConfigError` with one line that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_MODULE = "hpc.configs"
+CONFIG_NAME = "config"
+
+
+class ConfigError(ValueError):
+    """A bad config value, override or file. ``str()`` is one line naming the key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``config.yaml`` with ``overrides``; raise ConfigError on any problem."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from hpc.spec import register_configs
+
+    check_override_syntax(overrides)
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides))
+    except Exception as exc:  # Hydra and OmegaConf raise many kinds; translate all
+        raise translate_error(exc, overrides) from None
+    finally:
+        GlobalHydra.instance().clear()
+    # `+key=value` may add keys a schema does not declare: reject them here.
+    check_declared_keys(cfg)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def check_declared_keys(node: Any, prefix: str = "") -> None:
+    """Every key of a node typed by a dataclass must be one of its fields."""
+    if not isinstance(node, DictConfig):
+        return
+    schema = OmegaConf.get_type(node)
+    declared = (
+        {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    )
+    for key in node:
+        full = f"{prefix}{key}"
+        if declared is not None and key not in declared:
+            allowed = ", ".join(sorted(declared)) or "none"
+            raise ConfigError(full, f"unknown key (allowed here: {allowed})")
+        if not OmegaConf.is_missing(node, key):
+            check_declared_keys(node._get_node(key), prefix=f"{full}.")
+
+
+def check_override_syntax(overrides: Sequence[str]) -> None:
+    """Reject malformed overrides early, naming the offending text."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for text in overrides:
+        key = text.split("=", 1)[0].lstrip("+~")
+        if text.startswith("=") or not key:
+            raise ConfigError(text, f"override {text!r} has no key (use key=value)")
+        if "=" not in text and not text.startswith("~"):
+            raise ConfigError(key or text, f"override {text!r} has no '=' (use key=value)")
+        try:
+            parser.parse_override(text)
+        except Exception as exc:
+            raise ConfigError(key, f"cannot parse override {text!r}: {_first_line(exc)}") from None
+
+
+_KEY_PATTERNS = [
+    re.compile(r"full_key:\s*(?P<key>[\w.\[\]-]+)"),
+    re.compile(r"Could not override '(?P<key>[^']+)'"),
+    re.compile(r"Could not append to config\. An item is already at '(?P<key>[^']+)'"),
+    re.compile(r"Could not delete from config\. '(?P<key>[^']+)'"),
+    re.compile(r"In '(?P<key>[^']+)': Could not find '(?P<missing>[^']+)'"),
+    re.compile(r"Could not load '(?P<key>[^']+)'"),
+    re.compile(r"Key '(?P<key>[^']+)' not in"),
+    re.compile(r"Key '(?P<key>[^']+)' is not in struct"),
+]
+
+
+def translate_error(exc: BaseException, overrides: Sequence[str]) -> ConfigError:
+    """Turn a Hydra/OmegaConf exception into a one-line ConfigError naming the key."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    # The innermost OmegaConf error carries the most precise key.
+    for err in reversed(chain):
+        full_key = getattr(err, "full_key", None)
+        if full_key:
+            return ConfigError(str(full_key), _omegaconf_message(err))
+    text = " ".join(str(e) for e in chain)
+    key = ""
+    for pattern in _KEY_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            key = match.group("key")
+            break
+    # e.g. "In 'config': Could not find 'cluster/foo'" -> name the group key.
+    match = re.search(r"Could not find '(?P<g>[^']+)/(?P<opt>[^'/]+)'", text)
+    if match:
+        group = match.group("g")
+        options = re.findall(r"^\t(\S+)$", text.split("Config search path")[0], re.M)
+        choices = f" (one of {', '.join(options)})" if options else ""
+        return ConfigError(group, f"unknown choice {match.group('opt')!r}{choices}")
+    return ConfigError(key or _guess_key(text, overrides), _first_line(chain[0]))
+
+
+def _omegaconf_message(err: BaseException) -> str:
+    msg = getattr(err, "msg", None) or str(err)
+    return _first_line(msg)
+
+
+def _first_line(value: Any) -> str:
+    text = str(value).strip()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("full_key", "object_type", "reference_type")):
+            return line
+    return text
+
+
+def _guess_key(text: str, overrides: Sequence[str]) -> str:
+    for ov in overrides:
+        key = ov.split("=", 1)[0].lstrip("+~")
+        if key and key in text:
+            return key
+    return "config"
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """A plain, resolved dict (raises ConfigError on interpolation problems)."""
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as exc:
+        raise translate_error(exc, ()) from None
+    assert isinstance(data, dict)
+    return data

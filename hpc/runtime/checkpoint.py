@@ -1,0 +1,167 @@
+"""Coordinated, atomic checkpoints written by every rank.
+
+Layout under the checkpoint directory::
+
+    step-000000100/            one directory per checkpoint (renamed into place)
+        rank0.pt rank1.pt ...  each rank's state (model, optimizer, RNG, ...)
+        manifest.json          written last by rank 0: step, world size, sha256 per file
+    LATEST                     name of the newest durable checkpoint (temp file + rename)
+
+A checkpoint becomes visible only after every file and the manifest are fsynced
+and the directory is renamed; LATEST moves after that; older ones are pruned
+last. On load, a checkpoint whose manifest or checksum does not verify is
+skipped with a warning and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PREFIX = "step-"
+MANIFEST = "manifest.json"
+LATEST = "LATEST"
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    step: int
+    path: Path
+    state: dict[str, Any]
+    manifest: dict[str, Any]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class CheckpointManager:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        keep: int = 2,
+        rank: int = 0,
+        world_size: int = 1,
+        barrier: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.keep = max(1, keep)
+        self.rank = rank
+        self.world_size = world_size
+        self.barrier = barrier
+
+    def step_dir(self, step: int) -> Path:
+        return self.directory / f"{PREFIX}{step:09d}"
+
+    def save(self, step: int, state: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
+        """Every rank calls this with its own state; returns the committed directory."""
+        import torch
+
+        final = self.step_dir(step)
+        tmp = self.directory / f".{final.name}.tmp"
+        if self.rank == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # debris of an interrupted save
+            tmp.mkdir()
+        self.barrier()
+        path = tmp / f"rank{self.rank}.pt"
+        with open(path, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.barrier()
+        if self.rank == 0:
+            files = {
+                p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+                for p in sorted(tmp.glob("rank*.pt"))
+            }
+            manifest = {
+                "step": step,
+                "world_size": self.world_size,
+                "files": files,
+                "time": time.time(),
+                **(meta or {}),
+            }
+            _write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
+            _fsync_dir(tmp)
+            if final.exists():  # same step saved again (e.g. after a resume): replace
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.directory)
+            _write_text_atomic(self.directory / LATEST, final.name + "\n")
+            self._prune()
+        self.barrier()
+        return final
+
+    def _prune(self) -> None:
+        for old in self.checkpoints()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def checkpoints(self) -> list[Path]:
+        """Committed checkpoint directories, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.glob(f"{PREFIX}*") if p.is_dir())
+
+    def _manifest(self, path: Path) -> dict[str, Any] | None:
+        try:
+            manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+            files = manifest["files"]
+            for name, info in files.items():
+                if (path / name).stat().st_size != info["bytes"]:
+                    raise ValueError(f"{name} has the wrong size")
+            return manifest
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("checkpoint %s is incomplete or corrupt (%s): skipped", path, exc)
+            return None
+
+    def load_latest(self, map_location: str = "cpu") -> LoadedCheckpoint | None:
+        """The newest checkpoint that verifies, or None when there is none."""
+        import torch
+
+        for path in reversed(self.checkpoints()):
+            manifest = self._manifest(path)
+            if manifest is None:
+                continue
+            name = f"rank{self.rank}.pt"
+            if name not in manifest["files"]:
+                name = "rank0.pt"  # fewer ranks saved than now run: replicated state
+            if _sha256(path / name) != manifest["files"][name]["sha256"]:
+                log.warning("checkpoint %s: %s fails its checksum: skipped", path, name)
+                continue
+            with open(path / name, "rb") as fh:
+                state = torch.load(fh, map_location=map_location, weights_only=False)
+            return LoadedCheckpoint(int(manifest["step"]), path, state, manifest)
+        return None

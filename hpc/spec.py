@@ -1,0 +1,152 @@
+"""The job spec: structured configs registered in Hydra's ConfigStore.
+
+These dataclasses are the schema every composed config is checked against
+(types, unknown keys). Value rules that types cannot express (positive counts,
+time limits, GPUs available) live in :mod:`hpc.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class JobConfig:
+    """Any job: what to run. Jobs with their own knobs extend this."""
+
+    name: str = MISSING
+    entrypoint: str = MISSING  # "package.module:function" or "path/to/script.py"
+    seed: int = 0
+
+
+@dataclass
+class DigitsJobConfig(JobConfig):
+    name: str = "digits"
+    entrypoint: str = "hpc.jobs.digits:main"
+    lr: float = 0.05
+    epochs: int = 8
+    batch_size: int = 32
+    hidden: int = 64
+
+
+@dataclass
+class ResourcesConfig:
+    nodes: int = 1
+    tasks_per_node: int = 2
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem: str | None = None  # Slurm style: 4G, 500M, 16000 (MB)
+    time: str | None = "01:00:00"  # Slurm style: MM, HH:MM:SS, D-HH, D-HH:MM[:SS]
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+
+
+@dataclass
+class LocalClusterConfig:
+    kind: str = "local"
+    master_addr: str = "127.0.0.1"
+    # Seconds between SIGTERM and SIGKILL when workers are stopped.
+    kill_grace_s: float = 10.0
+
+
+@dataclass
+class SlurmClusterConfig:
+    kind: str = "slurm"
+    python: str | None = None  # interpreter on the nodes; default: the submitting one
+    setup: list[str] = field(default_factory=list)  # shell lines run before srun
+    sbatch_args: list[str] = field(default_factory=list)  # extra raw sbatch options
+    array_parallelism: int | None = None  # the % in --array=0-N%P
+    submit_retries: int = 5
+
+
+@dataclass
+class K8sClusterConfig:
+    kind: str = "k8s"
+    image: str = "ghcr.io/hpc-launch/hpc-launch:latest"
+    namespace: str = "default"
+    context: str | None = None
+    checkpoint_pvc: str | None = None
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    experiment: str = "hpc-launch"
+    enabled: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str | None = None  # default: <run_dir>/checkpoints
+    every_steps: int = 50
+    keep: int = 2
+
+
+@dataclass
+class PreemptionConfig:
+    """Filled by the preemption work; empty for now."""
+
+
+@dataclass
+class PlacementConfig:
+    """Filled by the placement work; empty for now."""
+
+
+@dataclass
+class NcclConfig:
+    """Filled by the NCCL work; empty for now."""
+
+
+@dataclass
+class AccountingConfig:
+    """Filled by the accounting work; empty for now."""
+
+
+@dataclass
+class Config:
+    job: Any = MISSING
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    cluster: Any = MISSING
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    preemption: PreemptionConfig = field(default_factory=PreemptionConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    nccl: NcclConfig = field(default_factory=NcclConfig)
+    accounting: AccountingConfig = field(default_factory=AccountingConfig)
+    dry_run: bool = False
+    wait: bool = True  # follow the job until it ends (local always does)
+    output_root: str = "outputs"
+    run_dir: str | None = None  # default: <output_root>/<job.name>/<timestamp>
+    resume: str | None = None  # a run directory to continue
+
+
+CLUSTER_SCHEMAS: dict[str, type] = {
+    "local": LocalClusterConfig,
+    "slurm": SlurmClusterConfig,
+    "k8s": K8sClusterConfig,
+}
+
+
+def register_configs() -> None:
+    """Register the schema and the structured bases the YAML groups extend."""
+    cs = ConfigStore.instance()
+    cs.store(name="hpc_schema", node=Config)
+    # Schemas live in their own groups (schema/<group>/<name>) so they do not show
+    # up as choices; the YAML files extend them with `- /schema/<group>/<name>@_here_`.
+    cs.store(group="schema/job", name="digits", node=DigitsJobConfig)
+    cs.store(group="schema/job", name="base", node=JobConfig)
+    for kind, schema in CLUSTER_SCHEMAS.items():
+        cs.store(group="schema/cluster", name=kind, node=schema)
+    for group, schema in (
+        ("preemption", PreemptionConfig),
+        ("placement", PlacementConfig),
+        ("nccl", NcclConfig),
+        ("accounting", AccountingConfig),
+    ):
+        cs.store(group=f"schema/{group}", name="default", node=schema)

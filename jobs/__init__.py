@@ -1,0 +1,1 @@
+"""Training entry points shipped with hpc-launch (installed as ``hpc.jobs``)."""

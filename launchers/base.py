@@ -1,0 +1,72 @@
+"""The launcher interface: ``plan(spec) -> Plan`` (pure), ``submit(plan) -> JobHandle``.
+
+Modelled on torchx's dry run → inspectable plan → schedule: a plan holds
+everything that would run and can be printed (``dry_run=true``) and tested as
+text before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpc.jobspec import JobSpec
+
+
+@dataclass
+class Plan:
+    """What a launcher would do. ``text`` is the printable artifact (script/manifest)."""
+
+    launcher: str
+    spec: JobSpec
+    text: str
+    commands: list[list[str]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    # Files written into the run directory at submit: relative name -> content.
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.spec.run_dir
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class JobHandle(abc.ABC):
+    """A submitted job, concurrent.futures-like (after submitit's Job)."""
+
+    job_id: str
+    run_dir: Path
+
+    @abc.abstractmethod
+    def status(self) -> str:
+        """Slurm-style state: PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, ..."""
+
+    @abc.abstractmethod
+    def cancel(self) -> None: ...
+
+    @abc.abstractmethod
+    def logs(self, follow: bool = False) -> Iterator[str]:
+        """Lines of the job's main log; with ``follow`` keep reading until it ends."""
+
+    @abc.abstractmethod
+    def wait(self) -> int:
+        """Block until the job ends; return its exit code."""
+
+    def done(self) -> bool:
+        return self.status() in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED"}
+
+
+class Launcher(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def plan(self, spec: JobSpec) -> Plan:
+        """Everything that would run, as data. Must not touch the filesystem or network."""
+
+    @abc.abstractmethod
+    def submit(self, plan: Plan) -> JobHandle:
+        """Write the plan's files into the run directory and start the job."""

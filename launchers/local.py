@@ -1,0 +1,266 @@
+"""The local launcher: the job as worker processes on this machine (torchrun's contract).
+
+Each worker gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and
+MASTER_PORT. Workers run in their own process groups; the launcher forwards
+Ctrl-C/SIGTERM to all of them, reaps them, and fails the job with the exit code
+of the first worker that fails, naming its rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from hpc.launchers.base import JobHandle, Launcher, Plan
+
+from hpc import records
+from hpc.jobspec import JobSpec, redact_uri
+
+WORKER_MODULE = "hpc.run"
+PORT_PLACEHOLDER = "auto"
+
+
+class LocalLauncher(Launcher):
+    name = "local"
+
+    def plan(self, spec: JobSpec) -> Plan:
+        ntasks = int(spec.resources["tasks_per_node"])
+        cluster = spec.config["cluster"]
+        env = {
+            "MASTER_ADDR": str(cluster["master_addr"]),
+            "MASTER_PORT": PORT_PLACEHOLDER,
+            "WORLD_SIZE": str(ntasks),
+            "LOCAL_WORLD_SIZE": str(ntasks),
+            "HPC_RUN_DIR": str(spec.run_dir),
+            "HPC_CONFIG_FILE": str(spec.config_file),
+            "HPC_LAUNCHER": self.name,
+            "PYTHONUNBUFFERED": "1",
+        }
+        if spec.tracking_uri:
+            env["MLFLOW_TRACKING_URI"] = spec.tracking_uri
+        command = [sys.executable, "-m", WORKER_MODULE, str(spec.config_file)]
+        commands = [command for _ in range(ntasks)]
+        return Plan(
+            launcher=self.name,
+            spec=spec,
+            text=_render(spec, env, command, ntasks),
+            commands=commands,
+            env=env,
+            files={spec.config_file.name: spec.config_yaml()},
+        )
+
+    def submit(self, plan: Plan) -> LocalJob:
+        spec = plan.spec
+        run_dir = spec.run_dir
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        for name, content in plan.files.items():
+            records.write_atomic(run_dir / name, content)
+        job_id = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        if records.record_path(run_dir).exists():  # resume: keep the record, new attempt
+            records.update(run_dir, job_id=job_id, state="PENDING", exit_code=None)
+        else:
+            records.create(
+                records.RunRecord(
+                    name=spec.name,
+                    launcher=self.name,
+                    run_dir=str(run_dir),
+                    config_file=str(spec.config_file),
+                    tracking_uri=redact_uri(spec.tracking_uri),
+                    checkpoint_dir=str(spec.checkpoint_dir),
+                    job_id=job_id,
+                )
+            )
+        job = LocalJob(plan, job_id)
+        job.start()
+        return job
+
+
+def _render(spec: JobSpec, env: dict[str, str], command: list[str], ntasks: int) -> str:
+    shown = dict(env)
+    if "MLFLOW_TRACKING_URI" in shown:
+        shown["MLFLOW_TRACKING_URI"] = redact_uri(shown["MLFLOW_TRACKING_URI"]) or ""
+    lines = [
+        "# hpc-launch plan (local launcher)",
+        f"# job: {spec.name}    run_dir: {spec.run_dir}",
+        f"# {ntasks} worker process(es) on this machine; MASTER_PORT=auto is a free port",
+        "# chosen at start. Files written first: config.yaml (resolved config), job.json.",
+    ]
+    common = " ".join(f"{k}={shlex.quote(v)}" for k, v in shown.items())
+    for rank in range(ntasks):
+        lines.append(
+            f"env {common} RANK={rank} LOCAL_RANK={rank} {shlex.join(command)}"
+            f"  > {shlex.quote(str(spec.run_dir / 'logs' / f'rank{rank}.log'))}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalJob(JobHandle):
+    """Worker processes of one local run."""
+
+    def __init__(self, plan: Plan, job_id: str) -> None:
+        self.plan = plan
+        self.job_id = job_id
+        self.run_dir = plan.run_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._stop_signal: int | None = None
+        self._failed_rank: int | None = None
+        self._exit_code: int | None = None
+        self._grace = float(plan.spec.config["cluster"].get("kill_grace_s", 10.0))
+        self.last_line = ""
+        self.message: str | None = None
+        self.on_line: Callable[[str], None] | None = None
+        self._reader: threading.Thread | None = None
+
+    def log_path(self, rank: int = 0) -> Path:
+        return self.run_dir / "logs" / f"rank{rank}.log"
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env.update(self.plan.env)
+        env["MASTER_PORT"] = str(free_port(env["MASTER_ADDR"]))
+        env["HPC_JOB_ID"] = self.job_id
+        for rank, command in enumerate(self.plan.commands):
+            rank_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank))
+            log = open(self.log_path(rank), "ab")  # noqa: SIM115 - closed by the reader/after exit
+            stdout = subprocess.PIPE if rank == 0 else log
+            proc = subprocess.Popen(
+                command,
+                env=rank_env,
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: signals reach its children too
+                cwd=os.getcwd(),
+            )
+            if rank == 0:
+                self._reader = threading.Thread(
+                    target=self._pump, args=(proc, log), daemon=True, name="rank0-output"
+                )
+                self._reader.start()
+            else:
+                log.close()
+            self.procs.append(proc)
+        records.update(
+            self.run_dir,
+            state="RUNNING",
+            extra={"launcher_pid": os.getpid(), "master_port": env["MASTER_PORT"]},
+        )
+
+    def _pump(self, proc: subprocess.Popen[bytes], log: object) -> None:
+        assert proc.stdout is not None
+        with log:  # type: ignore[attr-defined]
+            for raw in iter(proc.stdout.readline, b""):
+                log.write(raw)  # type: ignore[attr-defined]
+                log.flush()  # type: ignore[attr-defined]
+                line = raw.decode(errors="replace").rstrip("\n")
+                self.last_line = line
+                if self.on_line:
+                    self.on_line(line)
+
+    # -- JobHandle -------------------------------------------------------------
+    def status(self) -> str:
+        if self._exit_code is None:
+            return "RUNNING" if self.procs else "PENDING"
+        if self._stop_signal is not None:
+            return "CANCELLED"
+        return "COMPLETED" if self._exit_code == 0 else "FAILED"
+
+    def cancel(self) -> None:
+        self.forward(signal.SIGTERM)
+
+    def logs(self, follow: bool = False) -> Iterator[str]:
+        yield from follow_file(self.log_path(0), follow=follow, done=self.done)
+
+    def forward(self, signum: int) -> None:
+        """Send ``signum`` to every live worker's process group."""
+        self._stop_signal = self._stop_signal or signum
+        for proc in self.procs:
+            _signal_group(proc, signum)
+
+    def wait(self) -> int:
+        """Supervise the workers until all have exited; returns the job's exit code."""
+        deadline: float | None = None
+        while True:
+            codes = [proc.poll() for proc in self.procs]
+            if all(code is not None for code in codes):
+                break
+            for rank, code in enumerate(codes):
+                if code not in (None, 0) and self._failed_rank is None and not self._stop_signal:
+                    self._failed_rank = rank
+                    for other in self.procs:
+                        _signal_group(other, signal.SIGTERM)
+            if (self._failed_rank is not None or self._stop_signal) and deadline is None:
+                deadline = time.monotonic() + self._grace
+            if deadline is not None and time.monotonic() > deadline:
+                for proc in self.procs:
+                    _signal_group(proc, signal.SIGKILL)
+            time.sleep(0.05)
+        for proc in self.procs:  # reap stragglers in the groups (e.g. data loader workers)
+            _signal_group(proc, signal.SIGKILL)
+        if self._reader:
+            self._reader.join(timeout=5)
+        return self._finish([proc.returncode for proc in self.procs])
+
+    def _finish(self, codes: list[int]) -> int:
+        message = None
+        if self._failed_rank is not None:
+            code = _shell_code(codes[self._failed_rank])
+            message = f"rank {self._failed_rank} failed with exit code {code}"
+            if codes[self._failed_rank] < 0:
+                signame = signal.Signals(-codes[self._failed_rank]).name
+                message = f"rank {self._failed_rank} was killed by {signame}"
+        elif self._stop_signal is not None:
+            code = 128 + self._stop_signal
+            message = f"stopped by {signal.Signals(self._stop_signal).name}"
+        else:
+            code = 0
+        self._exit_code = code
+        self.message = message
+        records.update(self.run_dir, state=self.status(), exit_code=code, message=message)
+        return code
+
+
+def _shell_code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)
+
+
+def follow_file(
+    path: Path, follow: bool = False, done: Callable[[], bool] | None = None
+) -> Iterator[str]:
+    """Lines of ``path``; with ``follow``, keep reading until ``done()`` and EOF."""
+    while not path.exists():
+        if not follow or (done and done()):
+            return
+        time.sleep(0.2)
+    with open(path, errors="replace") as fh:
+        while True:
+            line = fh.readline()
+            if line:
+                yield line.rstrip("\n")
+                continue
+            if not follow or (done and done()):
+                return
+            time.sleep(0.2)
+
+
+__all__ = ["LocalJob", "LocalLauncher", "follow_file", "free_port"]
