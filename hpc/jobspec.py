@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +78,7 @@ def _run_dir(cfg: dict[str, Any], now: _dt.datetime | None) -> Path:
     if cfg.get("run_dir"):
         return Path(cfg["run_dir"]).expanduser().resolve()
     now = now or _dt.datetime.now()
-    stamp = now.strftime("%Y-%m-%d_%H-%M-%S") + "-" + secrets.token_hex(2)
+    stamp = now.strftime("%Y-%m-%d_%H-%M-%S") + "-" + os.urandom(2).hex()
     return (Path(cfg["output_root"]).expanduser() / cfg["job"]["name"] / stamp).resolve()
 
 

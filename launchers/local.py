@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shlex
 import signal
 import socket
@@ -65,7 +64,7 @@ class LocalLauncher(Launcher):
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         for name, content in plan.files.items():
             records.write_atomic(run_dir / name, content)
-        job_id = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        job_id = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
         if records.record_path(run_dir).exists():  # resume: keep the record, new attempt
             records.update(run_dir, job_id=job_id, state="PENDING", exit_code=None)
         else:
