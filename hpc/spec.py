@@ -75,6 +75,15 @@ class K8sClusterConfig:
 
 
 @dataclass
+class MpiClusterConfig:
+    """Local ``mpirun`` (Open MPI): ranks discover each other through MPI."""
+
+    kind: str = "mpi"
+    mpirun: str = "mpirun"
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TrackingConfig:
     uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
     experiment: str = "hpc-launch"
@@ -130,6 +139,7 @@ CLUSTER_SCHEMAS: dict[str, type] = {
     "local": LocalClusterConfig,
     "slurm": SlurmClusterConfig,
     "k8s": K8sClusterConfig,
+    "mpi": MpiClusterConfig,
 }
 
 

@@ -14,6 +14,7 @@ _REGISTRY: dict[str, str] = {
     "local": "hpc.launchers.local:LocalLauncher",
     "slurm": "hpc.launchers.slurm:SlurmLauncher",
     "k8s": "hpc.launchers.kubernetes:KubernetesLauncher",
+    "mpi": "hpc.launchers.mpi:MpiLauncher",
 }
 
 
