@@ -23,6 +23,7 @@ class JobSpec:
     run_dir: Path
     tracking_uri: str | None
     checkpoint_dir: Path
+    workdir: Path  # the directory hpc-launch ran in; jobs start there
 
     @property
     def name(self) -> str:
@@ -62,6 +63,9 @@ def load_spec(overrides: Sequence[str] = (), *, now: _dt.datetime | None = None)
 
 def spec_from_config(cfg: dict[str, Any], *, now: _dt.datetime | None = None) -> JobSpec:
     run_dir = _run_dir(cfg, now)
+    entrypoint = str(cfg["job"]["entrypoint"])
+    if entrypoint.endswith(".py") and ":" not in entrypoint:  # scripts: absolute for the nodes
+        cfg["job"]["entrypoint"] = str(Path(entrypoint).expanduser().resolve())
     ckpt = cfg["checkpoint"].get("dir")
     checkpoint_dir = Path(ckpt).expanduser().resolve() if ckpt else run_dir / "checkpoints"
     return JobSpec(
@@ -69,6 +73,7 @@ def spec_from_config(cfg: dict[str, Any], *, now: _dt.datetime | None = None) ->
         run_dir=run_dir,
         tracking_uri=default_tracking_uri(cfg["tracking"]),
         checkpoint_dir=checkpoint_dir,
+        workdir=Path.cwd(),
     )
 
 

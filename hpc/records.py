@@ -146,3 +146,35 @@ def recent_runs(limit: int = 20) -> list[dict[str, Any]]:
         if len(records) >= limit:
             break
     return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hpc.records start|finish RUN_DIR [EXIT_CODE]``: used by batch scripts."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 2 or args[0] not in ("start", "finish"):
+        print("usage: python -m hpc.records start|finish RUN_DIR [EXIT_CODE]", file=sys.stderr)
+        return 2
+    run_dir = Path(args[1])
+    env = os.environ
+    if args[0] == "start":
+        array = env.get("SLURM_ARRAY_JOB_ID")
+        job_id = f"{array}_{env.get('SLURM_ARRAY_TASK_ID')}" if array else env.get("SLURM_JOB_ID")
+        update(
+            run_dir,
+            state="RUNNING",
+            job_id=job_id,
+            extra={
+                "nodes": env.get("SLURM_JOB_NODELIST"),
+                "restart_count": int(env.get("SLURM_RESTART_COUNT", "0") or 0),
+            },
+        )
+        return 0
+    code = int(args[2]) if len(args) > 2 else 0
+    update(run_dir, state="COMPLETED" if code == 0 else "FAILED", exit_code=code)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -67,11 +67,30 @@ class SlurmClusterConfig:
 
 @dataclass
 class K8sClusterConfig:
+    """A Kubeflow MPIJob (kubeflow.org/v2beta1): one launcher pod runs mpirun, one worker
+    pod per node runs the ranks. Checked by ``hpc.launchers.kubernetes.validate``."""
+
     kind: str = "k8s"
     image: str = "ghcr.io/hpc-launch/hpc-launch:latest"
+    image_pull_policy: str | None = None  # Always, IfNotPresent, Never; None: cluster default
+    # What each rank runs; the path of the job's config file is appended.
+    command: list[str] = field(default_factory=lambda: ["python", "-m", "hpc.run"])
+    # Worker container command (the sshd that mpirun reaches); empty: the image's entrypoint.
+    worker_command: list[str] = field(default_factory=list)
     namespace: str = "default"
-    context: str | None = None
+    context: str | None = None  # kubeconfig context; None: the current one (or in-cluster)
+    service_account: str | None = None
+    # Shared volume for the run directory and checkpoints; required for more than one node.
     checkpoint_pvc: str | None = None
+    checkpoint_mount: str = "/checkpoints"  # where the volume is mounted in the workers
+    mpi_implementation: str = "OpenMPI"  # OpenMPI, Intel or MPICH
+    master_port: int = 29500  # torch.distributed rendezvous port on worker 0
+    env: dict[str, str] = field(default_factory=dict)  # extra variables for every rank
+    clean_pod_policy: str = "Running"  # None, Running or All
+    backoff_limit: int = 3
+    ttl_seconds_after_finished: int | None = 86400
+    # terminationGracePeriodSeconds; must cover preemption.lead_s where that is set.
+    grace_period_s: int = 120
 
 
 @dataclass
@@ -99,7 +118,14 @@ class CheckpointConfig:
 
 @dataclass
 class PreemptionConfig:
-    """Filled by the preemption work; empty for now."""
+    """How a job learns that it must stop: a signal ``lead_s`` seconds before its end.
+
+    SIGUSR2 by default: NCCL installs its own SIGUSR1 handler (NVIDIA/nccl#704).
+    """
+
+    signal: str = "USR2"
+    lead_s: int = 120
+    requeue: bool = True
 
 
 @dataclass

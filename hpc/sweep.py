@@ -1,11 +1,215 @@
-"""Sweeps (``hpc-launch -m``)."""
+"""Sweeps: ``hpc-launch -m key=a,b other=range(3)`` as Slurm job arrays.
+
+Submission does not compose one config per task. It parses the sweep with
+Hydra's override grammar, composes the config once per distinct choice of the
+keys that shape the batch script (config groups, ``resources.*``, ``cluster.*``,
+``preemption.*``), checks every distinct value of every swept key against the
+schema and the value rules, writes ``sweep.json`` (one entry per task), and
+submits ONE array per script shape (split at the cluster's MaxArraySize). Each
+array task composes its own config when it starts (:mod:`hpc.sweep_task`).
+With the local launcher the tasks run one after another.
+"""
 
 from __future__ import annotations
 
+import datetime as _dt
+import itertools
+import json
+import os
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpc.config import ConfigError
+
+SWEEP_FILE = "sweep.json"
+SCRIPT_SHAPING = ("resources.", "cluster.", "preemption.", "placement.", "nccl.")
+
+
+@dataclass
+class Task:
+    index: int
+    overrides: list[str]
+    shape: tuple[str, ...]  # overrides that change the batch script
+    run_dir: str = ""
+    array_id: str | None = None
+    array_index: int | None = None
+
+
+@dataclass
+class SweepPlan:
+    base_overrides: list[str]
+    tasks: list[Task]
+    sweep_dir: Path
+    shapes: dict[tuple[str, ...], Any] = field(default_factory=dict)  # shape -> JobSpec
+
+
+def expand(overrides: Sequence[str]) -> tuple[list[str], list[list[str]], set[str]]:
+    """Split into fixed overrides and the cartesian product of the swept ones."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hpc.config import check_override_syntax
+
+    check_override_syntax(overrides)
+    parser = OverridesParser.create()
+    fixed: list[str] = []
+    axes: list[list[str]] = []
+    groups: set[str] = set()
+    for text in overrides:
+        try:
+            override = parser.parse_override(text)
+        except Exception as exc:
+            raise ConfigError(text.split("=")[0], f"cannot parse {text!r}: {exc}") from None
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            values = list(override.sweep_string_iterator())
+            if not values:
+                raise ConfigError(override.key_or_group, "sweep has no values")
+            axes.append([f"{key}={v}" for v in values])
+        else:
+            fixed.append(text)
+        if "." not in override.key_or_group and not override.is_add():
+            groups.add(override.key_or_group)
+    combos = [list(c) for c in itertools.product(*axes)] if axes else [[]]
+    return fixed, combos, groups
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def plan_sweep(overrides: Sequence[str], now: _dt.datetime | None = None) -> SweepPlan:
+    """Validate every swept value and compose once per script shape."""
+    from hpc.config import compose, to_container
+    from hpc.jobspec import spec_from_config
+    from hpc.validate import validate
+
+    fixed, combos, groups = expand(overrides)
+    if len(combos) == 1 and not combos[0]:
+        raise ConfigError("-m", "nothing to sweep: give a key with several values (key=a,b)")
+
+    def shaping(ov: str) -> bool:
+        key = _key(ov)
+        return key in groups or key.startswith(SCRIPT_SHAPING)
+
+    tasks = [
+        Task(i, combo, tuple(ov for ov in combo if shaping(ov))) for i, combo in enumerate(combos)
+    ]
+    shapes: dict[tuple[str, ...], Any] = {}
+    checked: set[tuple[tuple[str, ...], str]] = set()
+    base = None
+    for task in tasks:
+        if task.shape not in shapes:
+            cfg = compose([*fixed, *task.shape])
+            data = to_container(cfg)
+            validate(data)
+            shapes[task.shape] = (cfg, spec_from_config(data, now=now))
+        cfg, spec = shapes[task.shape]
+        base = base or spec
+        for override in task.overrides:
+            if override in task.shape or (task.shape, override) in checked:
+                continue
+            _check_value(cfg, override)
+            checked.add((task.shape, override))
+    assert base is not None
+    stamp = (now or _dt.datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
+    sweep_dir = base.run_dir.parent / f"sweep-{stamp}-{os.urandom(2).hex()}"
+    for task in tasks:
+        task.run_dir = str(sweep_dir / str(task.index))
+    return SweepPlan(fixed, tasks, sweep_dir, {k: v[1] for k, v in shapes.items()})
+
+
+def _check_value(cfg: Any, override: str) -> None:
+    """Apply one override to ``cfg``, validate, and put the old value back."""
+    import copy
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from hpc.config import check_declared_keys, to_container, translate_error
+    from hpc.validate import validate
+
+    parsed = OverridesParser.create().parse_overrides([override])
+    key = _key(override)
+    changing = parsed[0].is_add() is False and parsed[0].is_delete() is False
+    target = cfg if changing else copy.deepcopy(cfg)
+    old = OmegaConf.select(target, key) if changing else None
+    try:
+        ConfigLoaderImpl._apply_overrides_to_config(parsed, target)
+    except Exception as exc:
+        raise translate_error(exc, [override]) from None
+    try:
+        check_declared_keys(target)
+        validate(to_container(target))
+    finally:
+        if changing:
+            OmegaConf.update(target, key, old, merge=False)
+
+
+def sweep_record(plan: SweepPlan, name: str, launcher: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "launcher": launcher,
+        "sweep_dir": str(plan.sweep_dir),
+        "base_overrides": plan.base_overrides,
+        "created": time.time(),
+        "arrays": [],
+        "tasks": [
+            {
+                "index": t.index,
+                "overrides": t.overrides,
+                "run_dir": t.run_dir,
+                "array_id": t.array_id,
+                "array_index": t.array_index,
+            }
+            for t in plan.tasks
+        ],
+    }
+
+
+def write_record(sweep_dir: Path, record: dict[str, Any]) -> Path:
+    from hpc.records import write_atomic
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    path = sweep_dir / SWEEP_FILE
+    write_atomic(path, json.dumps(record, indent=2) + "\n")
+    return path
 
 
 def run_sweep(overrides: Sequence[str]) -> int:
-    print("hpc-launch: error: -m: sweeps are not implemented yet", file=sys.stderr)
+    """``hpc-launch -m``: plan, then submit arrays (Slurm) or run tasks in turn (local)."""
+    try:
+        plan = plan_sweep(overrides)
+    except ConfigError as exc:
+        print(f"hpc-launch: error: {exc}", file=sys.stderr)
+        return 2
+    first = next(iter(plan.shapes.values()))
+    if first.launcher == "slurm":
+        from hpc.launchers.slurm.sweep import submit_sweep
+
+        return submit_sweep(plan, dry_run=bool(first.config.get("dry_run")))
+    if first.launcher == "local":
+        return _run_local(plan, first)
+    print(
+        f"hpc-launch: error: cluster: sweeps are not supported on {first.launcher}", file=sys.stderr
+    )
     return 2
+
+
+def _run_local(plan: SweepPlan, first: Any) -> int:
+    from hpc.cli.launch import launch
+
+    if first.config.get("dry_run"):
+        for task in plan.tasks:
+            print(" ".join([*plan.base_overrides, *task.overrides]))
+        return 0
+    write_record(plan.sweep_dir, sweep_record(plan, first.name, "local"))
+    worst = 0
+    for task in plan.tasks:
+        code = launch([*plan.base_overrides, *task.overrides, f"run_dir={task.run_dir}"])
+        worst = worst or code
+    return worst

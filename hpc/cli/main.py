@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from hpc import records
 
@@ -28,8 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="list recent runs")
     status.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
     status.add_argument("--json", action="store_true", help="print records as JSON")
+    status.add_argument(
+        "--watch",
+        type=float,
+        metavar="SECONDS",
+        default=None,
+        help="refresh every SECONDS (at least 2)",
+    )
     show = sub.add_parser("show", help="print one run's record")
     show.add_argument("run_dir", metavar="RUN_DIR")
+    logs = sub.add_parser("logs", help="print (or follow) a run's log")
+    logs.add_argument("ref", metavar="RUN_OR_JOB")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    cancel = sub.add_parser("cancel", help="cancel a run")
+    cancel.add_argument("ref", metavar="RUN_OR_JOB")
     for name in DELEGATED:
         sub.add_parser(name, help=f"{name} subcommands (see hpc {name} --help)", add_help=False)
     return parser
@@ -50,34 +60,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(args_list)
     if args.command == "status":
-        return cmd_status(args.limit, args.json)
+        if args.watch is None:
+            return cmd_status(args.limit, args.json)
+        while True:  # throttled: at most one backend query per 2 s
+            print("\033[2J\033[H", end="")
+            cmd_status(args.limit, args.json)
+            time.sleep(max(2.0, args.watch))
     if args.command == "show":
         return cmd_show(args.run_dir)
+    if args.command in ("logs", "cancel"):
+        from hpc.cli import jobs
+
+        try:
+            run = jobs.find_run(args.ref)
+            if args.command == "cancel":
+                print(f"hpc: {jobs.cancel(run)}", file=sys.stderr)
+                return 0
+            for line in jobs.follow_logs(run, args.follow):
+                print(line, flush=True)
+            return 0
+        except (LookupError, FileNotFoundError, ValueError) as exc:
+            print(f"hpc: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
     parser.error(f"unknown command {args.command!r}")
     return 2
 
 
-def effective_state(record: dict[str, Any]) -> str:
-    """A local run whose launcher died without finishing shows as LOST."""
-    state = str(record.get("state", "?"))
-    pid = (record.get("extra") or {}).get("launcher_pid")
-    if record.get("launcher") == "local" and state in ("PENDING", "RUNNING") and pid:
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return "LOST"
-        except PermissionError:
-            pass
-    return state
-
-
 def cmd_status(limit: int, as_json: bool) -> int:
+    from hpc.cli.jobs import refresh_states
+
     if limit < 1:
         print("hpc: error: --limit: must be >= 1", file=sys.stderr)
         return 2
     runs = records.recent_runs(limit)
-    for run in runs:
-        run["state"] = effective_state(run)
+    refresh_states(runs)
     if as_json:
         print(json.dumps(runs, indent=2))
         return 0
@@ -110,7 +128,9 @@ def cmd_show(run_dir: str) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"hpc: error: {exc}", file=sys.stderr)
         return 2
-    record["state"] = effective_state(record)
+    from hpc.cli.jobs import refresh_states
+
+    refresh_states([record])
     print(json.dumps(record, indent=2))
     return 0
 

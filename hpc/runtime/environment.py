@@ -105,7 +105,8 @@ def _checked(info: RankInfo, source: str) -> RankInfo:
     return info
 
 
-# Most specific first; the single-process fallback last.
+# Most specific first; the single-process fallback last. Launcher-specific
+# environments (MPI, Slurm) are appended at the end of this module.
 ENVIRONMENTS: list[type[ClusterEnvironment]] = [TorchrunEnvironment, SingleProcessEnvironment]
 
 
@@ -116,3 +117,15 @@ def from_env(environ: Mapping[str, str] | None = None) -> ClusterEnvironment:
         if env_cls.detect(environ):
             return env_cls(environ)
     raise EnvironmentError_("no cluster environment detected")  # unreachable: single matches
+
+
+def _register(env_cls: type[ClusterEnvironment]) -> None:
+    """Insert before the single-process fallback, after those registered earlier."""
+    ENVIRONMENTS.insert(ENVIRONMENTS.index(SingleProcessEnvironment), env_cls)
+
+
+# Imported here, after the base classes exist (they import from this module).
+# Order matters: mpirun inside a Slurm allocation sets both OMPI_* and SLURM_*.
+from hpc.runtime.slurm_env import SlurmEnvironment  # noqa: E402
+
+_register(SlurmEnvironment)

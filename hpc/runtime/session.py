@@ -26,7 +26,7 @@ import yaml
 from hpc import records
 from hpc.runtime.checkpoint import CheckpointManager
 from hpc.runtime.environment import ClusterEnvironment, RankInfo, from_env
-from hpc.runtime.tracking import MlflowTracker, Tracker, flatten
+from hpc.runtime.tracking import MlflowTracker, Tracker, flatten, sweep_parent_run
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,12 @@ class Session:
                 rank=self.rank,
                 world_size=self.world_size,
             )
+        node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+        print(
+            f"hpc-launch: rank {self.rank}/{self.world_size} local_rank {self.local_rank} "
+            f"node_rank {self.info.node_rank} host {node} via {self.env.name}",
+            flush=True,
+        )
         if self.is_main:
             self.tracker = self._open_tracker()
         return self
@@ -142,12 +148,21 @@ class Session:
             return Tracker()
         record = _record_or_none(self.run_dir)
         run_id = record.get("mlflow_run_id") if record else None
+        sweep_dir = ((record or {}).get("extra") or {}).get("sweep_dir")
         try:
+            parent = None
+            if sweep_dir and not run_id:
+                parent = sweep_parent_run(
+                    uri, tracking["experiment"], sweep_dir, Path(sweep_dir).name
+                )
             tracker = MlflowTracker(
                 uri,
                 tracking["experiment"],
                 run_id=run_id,
-                run_name=self.run_dir.name,
+                run_name=f"{Path(sweep_dir).name}/{self.run_dir.name}"
+                if sweep_dir
+                else self.run_dir.name,
+                parent_run_id=parent,
             )
         except Exception as exc:  # tracking never stops training
             log.warning("MLflow unavailable at %s (%s): training continues untracked", uri, exc)

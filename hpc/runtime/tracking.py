@@ -37,6 +37,20 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def ensure_experiment(client: Any, experiment: str) -> str:
+    """The experiment's id, creating it if needed (tolerates a concurrent creator)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return str(exp.experiment_id)
+    try:
+        return str(client.create_experiment(experiment))
+    except Exception:  # created concurrently by another job
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise
+        return str(exp.experiment_id)
+
+
 class Tracker:
     """No-op tracker: what non-zero ranks and disabled tracking get."""
 
@@ -61,6 +75,7 @@ class MlflowTracker(Tracker):
         run_id: str | None = None,
         run_name: str | None = None,
         flush_interval_s: float = 1.0,
+        parent_run_id: str | None = None,
     ) -> None:
         from mlflow.tracking import MlflowClient
 
@@ -72,25 +87,18 @@ class MlflowTracker(Tracker):
         self._idle = threading.Event()
         self.errors = 0
         self._lock = threading.Lock()  # one drainer at a time keeps batches in order
-        self.run_id = run_id or self._create_run(experiment, run_name)
+        self.run_id = run_id or self._create_run(experiment, run_name, parent_run_id)
         if run_id:
             self.client.update_run(run_id, status="RUNNING")
         self._thread = threading.Thread(target=self._loop, name="mlflow-logger", daemon=True)
         self._thread.start()
 
-    def _create_run(self, experiment: str, run_name: str | None) -> str:
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            try:
-                exp_id = self.client.create_experiment(experiment)
-            except Exception:  # created concurrently by another job
-                exp = self.client.get_experiment_by_name(experiment)
-                if exp is None:
-                    raise
-                exp_id = exp.experiment_id
-        else:
-            exp_id = exp.experiment_id
-        return str(self.client.create_run(exp_id, run_name=run_name).info.run_id)
+    def _create_run(
+        self, experiment: str, run_name: str | None, parent_run_id: str | None = None
+    ) -> str:
+        exp_id = ensure_experiment(self.client, experiment)
+        tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+        return str(self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id)
 
     # -- producer side (training thread): never blocks -------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -158,3 +166,31 @@ class MlflowTracker(Tracker):
             self.client.set_terminated(self.run_id, status=status)
         except Exception as exc:
             log.warning("MLflow: could not mark run %s %s: %s", self.run_id, status, exc)
+
+
+def sweep_parent_run(client_uri: str, experiment: str, sweep_dir: str, name: str) -> str:
+    """The sweep's parent run id: created once by whichever task gets there first."""
+    import fcntl
+    import json
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    path = os.path.join(sweep_dir, "mlflow_parent.json")
+    with open(os.path.join(sweep_dir, ".mlflow_parent.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                return str(json.load(fh)["run_id"])
+        client = MlflowClient(tracking_uri=client_uri)
+        exp_id = ensure_experiment(client, experiment)
+        run = client.create_run(
+            exp_id, run_name=name, tags={"hpc.sweep_dir": sweep_dir, "hpc.kind": "sweep"}
+        )
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"run_id": run.info.run_id}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return str(run.info.run_id)

@@ -1,0 +1,73 @@
+"""The start of one sweep task: ``python -m hpc.sweep_task SWEEP_DIR INDEX``.
+
+Composes the task's config from sweep.json (base overrides + the task's own),
+writes its config.yaml and job.json into ``SWEEP_DIR/INDEX``. The batch script
+then starts the workers on that config. On a requeue the existing record is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from hpc import records
+from hpc.config import ConfigError
+from hpc.jobspec import load_spec, redact_uri
+from hpc.sweep import SWEEP_FILE
+
+
+def prepare(sweep_dir: Path, index: int) -> Path:
+    sweep = json.loads((sweep_dir / SWEEP_FILE).read_text(encoding="utf-8"))
+    task = sweep["tasks"][index]
+    run_dir = Path(task["run_dir"])
+    spec = load_spec([*sweep["base_overrides"], *task["overrides"], f"run_dir={run_dir}"])
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    records.write_atomic(spec.config_file, spec.config_yaml())
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job_id = (
+        f"{array_job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+        if array_job
+        else os.environ.get("SLURM_JOB_ID")
+    )
+    extra = {
+        "sweep_dir": str(sweep_dir),
+        "sweep_index": index,
+        "overrides": task["overrides"],
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
+    if records.record_path(run_dir).exists():
+        records.update(run_dir, job_id=job_id, state="RUNNING", extra=extra)
+    else:
+        records.create(
+            records.RunRecord(
+                name=spec.name,
+                launcher=spec.launcher,
+                run_dir=str(run_dir),
+                config_file=str(spec.config_file),
+                tracking_uri=redact_uri(spec.tracking_uri),
+                checkpoint_dir=str(spec.checkpoint_dir),
+                job_id=job_id,
+                state="RUNNING",
+                extra=extra,
+            )
+        )
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or not args[1].isdigit():
+        print("usage: python -m hpc.sweep_task SWEEP_DIR INDEX", file=sys.stderr)
+        return 2
+    try:
+        prepare(Path(args[0]), int(args[1]))
+    except (ConfigError, FileNotFoundError, IndexError, KeyError, ValueError) as exc:
+        print(f"hpc-launch: sweep task {args[1]}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The Slurm launcher: the plan is an sbatch script; submission goes through sbatch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from hpc.launchers.base import JobHandle, Launcher, Plan
+from hpc.launchers.local import follow_file
+from hpc.launchers.slurm import client
+from hpc.launchers.slurm.script import job_environment, render_script, sbatch_directives
+
+from hpc import records
+from hpc.jobspec import JobSpec, redact_uri
+
+SCRIPT_NAME = "job.sbatch"
+TERMINAL = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "PREEMPTED",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
+
+
+class SlurmLauncher(Launcher):
+    name = "slurm"
+
+    def plan(self, spec: JobSpec) -> Plan:
+        text = render_script(spec, directives=sbatch_directives(spec))
+        return Plan(
+            launcher=self.name,
+            spec=spec,
+            text=text,
+            commands=[["sbatch", "--parsable", str(spec.run_dir / SCRIPT_NAME)]],
+            env=job_environment(spec),
+            files={spec.config_file.name: spec.config_yaml(), SCRIPT_NAME: text},
+        )
+
+    def submit(self, plan: Plan) -> SlurmJob:
+        spec = plan.spec
+        (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        for name, content in plan.files.items():
+            records.write_atomic(spec.run_dir / name, content)
+        if not records.record_path(spec.run_dir).exists():
+            records.create(
+                records.RunRecord(
+                    name=spec.name,
+                    launcher=self.name,
+                    run_dir=str(spec.run_dir),
+                    config_file=str(spec.config_file),
+                    tracking_uri=redact_uri(spec.tracking_uri),
+                    checkpoint_dir=str(spec.checkpoint_dir),
+                )
+            )
+        retries = int(spec.config["cluster"].get("submit_retries", 5))
+        try:
+            job_id = client.submit(str(spec.run_dir / SCRIPT_NAME), retries=retries)
+        except client.SlurmError as exc:
+            records.update(spec.run_dir, state="FAILED", message=f"sbatch: {exc}")
+            raise
+        records.update(
+            spec.run_dir,
+            job_id=job_id,
+            state="PENDING",
+            extra={"log_file": str(spec.run_dir / "logs" / f"slurm-{job_id}.out")},
+        )
+        return SlurmJob(job_id, spec.run_dir)
+
+
+class SlurmJob(JobHandle):
+    """A submitted Slurm job (or one array task: ``123_4``)."""
+
+    poll_s = 2.0
+
+    def __init__(self, job_id: str, run_dir: Path, log_file: Path | None = None) -> None:
+        self.job_id = job_id
+        self.run_dir = Path(run_dir)
+        self.log_file = log_file or self.run_dir / "logs" / f"slurm-{job_id}.out"
+        self.last_line = ""
+        self.message: str | None = None
+        self.on_line: Callable[[str], None] | None = None
+        self._state: client.JobState | None = None
+
+    def refresh(self) -> client.JobState | None:
+        self._state = client.states([self.job_id]).get(self.job_id, self._state)
+        return self._state
+
+    def status(self) -> str:
+        state = self._state or self.refresh()
+        return state.state if state else "UNKNOWN"
+
+    def cancel(self) -> None:
+        client.cancel(self.job_id)
+
+    def forward(self, signum: int) -> None:
+        """Ctrl-C while following a Slurm job cancels it."""
+        self.cancel()
+
+    def logs(self, follow: bool = False) -> Iterator[str]:
+        yield from follow_file(self.log_file, follow=follow, done=self._finished)
+
+    def _finished(self) -> bool:
+        state = self.refresh()
+        return bool(state and state.state in TERMINAL)
+
+    def wait(self) -> int:
+        offset = 0
+        while True:
+            state = self.refresh()
+            offset = self._tail(offset)
+            if state and state.state in TERMINAL:
+                break
+            time.sleep(self.poll_s)
+        self._tail(offset)
+        code = (
+            state.exit_code
+            if state.exit_code is not None
+            else (0 if state.state == "COMPLETED" else 1)
+        )
+        if state.state != "COMPLETED" and code == 0:
+            code = 1
+        self.message = f"{state.state} (exit code {code})"
+        records.update(self.run_dir, state=state.state, exit_code=code)
+        return code
+
+    def _tail(self, offset: int) -> int:
+        if not self.log_file.exists():
+            return offset
+        with open(self.log_file, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+        for line in data.decode(errors="replace").splitlines():
+            if line.strip():
+                self.last_line = line
+                if self.on_line:
+                    self.on_line(line)
+        return offset + len(data)

@@ -1,0 +1,136 @@
+"""Render the sbatch script for a job spec (pure text; golden-tested).
+
+Values in ``#SBATCH`` lines are checked against a conservative character set
+(sbatch parses those lines itself, not a shell); everything in the script body
+is shell-quoted. Secrets never enter the script: a tracking URI holding
+credentials reaches the job through sbatch's exported environment instead.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from hpc.config import ConfigError
+from hpc.jobspec import JobSpec, redact_uri
+
+# What may appear in a #SBATCH value: no whitespace, quotes, `$` or newlines.
+_DIRECTIVE_SAFE = re.compile(r"^[A-Za-z0-9_.,:@%+=/\-\[\]]+$")
+PREEMPT_EXIT_CODE = 124  # a checkpointed, preempted job exits with this (see preemption)
+
+
+def directive_value(key: str, value: object) -> str:
+    text = str(value)
+    if not _DIRECTIVE_SAFE.match(text):
+        raise ConfigError(key, f"{text!r} cannot go into an #SBATCH line (unsafe characters)")
+    return text
+
+
+def sbatch_directives(spec: JobSpec, *, output: str | None = None) -> list[str]:
+    """The ``#SBATCH`` options as ``--name=value`` strings, in a stable order."""
+    res = spec.resources
+    cluster = spec.config["cluster"]
+    pre = spec.config["preemption"]
+    opts: list[tuple[str, str, Any]] = [
+        ("job-name", "job.name", spec.name),
+        ("nodes", "resources.nodes", res["nodes"]),
+        ("ntasks-per-node", "resources.tasks_per_node", res["tasks_per_node"]),
+        ("cpus-per-task", "resources.cpus_per_task", res["cpus_per_task"]),
+    ]
+    if res["gpus_per_node"]:
+        opts.append(("gpus-per-node", "resources.gpus_per_node", res["gpus_per_node"]))
+    for key in ("mem", "time", "partition", "account", "qos", "constraint"):
+        if res.get(key) is not None:
+            opts.append((key, f"resources.{key}", res[key]))
+    opts += [
+        ("output", "run_dir", output or f"{spec.run_dir}/logs/slurm-%j.out"),
+        ("open-mode", "", "append"),
+        ("chdir", "(working directory)", spec.workdir),
+        ("signal", "preemption.signal", f"B:{pre['signal']}@{pre['lead_s']}"),
+    ]
+    lines = [f"--{name}={directive_value(key or name, value)}" for name, key, value in opts]
+    lines.append("--requeue" if pre.get("requeue", True) else "--no-requeue")
+    for i, extra in enumerate(cluster.get("sbatch_args") or []):
+        if not str(extra).startswith("-"):
+            raise ConfigError(f"cluster.sbatch_args[{i}]", f"{extra!r} is not an sbatch option")
+        lines.append(directive_value(f"cluster.sbatch_args[{i}]", extra))
+    return lines
+
+
+def job_environment(spec: JobSpec, *, run_paths: bool = True) -> dict[str, str]:
+    env = {"HPC_LAUNCHER": "slurm", "PYTHONUNBUFFERED": "1"}
+    if run_paths:
+        env["HPC_RUN_DIR"] = str(spec.run_dir)
+        env["HPC_CONFIG_FILE"] = str(spec.config_file)
+    uri = spec.tracking_uri
+    if uri and redact_uri(uri) == uri:  # no credentials inside: safe to write down
+        env["MLFLOW_TRACKING_URI"] = uri
+    return env
+
+
+def srun_command(spec: JobSpec, worker: Iterable[str]) -> list[str]:
+    res = spec.resources
+    return [
+        "srun",
+        "--kill-on-bad-exit=1",
+        f"--ntasks-per-node={res['tasks_per_node']}",
+        f"--cpus-per-task={res['cpus_per_task']}",
+        "--cpu-bind=none",  # the runtime binds each rank next to its GPU
+        *worker,
+    ]
+
+
+def python_for(spec: JobSpec) -> str:
+    return str(spec.config["cluster"].get("python") or sys.executable)
+
+
+def render_script(
+    spec: JobSpec,
+    *,
+    directives: list[str],
+    env: dict[str, str] | None = None,
+    prepare: list[str] | None = None,
+    worker: list[str] | None = None,
+    header: str = "",
+) -> str:
+    """The whole batch script. ``prepare`` lines run before the step (already quoted)."""
+    pre = spec.config["preemption"]
+    python = python_for(spec)
+    worker = worker or [python, "-m", "hpc.run", str(spec.config_file)]
+    out = ["#!/bin/bash", f"# hpc-launch: {header or f'{spec.name} (run dir {spec.run_dir})'}"]
+    out += [f"#SBATCH {d}" for d in directives]
+    out.append("")
+    for key, value in (env if env is not None else job_environment(spec)).items():
+        out.append(f"export {key}={shlex.quote(value)}")
+    setup = spec.config["cluster"].get("setup") or []
+    if setup:
+        out.append("# cluster.setup (verbatim)")
+        out += [str(line) for line in setup]
+    out += prepare or []
+    sig = shlex.quote(str(pre["signal"]))
+    py = shlex.quote(python)
+    out += [
+        "",
+        'echo "hpc-launch: job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST}'
+        ' (restart ${SLURM_RESTART_COUNT:-0})"',
+        f'{py} -m hpc.records start "$HPC_RUN_DIR"',
+        "# The step runs in the background so this shell can take the preemption",
+        "# signal (--signal=B:...) or SIGTERM and pass it on to every task.",
+        shlex.join(srun_command(spec, worker)) + " &",
+        "step=$!",
+        "interrupted=0",
+        'forward() { interrupted=1; kill -s "$1" "$step" 2>/dev/null || true; }',
+        f"trap 'forward {sig}' {sig}",
+        "trap 'forward TERM' TERM",
+        "while :; do",
+        '  interrupted=0; wait "$step"; rc=$?',
+        '  [ "$interrupted" = 1 ] || break  # woken by a signal: wait for the real exit',
+        "done",
+        'echo "hpc-launch: step exited with code $rc"',
+        f'{py} -m hpc.records finish "$HPC_RUN_DIR" "$rc"',
+        'exit "$rc"',
+    ]
+    return "\n".join(out) + "\n"
