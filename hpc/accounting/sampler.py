@@ -1,0 +1,518 @@
+"""Node-local accounting sampler: NVML GPU metrics + psutil CPU/RSS, written as JSONL.
+
+One sampler runs per node (the runtime starts it on local rank 0 in a background
+thread). Every ``interval_s`` it appends one ``sample`` record and flushes; it fsyncs
+every ``fsync_every_s`` and at stop. Each start appends a ``header`` record first, so a
+requeued job that reuses the file shows one header per start.
+
+Without NVML (no driver, no GPU) it records CPU-only samples with ``gpus: 0`` and the
+header says why; it never invents GPU numbers. A metric the driver does not support is
+written as ``null``.
+
+Records (one JSON object per line)::
+
+    {"type": "header", "version": 1, "t": 1700000000.0, "mode": "nvml" | "cpu-only",
+     "reason": "...", "gpus": 2, "devices": [...], "host": "...", "pid": 1, ...}
+    {"type": "sample", "t": ..., "gpus": [{"index": 0, "util": 97, "mem": 123,
+     "power_w": 301.2, "energy_mj": 123456}], "cpu_s": 1.9, "cpu_percent": 190.0,
+     "rss": 123456, "procs": 3}
+    {"type": "error", "t": ..., "error": "..."}
+    {"type": "stop", "t": ..., "samples": 10, "sampler_cpu_s": 0.01}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SamplerConfig:
+    """What to sample, how often and where to write."""
+
+    path: Path
+    interval_s: float = 1.0
+    fsync_every_s: float = 30.0
+    pids: Collection[int] | None = None  # a fixed set of the job's processes ...
+    root_pid: int | None = None  # ... or the process tree under this pid (default: own)
+    tree_refresh_s: float = 10.0  # how often the process tree is re-walked
+    gpu_indices: list[int] | None = None  # NVML indices; default: CUDA_VISIBLE_DEVICES/all
+    job_id: str | None = None
+
+
+class _Processes:
+    """CPU seconds and RSS of the job's processes, from psutil."""
+
+    def __init__(self, pids: Collection[int] | None, root_pid: int | None, refresh_s: float):
+        self._fixed = list(pids) if pids is not None else None
+        self._root = root_pid if root_pid is not None else os.getpid()
+        self._refresh_s = refresh_s
+        self._procs: dict[int, psutil.Process] = {}
+        self._last_cpu: dict[int, float] = {}
+        self._walked = -1e18
+
+    def _refresh(self, now: float) -> None:
+        if self._fixed is not None:
+            wanted = self._fixed
+        else:
+            if now - self._walked < self._refresh_s and self._procs:
+                return
+            self._walked = now
+            try:
+                root = psutil.Process(self._root)
+                wanted = [root.pid] + [c.pid for c in root.children(recursive=True)]
+            except psutil.Error:
+                wanted = []
+        for pid in wanted:
+            if pid not in self._procs:
+                try:
+                    self._procs[pid] = psutil.Process(pid)
+                except psutil.Error:
+                    continue
+        if self._fixed is None:
+            for pid in list(self._procs):
+                if pid not in wanted:
+                    del self._procs[pid]
+
+    def sample(self, now: float) -> tuple[float, int, int]:
+        """(CPU seconds since the last call, total RSS bytes, live process count)."""
+        self._refresh(now)
+        cpu = 0.0
+        rss = 0
+        for pid, proc in list(self._procs.items()):
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    mem = proc.memory_info().rss
+            except psutil.Error:
+                del self._procs[pid]
+                self._last_cpu.pop(pid, None)
+                continue
+            total = times.user + times.system
+            # A process seen for the first time is the job's since birth: count it all.
+            cpu += max(0.0, total - self._last_cpu.get(pid, 0.0))
+            self._last_cpu[pid] = total
+            rss += mem
+        return cpu, rss, len(self._procs)
+
+
+class _Nvml:
+    """The NVML side; every call that the driver refuses gives ``None``."""
+
+    def __init__(self, gpu_indices: list[int] | None):
+        import pynvml  # nvidia-ml-py; loaded only here
+
+        self.nv = pynvml
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        indices, self.selection = _select_devices(count, gpu_indices, pynvml)
+        self.handles = [(i, pynvml.nvmlDeviceGetHandleByIndex(i)) for i in indices]
+        self.unsupported: set[str] = set()
+
+    def devices(self) -> list[dict[str, Any]]:
+        out = []
+        for index, handle in self.handles:
+            out.append(
+                {
+                    "index": index,
+                    "name": self._call("name", self.nv.nvmlDeviceGetName, handle),
+                    "uuid": self._call("uuid", self.nv.nvmlDeviceGetUUID, handle),
+                    "memory_total": getattr(
+                        self._call("memory", self.nv.nvmlDeviceGetMemoryInfo, handle),
+                        "total",
+                        None,
+                    ),
+                }
+            )
+        return out
+
+    def _call(self, metric: str, fn: Any, handle: Any) -> Any:
+        if metric in self.unsupported:
+            return None
+        try:
+            return fn(handle)
+        except self.nv.NVMLError as exc:
+            if isinstance(exc, self.nv.NVMLError_NotSupported):
+                self.unsupported.add(metric)
+            return None
+
+    def sample(self) -> list[dict[str, Any]]:
+        nv = self.nv
+        out = []
+        for index, h in self.handles:
+            util = self._call("util", nv.nvmlDeviceGetUtilizationRates, h)
+            mem = self._call("memory", nv.nvmlDeviceGetMemoryInfo, h)
+            power = self._call("power", nv.nvmlDeviceGetPowerUsage, h)
+            energy = self._call("energy", nv.nvmlDeviceGetTotalEnergyConsumption, h)
+            out.append(
+                {
+                    "index": index,
+                    "util": None if util is None else int(util.gpu),
+                    "mem": None if mem is None else int(mem.used),
+                    "power_w": None if power is None else power / 1000.0,
+                    "energy_mj": None if energy is None else int(energy),
+                }
+            )
+        return out
+
+    def close(self) -> None:
+        with contextlib.suppress(self.nv.NVMLError):
+            self.nv.nvmlShutdown()
+
+
+def _select_devices(count: int, wanted: list[int] | None, nv: Any) -> tuple[list[int], str]:
+    if wanted is not None:
+        bad = [i for i in wanted if not 0 <= i < count]
+        if bad:
+            raise ValueError(f"GPU indices {bad} not among the {count} NVML devices")
+        return list(wanted), "gpu_indices given"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None or visible.strip() == "":
+        return list(range(count)), "all NVML devices"
+    uuids = {}
+    for i in range(count):
+        with contextlib.suppress(nv.NVMLError):
+            uuids[str(nv.nvmlDeviceGetUUID(nv.nvmlDeviceGetHandleByIndex(i)))] = i
+    picked: list[int] = []
+    for item in (v.strip() for v in visible.split(",")):
+        if item.isdigit() and int(item) < count:
+            picked.append(int(item))
+        else:
+            match = [i for u, i in uuids.items() if item and u.startswith(item)]
+            if len(match) != 1:
+                return list(range(count)), f"CUDA_VISIBLE_DEVICES={visible!r} unresolved: all"
+            picked.append(match[0])
+    return picked, f"CUDA_VISIBLE_DEVICES={visible}"
+
+
+class Sampler:
+    """Background sampler; use as a context manager or call start()/stop()."""
+
+    def __init__(self, config: SamplerConfig):
+        self.config = config
+        self.path = Path(config.path)
+        self.samples = 0
+        self.thread_cpu_s = 0.0  # CPU time used by the sampler thread itself
+        self.mode = "cpu-only"
+        self.reason = ""
+        self._nvml: _Nvml | None = None
+        self._procs = _Processes(config.pids, config.root_pid, config.tree_refresh_s)
+        self._fh: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_fsync = 0.0
+        self._last_sample: float | None = None
+        self._errors: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------
+    def open(self) -> None:
+        """Probe NVML, open the file and write the header (no thread started)."""
+        try:
+            self._nvml = _Nvml(self.config.gpu_indices)
+            if not self._nvml.handles:
+                self.reason = "NVML found no GPU"
+                self._nvml.close()
+                self._nvml = None
+            else:
+                self.mode, self.reason = "nvml", self._nvml.selection
+        except Exception as exc:  # ImportError, NVMLError_LibraryNotFound, driver errors
+            self._nvml = None
+            self.reason = f"NVML unavailable: {exc or type(exc).__name__}"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        exists = self.path.exists() and self.path.stat().st_size > 0
+        needs_newline = exists and _last_byte(self.path) != b"\n"
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open
+        if needs_newline:  # a previous run died mid-line: keep our records parseable
+            self._fh.write("\n")
+        devices = self._nvml.devices() if self._nvml else []
+        self._write(
+            {
+                "type": "header",
+                "version": FORMAT_VERSION,
+                "t": time.time(),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "mode": self.mode,
+                "reason": self.reason,
+                "gpus": len(devices),
+                "devices": devices,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "root_pid": None
+                if self.config.pids is not None
+                else self.config.root_pid or os.getpid(),
+                "pids": None if self.config.pids is None else sorted(self.config.pids),
+                "interval_s": self.config.interval_s,
+                "job_id": self.config.job_id or os.environ.get("SLURM_JOB_ID"),
+                "restart_count": _int_env("SLURM_RESTART_COUNT"),
+            }
+        )
+        self._fsync()
+
+    def start(self) -> Sampler:
+        self.open()
+        self._thread = threading.Thread(target=self._loop, name="hpc-accounting", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(5.0, 2 * self.config.interval_s))
+            self._thread = None
+        with self._lock:
+            if self._fh is None:
+                return
+            self._write(
+                {
+                    "type": "stop",
+                    "t": time.time(),
+                    "samples": self.samples,
+                    "sampler_cpu_s": round(self.thread_cpu_s, 6),
+                }
+            )
+            self._fsync()
+            self._fh.close()
+            self._fh = None
+        if self._nvml is not None:
+            self._nvml.close()
+            self._nvml = None
+
+    def __enter__(self) -> Sampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- sampling --------------------------------------------------------------------
+    def sample_once(self) -> dict[str, Any]:
+        """Take and write one sample now (the thread calls this every interval)."""
+        now = time.time()
+        record: dict[str, Any] = {"type": "sample", "t": now}
+        record["gpus"] = self._nvml.sample() if self._nvml else []
+        cpu_s, rss, nprocs = self._procs.sample(time.monotonic())
+        dt = None if self._last_sample is None else now - self._last_sample
+        record["cpu_s"] = round(cpu_s, 4)
+        record["cpu_percent"] = round(100.0 * cpu_s / dt, 2) if dt else None
+        record["rss"] = rss
+        record["procs"] = nprocs
+        self._last_sample = now
+        with self._lock:
+            if self._fh is None:
+                return record
+            self._write(record)
+            self.samples += 1
+            if time.monotonic() - self._last_fsync >= self.config.fsync_every_s:
+                self._fsync()
+        return record
+
+    def _loop(self) -> None:
+        interval = self.config.interval_s
+        cpu0 = time.thread_time()
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.sample_once()
+            except Exception as exc:  # never take the training down
+                self._note_error(exc)
+            self.thread_cpu_s = time.thread_time() - cpu0
+            next_t += interval
+            delay = next_t - time.monotonic()
+            if delay < 0:  # overran (suspended, overloaded): do not burst to catch up
+                next_t, delay = time.monotonic(), 0.0
+            if self._stop.wait(delay):
+                break
+        self.thread_cpu_s = time.thread_time() - cpu0
+
+    def _note_error(self, exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        if text in self._errors:
+            return
+        self._errors.add(text)
+        with self._lock:
+            if self._fh is not None:
+                self._write({"type": "error", "t": time.time(), "error": text})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._fh.flush()
+
+    def _fsync(self) -> None:
+        os.fsync(self._fh.fileno())
+        self._last_fsync = time.monotonic()
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1)
+
+
+def _int_env(name: str) -> int | None:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else None
+
+
+# -- reading back ------------------------------------------------------------------------
+@dataclass
+class _Segment:
+    """One start of the sampler (a header and the records after it)."""
+
+    gpus: int
+    mode: str
+    t0: float
+    t_last: float
+    samples: int = 0
+    cpu_s: float = 0.0
+    util_sum: float = 0.0
+    util_n: int = 0
+    peak_mem: int | None = None
+    peak_rss: int | None = None
+    energy_first: dict[int, int] | None = None
+    energy_last: dict[int, int] | None = None
+    power_j: dict[int, float] | None = None
+    power_prev: dict[int, tuple[float, float]] | None = None
+
+    def energy_j(self) -> float | None:
+        """GPU energy of this segment: counter delta, else integrated power; None if unknown."""
+        if self.gpus == 0 or self.mode != "nvml":
+            return None
+        first, last = self.energy_first or {}, self.energy_last or {}
+        power = self.power_j or {}
+        total = 0.0
+        for index in set(first) | set(power) or {-1}:
+            if index in first and index in last and last[index] >= first[index]:
+                total += (last[index] - first[index]) / 1000.0
+            elif index in power:
+                total += power[index]
+            else:
+                return None
+        return total
+
+
+def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Summarise one accounting JSONL file.
+
+    Returns ``gpus`` (most GPUs of any start), ``gpu_hours``, ``gpu_util_mean`` (None
+    without GPU samples), ``peak_gpu_memory_bytes`` and ``peak_rss_bytes`` (None if never
+    seen), ``energy_kwh`` (None if unknown), ``wall_s``, ``cpu_hours``, ``samples``,
+    ``restarts`` (number of header records, i.e. starts), ``mode``, ``reason``,
+    ``job_id``, ``first_t``/``last_t`` (epoch seconds) and ``bad_lines`` (torn lines
+    left by a killed writer). A line that is not JSON raises ``ValueError`` naming the
+    file and line, unless it is the last line of a start (a torn write).
+    """
+    path = Path(path)
+    segments: list[_Segment] = []
+    last_header: dict[str, Any] = {}
+    pending_bad: tuple[int, str] | None = None
+    bad_lines = 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                if pending_bad is not None:
+                    break  # two bad lines in a row: report the first below
+                pending_bad = (lineno, str(exc))
+                continue
+            kind = rec.get("type")
+            if pending_bad is not None and kind != "header":
+                break
+            if pending_bad is not None:
+                bad_lines += 1
+                pending_bad = None
+            if kind == "header":
+                last_header = rec
+                t = float(rec.get("t", 0.0))
+                segments.append(_Segment(int(rec.get("gpus") or 0), rec.get("mode", ""), t, t))
+            elif not segments:
+                raise ValueError(f"{path}:{lineno}: {kind!r} record before any header record")
+            else:
+                _add_record(segments[-1], rec, path, lineno)
+        else:
+            if pending_bad is not None:  # torn final line
+                bad_lines += 1
+                pending_bad = None
+    if pending_bad is not None:
+        raise ValueError(f"{path}:{pending_bad[0]}: not a JSON record ({pending_bad[1]})")
+    return _summary(segments, last_header, bad_lines)
+
+
+def _add_record(seg: _Segment, rec: dict[str, Any], path: Path, lineno: int) -> None:
+    try:
+        t = float(rec["t"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}:{lineno}: record without a numeric 't'") from None
+    seg.t_last = max(seg.t_last, t)
+    if rec.get("type") != "sample":
+        return
+    seg.samples += 1
+    seg.cpu_s += float(rec.get("cpu_s") or 0.0)
+    if rec.get("rss") is not None:
+        seg.peak_rss = max(seg.peak_rss or 0, int(rec["rss"]))
+    for gpu in rec.get("gpus") or []:
+        index = int(gpu.get("index", 0))
+        if gpu.get("util") is not None:
+            seg.util_sum += float(gpu["util"])
+            seg.util_n += 1
+        if gpu.get("mem") is not None:
+            seg.peak_mem = max(seg.peak_mem or 0, int(gpu["mem"]))
+        if gpu.get("energy_mj") is not None:
+            seg.energy_first = seg.energy_first or {}
+            seg.energy_last = seg.energy_last or {}
+            seg.energy_first.setdefault(index, int(gpu["energy_mj"]))
+            seg.energy_last[index] = int(gpu["energy_mj"])
+        if gpu.get("power_w") is not None:
+            seg.power_j = seg.power_j or {}
+            seg.power_prev = seg.power_prev or {}
+            watts = float(gpu["power_w"])
+            if index in seg.power_prev:
+                t_prev, w_prev = seg.power_prev[index]
+                seg.power_j[index] = (
+                    seg.power_j.get(index, 0.0) + (t - t_prev) * (watts + w_prev) / 2
+                )
+            else:
+                seg.power_j.setdefault(index, 0.0)
+            seg.power_prev[index] = (t, watts)
+
+
+def _summary(segments: list[_Segment], header: dict[str, Any], bad: int) -> dict[str, Any]:
+    util_n = sum(s.util_n for s in segments)
+    energies = [s.energy_j() for s in segments if s.gpus > 0]
+    known = bool(energies) and all(e is not None for e in energies)
+    peaks_mem = [s.peak_mem for s in segments if s.peak_mem is not None]
+    peaks_rss = [s.peak_rss for s in segments if s.peak_rss is not None]
+    return {
+        "gpus": max((s.gpus for s in segments), default=0),
+        "gpu_hours": sum(s.gpus * (s.t_last - s.t0) for s in segments) / 3600.0,
+        "gpu_util_mean": (sum(s.util_sum for s in segments) / util_n) if util_n else None,
+        "peak_gpu_memory_bytes": max(peaks_mem) if peaks_mem else None,
+        "peak_rss_bytes": max(peaks_rss) if peaks_rss else None,
+        "energy_kwh": sum(e or 0.0 for e in energies) / 3.6e6 if known else None,
+        "wall_s": sum(s.t_last - s.t0 for s in segments),
+        "cpu_hours": sum(s.cpu_s for s in segments) / 3600.0,
+        "samples": sum(s.samples for s in segments),
+        "restarts": len(segments),
+        "mode": header.get("mode"),
+        "reason": header.get("reason"),
+        "job_id": header.get("job_id"),
+        "first_t": segments[0].t0 if segments else None,
+        "last_t": max((s.t_last for s in segments), default=None),
+        "bad_lines": bad,
+    }
