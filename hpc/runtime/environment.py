@@ -126,6 +126,11 @@ def _register(env_cls: type[ClusterEnvironment]) -> None:
 
 # Imported here, after the base classes exist (they import from this module).
 # Order matters: mpirun inside a Slurm allocation sets both OMPI_* and SLURM_*.
+from hpc.runtime.mpi_env import OpenMpiEnvironment, PmiEnvironment  # noqa: E402
+
+_register(OpenMpiEnvironment)
+_register(PmiEnvironment)
+
 from hpc.runtime.slurm_env import SlurmEnvironment  # noqa: E402
 
 _register(SlurmEnvironment)
