@@ -267,7 +267,8 @@ def state_from_conditions(conditions: list[dict[str, Any]]) -> tuple[str, str | 
 class KubernetesJob(JobHandle):
     """One submitted MPIJob."""
 
-    poll_s = 5.0
+    poll_s = 5.0  # between status queries in wait()
+    status_ttl_s = 1.0  # status() answers from its last query this long (progress redraws)
 
     def __init__(self, api: Any, name: str, namespace: str, run_dir: Path) -> None:
         from kubernetes import client
@@ -284,6 +285,7 @@ class KubernetesJob(JobHandle):
         self._state = "PENDING"
         self._cancelled = False
         self._follower: threading.Thread | None = None
+        self._checked_at = float("-inf")
 
     # -- queries ---------------------------------------------------------------------------
     def mpijob(self) -> dict[str, Any] | None:
@@ -317,6 +319,8 @@ class KubernetesJob(JobHandle):
         return list(result.items or [])
 
     def status(self) -> str:
+        if time.monotonic() - self._checked_at < self.status_ttl_s:
+            return self._state
         obj = self.mpijob()
         if obj is None:  # deleted: by us, by someone else, or by ttlSecondsAfterFinished
             state = "CANCELLED" if self._cancelled else self._state
@@ -328,6 +332,7 @@ class KubernetesJob(JobHandle):
             if state == "PENDING":
                 self.message = self._pod_problem() or message
         self._set_state(state)
+        self._checked_at = time.monotonic()
         return state
 
     def _pod_problem(self) -> str | None:
@@ -393,6 +398,7 @@ class KubernetesJob(JobHandle):
                     raise
         self.message = "cancelled"
         self._set_state("CANCELLED")
+        self._checked_at = float("-inf")
 
     def logs(self, follow: bool = False) -> Iterator[str]:
         """The launcher pod's output (mpirun merges every rank's)."""

@@ -96,7 +96,7 @@ def test_status_logs_wait_and_cancel(
 
     run = workdir / "run-1"
     job = handle_from_record(run)
-    job.poll_s = 0.01
+    job.poll_s = job.status_ttl_s = 0
     server.requests.clear()
 
     # pending: the pods say why
@@ -160,6 +160,20 @@ def test_status_logs_wait_and_cancel(
     job.cancel()  # idempotent: 404s are fine
 
 
+def test_status_is_cached_briefly_for_progress_redraws(
+    server: FakeApiServer, kubeconfig: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert submit(workdir, kubeconfig).returncode == 0
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    from hpc.launchers.kubernetes.client import handle_from_record
+
+    job = handle_from_record(workdir / "run-1")
+    server.requests.clear()
+    states = {job.status() for _ in range(20)}
+    assert states == {"PENDING"}
+    assert server.calls().count(("GET", f"{MPIJOBS}/{NAME}")) == 1
+
+
 def test_deadline_and_exit_code(
     server: FakeApiServer, kubeconfig: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -168,6 +182,7 @@ def test_deadline_and_exit_code(
     from hpc.launchers.kubernetes.client import handle_from_record
 
     job = handle_from_record(workdir / "run-1")
+    job.poll_s = job.status_ttl_s = 0
     server.mpijob_status = {
         "conditions": [
             {
@@ -273,3 +288,18 @@ def test_context_from_config_is_used(server: FakeApiServer, workdir: Path) -> No
         assert records.load(workdir / "run-1")["extra"]["context"] == "other-ctx"
     finally:
         other.stop()
+
+
+def test_cli_waits_for_the_job_by_default(
+    server: FakeApiServer, kubeconfig: Path, workdir: Path
+) -> None:
+    server.mpijob_status = {
+        "conditions": [{"type": "Failed", "status": "True", "message": "launcher failed"}]
+    }
+    server.pods = [pod(f"{NAME}-launcher-q", NAME, "launcher", exit_code=3)]
+    args = ["cluster=k8s", f"cluster.namespace={NS}", f"run_dir={workdir}/run-1"]
+    proc = hpc_launch(args, workdir, KUBECONFIG=str(kubeconfig))
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"hpc-launch: {NAME}: FAILED: launcher failed"
+    record = records.load(workdir / "run-1")
+    assert record["state"] == "FAILED" and record["exit_code"] == 3
