@@ -156,9 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) < 2 or args[0] not in ("start", "finish"):
         print("usage: python -m hpc.records start|finish RUN_DIR [EXIT_CODE]", file=sys.stderr)
         return 2
-    run_dir = Path(args[1])
+    try:
+        return _main(args[0], Path(args[1]), args[2:])
+    except (OSError, ValueError) as exc:
+        print(f"hpc-launch: could not update the run record: {exc}", file=sys.stderr)
+        return 1
+
+
+def _main(command: str, run_dir: Path, rest: list[str]) -> int:
     env = os.environ
-    if args[0] == "start":
+    if command == "start":
         array = env.get("SLURM_ARRAY_JOB_ID")
         job_id = f"{array}_{env.get('SLURM_ARRAY_TASK_ID')}" if array else env.get("SLURM_JOB_ID")
         update(
@@ -171,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
         return 0
-    code = int(args[2]) if len(args) > 2 else 0
+    code = int(rest[0]) if rest else 0
     update(run_dir, state="COMPLETED" if code == 0 else "FAILED", exit_code=code)
     return 0
 

@@ -155,7 +155,7 @@ class Config:
     nccl: NcclConfig = field(default_factory=NcclConfig)
     accounting: AccountingConfig = field(default_factory=AccountingConfig)
     dry_run: bool = False
-    wait: bool = True  # follow the job until it ends (local always does)
+    wait: bool = False  # follow a submitted job until it ends (local runs always do)
     output_root: str = "outputs"
     run_dir: str | None = None  # default: <output_root>/<job.name>/<timestamp>
     resume: str | None = None  # a run directory to continue

@@ -15,6 +15,10 @@ from pathlib import Path
 from hpc.jobspec import JobSpec
 
 
+class SubmitError(RuntimeError):
+    """The backend refused or could not take the job; ``str()`` is its own message."""
+
+
 @dataclass
 class Plan:
     """What a launcher would do. ``text`` is the printable artifact (script/manifest)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from conftest import hpc_launch
 
 # (overrides, the key the error must name)

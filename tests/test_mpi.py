@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import hpc_launch
 
 from hpc.runtime.environment import (
     ENVIRONMENTS,
@@ -19,6 +18,8 @@ from hpc.runtime.environment import (
     from_env,
 )
 from hpc.runtime.mpi_env import OpenMpiEnvironment, PmiEnvironment, agree_rendezvous
+
+from conftest import hpc_launch
 
 
 class FakeComm:
@@ -199,7 +200,14 @@ def test_mpi_launcher_runs_one_node_only(workdir: Path) -> None:
 def test_mpirun_two_rank_digits_run(workdir: Path) -> None:
     run = workdir / "run"
     proc = hpc_launch(
-        ["cluster=mpi", "job.epochs=3", "resources.tasks_per_node=2", f"run_dir={run}"],
+        # wait=true: mpirun is the CLI's child and must be followed whatever the default
+        [
+            "cluster=mpi",
+            "wait=true",
+            "job.epochs=3",
+            "resources.tasks_per_node=2",
+            f"run_dir={run}",
+        ],
         workdir,
         timeout=600,
     )
@@ -230,7 +238,9 @@ def test_failing_rank_is_named(workdir: Path) -> None:
     )
     run = workdir / "run"
     proc = hpc_launch(
-        ["cluster=mpi", f"job.entrypoint={script.name}", f"run_dir={run}"], workdir, timeout=300
+        ["cluster=mpi", "wait=true", f"job.entrypoint={script.name}", f"run_dir={run}"],
+        workdir,
+        timeout=300,
     )
     assert proc.returncode == 3, proc.stdout + proc.stderr
     record = json.loads((run / "job.json").read_text())

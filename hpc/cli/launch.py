@@ -29,6 +29,9 @@ def err(message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="hpc-launch: %(message)s")
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
         print(USAGE, end="")
@@ -73,11 +76,16 @@ def launch(overrides: Sequence[str], show_cfg: bool = False) -> int:
     if spec.config.get("dry_run"):
         sys.stdout.write(plan.text)
         return 0
+    from hpc.launchers.base import SubmitError
+
     try:
         handle = launcher.submit(plan)
     except ConfigError as exc:
         err(f"error: {exc}")
         return 2
+    except SubmitError as exc:
+        err(f"error: {spec.launcher} rejected the job: {exc}")
+        return 1
     err(f"{handle.job_id}: started, run directory {handle.run_dir}")
     if spec.launcher != "local" and not spec.config.get("wait"):
         return 0

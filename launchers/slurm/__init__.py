@@ -6,13 +6,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from hpc import records
+from hpc.jobspec import JobSpec, redact_uri
 from hpc.launchers.base import JobHandle, Launcher, Plan
 from hpc.launchers.local import follow_file
 from hpc.launchers.slurm import client
 from hpc.launchers.slurm.script import job_environment, render_script, sbatch_directives
-
-from hpc import records
-from hpc.jobspec import JobSpec, redact_uri
 
 SCRIPT_NAME = "job.sbatch"
 TERMINAL = {

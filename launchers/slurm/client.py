@@ -21,6 +21,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from hpc.launchers.base import SubmitError
+
 log = logging.getLogger(__name__)
 
 TRANSIENT = re.compile(
@@ -32,7 +34,7 @@ TRANSIENT = re.compile(
 )
 
 
-class SlurmError(RuntimeError):
+class SlurmError(SubmitError):
     """Slurm rejected a request; ``str()`` is Slurm's own message."""
 
 
@@ -66,7 +68,11 @@ def run(
         else:
             if proc.returncode == 0:
                 return proc.stdout
-            message = (proc.stderr or proc.stdout).strip() or f"{args[0]} exit {proc.returncode}"
+            text = (proc.stderr or proc.stdout).strip()
+            # One line: Slurm's own lines, verbatim, joined.
+            message = "; ".join(ln.strip() for ln in text.splitlines() if ln.strip()) or (
+                f"{args[0]} exit {proc.returncode}"
+            )
             if not TRANSIENT.search(message):
                 raise SlurmError(message)
         if attempt == retries:

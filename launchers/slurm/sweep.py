@@ -6,11 +6,10 @@ import shlex
 import sys
 from typing import Any
 
-from hpc.launchers.slurm import client
-from hpc.launchers.slurm.script import job_environment, python_for, render_script, sbatch_directives
-
 from hpc import records
 from hpc.jobspec import JobSpec
+from hpc.launchers.slurm import client
+from hpc.launchers.slurm.script import job_environment, python_for, render_script, sbatch_directives
 from hpc.sweep import SweepPlan, Task, sweep_record, write_record
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default: indices 0..1000

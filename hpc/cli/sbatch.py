@@ -1,0 +1,258 @@
+"""``hpc-sbatch [sbatch options] script.sh [args]``: sbatch with the framework's preamble.
+
+Every sbatch option passes through unchanged. The submitted script is a wrapper:
+the framework's defaults (as ``#SBATCH`` lines before the user's own, so the
+user's win), the user's ``#SBATCH`` lines, a preamble (rendezvous variables,
+preemption signal forwarding), then the original script, byte for byte, run
+with its own interpreter and arguments. ``--dry-run`` prints the wrapper.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shlex
+import sys
+import time
+from pathlib import Path
+
+# sbatch options that take a separate value (`-p debug`, `--partition debug`).
+SHORT_WITH_VALUE = set("AaBbcDdeFGiJLMmNnopqSTtwx")
+LONG_WITH_VALUE = {
+    "account",
+    "acctg-freq",
+    "array",
+    "batch",
+    "bb",
+    "bbf",
+    "begin",
+    "chdir",
+    "cluster-constraint",
+    "clusters",
+    "comment",
+    "constraint",
+    "container",
+    "core-spec",
+    "cores-per-socket",
+    "cpu-freq",
+    "cpus-per-gpu",
+    "cpus-per-task",
+    "deadline",
+    "delay-boot",
+    "dependency",
+    "distribution",
+    "error",
+    "exclude",
+    "export",
+    "export-file",
+    "extra-node-info",
+    "get-user-env",
+    "gid",
+    "gpu-bind",
+    "gpu-freq",
+    "gpus",
+    "gpus-per-node",
+    "gpus-per-socket",
+    "gpus-per-task",
+    "gres",
+    "gres-flags",
+    "hint",
+    "input",
+    "job-name",
+    "licenses",
+    "mail-type",
+    "mail-user",
+    "mcs-label",
+    "mem",
+    "mem-bind",
+    "mem-per-cpu",
+    "mem-per-gpu",
+    "mincpus",
+    "network",
+    "nice",
+    "nodefile",
+    "nodelist",
+    "nodes",
+    "ntasks",
+    "ntasks-per-core",
+    "ntasks-per-gpu",
+    "ntasks-per-node",
+    "ntasks-per-socket",
+    "open-mode",
+    "output",
+    "partition",
+    "power",
+    "prefer",
+    "priority",
+    "profile",
+    "propagate",
+    "qos",
+    "reservation",
+    "signal",
+    "sockets-per-node",
+    "switches",
+    "thread-spec",
+    "threads-per-core",
+    "time",
+    "time-min",
+    "tmp",
+    "uid",
+    "wait-all-nodes",
+    "wckey",
+    "wrap",
+}
+DEFAULT_DIRECTIVES = ["--signal=B:USR2@120", "--requeue", "--open-mode=append"]
+
+
+class UsageError(ValueError):
+    pass
+
+
+def split_args(argv: list[str]) -> tuple[list[str], str | None, list[str], bool]:
+    """(sbatch options, script path or None for --wrap, script args, dry_run)."""
+    options: list[str] = []
+    dry_run = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--dry-run":
+            dry_run = True
+        elif arg == "--":
+            i += 1
+            break
+        elif arg.startswith("--"):
+            name = arg[2:].split("=", 1)[0]
+            options.append(arg)
+            if "=" not in arg and name in LONG_WITH_VALUE:
+                if i + 1 >= len(argv):
+                    raise UsageError(f"option {arg} needs a value")
+                options.append(argv[i + 1])
+                i += 1
+        elif arg.startswith("-") and len(arg) > 1:
+            options.append(arg)
+            if len(arg) == 2 and arg[1] in SHORT_WITH_VALUE:
+                if i + 1 >= len(argv):
+                    raise UsageError(f"option {arg} needs a value")
+                options.append(argv[i + 1])
+                i += 1
+        else:
+            break
+        i += 1
+    rest = argv[i:]
+    wraps = [o for o in options if o.startswith("--wrap")]
+    if wraps:
+        return options, None, rest, dry_run
+    if not rest:
+        raise UsageError("no batch script given (usage: hpc-sbatch [options] script [args])")
+    return options, rest[0], rest[1:], dry_run
+
+
+def sbatch_lines(script: str) -> list[str]:
+    """The ``#SBATCH`` header lines sbatch itself would read from the script."""
+    lines = []
+    for line in script.splitlines()[1:] if script.startswith("#!") else script.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not stripped.startswith("#"):
+            break
+        if stripped.startswith("#SBATCH"):
+            lines.append(stripped)
+    return lines
+
+
+def wrap(original: str, args: list[str], origin: str) -> str:
+    delimiter = f"HPC_SBATCH_ORIGINAL_{secrets.token_hex(8)}"
+    while delimiter in original:
+        delimiter = f"HPC_SBATCH_ORIGINAL_{secrets.token_hex(8)}"
+    if not original.endswith("\n"):
+        original += "\n"
+    command = " ".join(
+        part
+        for part in (
+            "setsid",
+            "" if original.startswith("#!") else "/bin/bash",
+            '"$original"',
+            shlex.join(args),
+        )
+        if part
+    )
+    out = ["#!/bin/bash", f"# hpc-sbatch: wrapper around {origin}; the original runs unchanged"]
+    out += [f"#SBATCH {d}" for d in DEFAULT_DIRECTIVES]
+    out += sbatch_lines(original)
+    out += [
+        "",
+        "# --- hpc-launch preamble ---",
+        "export HPC_LAUNCHER=hpc-sbatch",
+        'export MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST"'
+        ' | head -n 1)}"',
+        'export MASTER_PORT="${MASTER_PORT:-$(( 10000 + ${SLURM_JOB_ID:-0} % 20000 ))}"',
+        'original="${TMPDIR:-/tmp}/hpc-sbatch-${SLURM_JOB_ID:-$$}.orig"',
+        f"cat > \"$original\" <<'{delimiter}'",
+        original + delimiter,
+        'chmod +x "$original"',
+        "# The original runs in its own process group so that the preemption signal",
+        "# (USR2) or SIGTERM reaches it and every step it started.",
+        f"{command} &",
+        "child=$!",
+        "interrupted=0",
+        'forward() { interrupted=1; kill -s "$1" -- "-$child" 2>/dev/null || true; }',
+        "trap 'forward USR2' USR2",
+        "trap 'forward TERM' TERM",
+        "while :; do",
+        '  interrupted=0; wait "$child"; rc=$?',
+        '  [ "$interrupted" = 1 ] || break',
+        "done",
+        'rm -f "$original"',
+        'exit "$rc"',
+    ]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        options, script_path, script_args, dry_run = split_args(args)
+    except UsageError as exc:
+        print(f"hpc-sbatch: error: {exc}", file=sys.stderr)
+        return 2
+    if script_path is None:
+        wrap_value = next(
+            (o.split("=", 1)[1] if "=" in o else options[options.index(o) + 1])
+            for o in options
+            if o.startswith("--wrap")
+        )
+        index = next(i for i, o in enumerate(options) if o.startswith("--wrap"))
+        del options[index : index + (1 if "=" in options[index] else 2)]
+        original, origin = f"#!/bin/sh\n{wrap_value}\n", "--wrap"
+    else:
+        try:
+            original = Path(script_path).read_text(encoding="utf-8")
+        except OSError as exc:
+            print(f"hpc-sbatch: error: {script_path}: {exc.strerror}", file=sys.stderr)
+            return 2
+        origin = script_path
+    text = wrap(original, script_args, origin)
+    if dry_run:
+        sys.stdout.write(text)
+        return 0
+    from hpc.launchers.slurm import client
+    from hpc.records import state_dir, write_atomic
+
+    spool = state_dir() / "sbatch"
+    spool.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^\w.-]", "_", Path(origin).name)
+    wrapper = spool / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{name}"
+    write_atomic(wrapper, text)
+    try:
+        job_id = client.submit(str(wrapper), options)
+    except client.SlurmError as exc:
+        print(f"sbatch: error: {exc}", file=sys.stderr)
+        return 1
+    print(job_id if "--parsable" in options else f"Submitted batch job {job_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
