@@ -22,12 +22,11 @@ import threading
 import time
 from typing import IO
 
-from hpc.launchers.base import Launcher, Plan
-from hpc.launchers.local import WORKER_MODULE, LocalJob, _shell_code, _signal_group
-
 from hpc import records
 from hpc.config import ConfigError
 from hpc.jobspec import JobSpec, redact_uri
+from hpc.launchers.base import Launcher, Plan
+from hpc.launchers.local import WORKER_MODULE, LocalJob, _shell_code, _signal_group
 from hpc.validate import local_gpu_count
 
 # Set by the ranks' environment, never inherited from the shell that runs hpc-launch:

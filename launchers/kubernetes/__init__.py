@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hpc.config import ConfigError
+from hpc.jobspec import JobSpec
 from hpc.launchers.base import Launcher, Plan
 from hpc.launchers.kubernetes import manifest
 from hpc.launchers.kubernetes.validate import check_config, check_mpijob
-
-from hpc.config import ConfigError
-from hpc.jobspec import JobSpec
 
 if TYPE_CHECKING:
     from hpc.launchers.kubernetes.client import KubernetesJob

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hpc.launchers.base import JobHandle, Plan
-from hpc.launchers.kubernetes import manifest
 
 from hpc import records
 from hpc.config import ConfigError
 from hpc.jobspec import redact_uri
+from hpc.launchers.base import JobHandle, Plan
+from hpc.launchers.kubernetes import manifest
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def api_client(context: str | None = None) -> Any:
         where = ", ".join(str(f) for f in files) or "in-cluster"
         key = "cluster.context" if context and "context" in str(exc).lower() else "cluster"
         raise KubernetesError(f"kubeconfig ({where}): {_one_line(exc)}", key) from None
-    configuration.retries = 1  # fail fast when nothing listens
+    configuration.retries = 0  # fail fast, in one line, when nothing listens
     return client.ApiClient(configuration)
 
 

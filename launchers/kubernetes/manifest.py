@@ -131,7 +131,9 @@ def pod_spec(spec: JobSpec) -> JobSpec:
     run_dir, ckpt = pod_paths(spec)
     return dataclasses.replace(
         spec,
-        config=dict(spec.config, dry_run=False),  # the same text whether printed or applied
+        # dry_run and wait are switches of the submitting CLI: fixed here, so the ConfigMap
+        # is the same text whether printed or applied, waited for or not.
+        config=dict(spec.config, dry_run=False, wait=False),
         run_dir=PurePosixPath(run_dir),  # type: ignore[arg-type]
         checkpoint_dir=PurePosixPath(ckpt),  # type: ignore[arg-type]
         tracking_uri=pod_tracking_uri(spec),

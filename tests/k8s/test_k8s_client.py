@@ -290,14 +290,14 @@ def test_context_from_config_is_used(server: FakeApiServer, workdir: Path) -> No
         other.stop()
 
 
-def test_cli_waits_for_the_job_by_default(
+def test_cli_follows_the_job_with_wait(
     server: FakeApiServer, kubeconfig: Path, workdir: Path
 ) -> None:
     server.mpijob_status = {
         "conditions": [{"type": "Failed", "status": "True", "message": "launcher failed"}]
     }
     server.pods = [pod(f"{NAME}-launcher-q", NAME, "launcher", exit_code=3)]
-    args = ["cluster=k8s", f"cluster.namespace={NS}", f"run_dir={workdir}/run-1"]
+    args = ["cluster=k8s", f"cluster.namespace={NS}", "wait=true", f"run_dir={workdir}/run-1"]
     proc = hpc_launch(args, workdir, KUBECONFIG=str(kubeconfig))
     assert proc.returncode == 3, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == f"hpc-launch: {NAME}: FAILED: launcher failed"

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from k8s_helpers import SCHEMAS, check_golden, hpc_launch
+
+from hpc.config import ConfigError
 from hpc.launchers.kubernetes import manifest
 from hpc.launchers.kubernetes.validate import (
     CRD_FILE,
@@ -19,9 +22,6 @@ from hpc.launchers.kubernetes.validate import (
     crd_schema,
     manifest_errors,
 )
-from k8s_helpers import SCHEMAS, check_golden, hpc_launch
-
-from hpc.config import ConfigError
 
 # name -> overrides (run_dir is added by the test)
 GOLDEN_CASES: dict[str, list[str]] = {
