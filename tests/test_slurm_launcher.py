@@ -222,3 +222,35 @@ def test_hpc_sbatch_wraps_plain_script(workdir: Path) -> None:
     assert "arg:two words\n" in out and f"arg:{payload}\n" in out
     assert "nodes=2 master=n1" in out
     assert not (workdir / "pwned").exists() and not (workdir / "pwned2").exists()
+
+
+def test_sweep_larger_than_max_array_size_is_split(workdir: Path) -> None:
+    max_size = int(
+        subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
+        .stdout.split("MaxArraySize")[1]
+        .split("=")[1]
+        .split()[0]
+    )
+    points = max_size + 1
+    proc = hpc_launch(
+        [
+            "-m",
+            "cluster=slurm",
+            "job.name=bigsweep",
+            f"job.lr=range(1,{points + 1})",
+            "tracking.enabled=false",
+        ],
+        workdir,
+        timeout=300,
+    )
+    try:
+        assert proc.returncode == 0, proc.stderr
+        sweep = json.loads(
+            next((workdir / "outputs").glob("bigsweep/sweep-*/sweep.json")).read_text()
+        )
+        assert [a["count"] for a in sweep["arrays"]] == [max_size, 1]
+        assert [a["offset"] for a in sweep["arrays"]] == [0, max_size]
+        last = sweep["tasks"][-1]
+        assert last["array_id"] == sweep["arrays"][1]["array_id"] and last["array_index"] == 0
+    finally:
+        subprocess.run(["scancel", "-n", "bigsweep"], check=False)
