@@ -58,8 +58,25 @@ def refresh_states(runs: list[dict[str, Any]]) -> None:
                 if found.reason and found.reason not in ("None", "(null)"):
                     run["reason"] = found.reason
     for run in runs:
-        if run.get("launcher") == "local":
+        if run.get("launcher") in ("local", "mpi"):
             run["state"] = local_state(run)
+        elif run.get("launcher") == "k8s" and run.get("state") in ACTIVE:
+            handle = _k8s_handle(run)
+            if handle is not None:
+                run["state"] = handle.status()
+
+
+def _k8s_handle(run: dict[str, Any]) -> Any:
+    from hpc.config import ConfigError
+    from hpc.launchers.kubernetes.client import handle_from_record
+
+    try:
+        return handle_from_record(run["run_dir"])
+    except ConfigError as exc:
+        print(
+            f"hpc: warning: Kubernetes not reachable ({exc}); states may be stale", file=sys.stderr
+        )
+        return None
 
 
 def local_state(record: dict[str, Any]) -> str:
@@ -97,6 +114,13 @@ def log_file(run: dict[str, Any]) -> Path:
 def follow_logs(run: dict[str, Any], follow: bool) -> Iterator[str]:
     from hpc.launchers.local import follow_file
 
+    if run.get("launcher") == "k8s":
+        handle = _k8s_handle(run)
+        if handle is None:
+            raise LookupError(f"{run['run_dir']}: cannot reach its Kubernetes cluster")
+        yield from handle.logs(follow)
+        return
+
     last_check = [0.0, False]
 
     def done() -> bool:
@@ -117,7 +141,13 @@ def cancel(run: dict[str, Any]) -> str:
 
         client.cancel(str(run["job_id"]))
         return f"scancel {run['job_id']}"
-    if run.get("launcher") == "local":
+    if run.get("launcher") == "k8s":
+        handle = _k8s_handle(run)
+        if handle is None:
+            raise LookupError(f"{run['run_dir']}: cannot reach its Kubernetes cluster")
+        handle.cancel()
+        return f"deleted MPIJob of {run['run_dir']}"
+    if run.get("launcher") in ("local", "mpi"):
         pid = (run.get("extra") or {}).get("launcher_pid")
         if not pid or local_state(run) != "RUNNING":
             raise LookupError(f"{run['run_dir']}: not running")

@@ -20,7 +20,7 @@ Compose the job config (configs/config.yaml) with overrides and launch it.
   hpc-launch job.epochs=3 resources.tasks_per_node=4
   hpc-launch cluster=slurm dry_run=true       print the sbatch script only
   hpc-launch --cfg                            print the resolved config only
-Config groups: cluster={local,slurm,k8s} job={digits}
+Config groups: cluster={local,slurm,k8s,mpi} job={digits}
 """
 
 
@@ -87,7 +87,7 @@ def launch(overrides: Sequence[str], show_cfg: bool = False) -> int:
         err(f"error: {spec.launcher} rejected the job: {exc}")
         return 1
     err(f"{handle.job_id}: started, run directory {handle.run_dir}")
-    if spec.launcher != "local" and not spec.config.get("wait"):
+    if spec.launcher not in ("local", "mpi") and not spec.config.get("wait"):
         return 0
     return follow(handle, spec.name)
 
