@@ -157,7 +157,10 @@ def run_report(args: argparse.Namespace) -> int:
     elif args.format == "html":
         from hpc.cost.html import to_html
 
-        text = to_html(report)
+        try:
+            text = to_html(report)
+        except ImportError as exc:
+            raise UsageError(f"argument --format html needs plotly ({exc})") from None
     else:
         text = to_table(report)
     if args.out:

@@ -31,7 +31,7 @@ from hpc.cost.model import PENDING_STATES, RUNNING_STATES, SCHEMA, CostInputErro
 JOBID_RE = r"^\d+(?:_(?:\d+|\[[^\]]*\]))?(?:\+\d+)?(?:\.[A-Za-z0-9_+-]+)?$"
 ALLOC_ID_RE = r"^(?P<job>\d+)(?:_(?P<task>\d+|\[[^\]]*\]))?(?:\+(?P<het>\d+))?$"
 TIME_FMT = "%Y-%m-%dT%H:%M:%S"
-NO_TIME = pa.array(["", "Unknown", "None"])
+NO_TIME = ("", "Unknown", "None")
 # No TRES name ends in "gres/gpu" or "billing", so these need no anchor (and run faster).
 GPU_GENERIC = r"gres/gpu=(?P<n>\d+)"
 GPU_TYPED = r"gres/gpu:(?P<t>[^=,]+)=(?P<n>\d+)"
@@ -80,7 +80,8 @@ def _time(rows: _Rows, ours: str) -> pa.Array:
     raw = rows.get(ours)
     if raw is None:
         return pa.nulls(rows.batch.num_rows, TS)
-    text = pc.if_else(pc.is_in(raw, value_set=NO_TIME), pa.scalar(None, pa.string()), raw)
+    no_time = pa.array(NO_TIME, pa.string())
+    text = pc.if_else(pc.is_in(raw, value_set=no_time), pa.scalar(None, pa.string()), raw)
     try:  # the ISO-8601 cast is faster than strptime; strptime finds the culprit
         return pc.cast(pc.cast(text, pa.timestamp("s")), TS)
     except pa.ArrowInvalid:

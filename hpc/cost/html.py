@@ -73,7 +73,7 @@ def _timeline_fig(report: Report) -> dict[str, Any] | None:
         traces.append(
             {
                 "type": "bar",
-                "name": k,
+                "name": html.escape(k),  # plotly reads tags in text: show them as typed
                 "x": days,
                 "y": [round(report.timeline[d].get(k, 0.0), 3) for d in days],
                 "marker": {"color": PALETTE[i % len(PALETTE)]},
@@ -132,7 +132,8 @@ def _top_fig(report: Report) -> dict[str, Any] | None:
     value = "cost" if priced else "gpu_hours"
     jobs = list(reversed(jobs))
     labels = [
-        f"{j['job_id']} · {j['user'] or '?'}" + (" *" if j["provisional"] else "") for j in jobs
+        html.escape(f"{j['job_id']} · {j['user'] or '?'}") + (" *" if j["provisional"] else "")
+        for j in jobs
     ]
     colors = [
         "#BAB0AC" if j["gpu_util_mean"] is None else f"hsl({int(j['gpu_util_mean'] * 1.2)},60%,45%)"
@@ -160,10 +161,12 @@ def _top_fig(report: Report) -> dict[str, Any] | None:
             "title": {
                 "text": "Top jobs by "
                 + ("cost" + unit if priced else "GPU-hours (no prices given)")
+                + "<br><sub>colour: GPU utilisation, red 0% to green 100%; grey: not "
+                "accounted; * running</sub>"
             },
             "xaxis": {"title": {"text": "cost" + unit if priced else "GPU-hours"}},
             "yaxis": {"automargin": True},
-            "margin": {"l": 20, "r": 20, "t": 50, "b": 50},
+            "margin": {"l": 20, "r": 20, "t": 80, "b": 50},
         },
     }
 
@@ -226,7 +229,7 @@ def to_html(report: Report) -> str:
         "<script>",
         "const figs = " + _json({k: v for k, v in figs.items() if v is not None}) + ";",
         "for (const [id, fig] of Object.entries(figs)) {",
-        "  Plotly.newPlot(id, fig.data, fig.layout, {displaylogo: false, responsive: true});",
+        "  Plotly.newPlot(id, fig.data, fig.layout, {displayModeBar: false, responsive: true});",
         "}",
         "</script></body></html>",
     ]

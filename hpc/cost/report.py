@@ -136,7 +136,8 @@ def build_report(
     fill_end = live & ~running & np.isnan(e) & ~np.isnan(s) & ~np.isnan(elapsed)
     e = np.where(fill_end, s + elapsed, e)
     unbounded = start is None and end is None
-    by_elapsed = live & np.isnan(s) & ~np.isnan(elapsed) & unbounded
+    # No Start (e.g. not in the input) but a positive Elapsed: usable without a window only.
+    by_elapsed = live & np.isnan(s) & (np.nan_to_num(elapsed) > 0) & unbounded
     no_start = live & np.isnan(s) & ~by_elapsed
     no_end = live & ~np.isnan(s) & np.isnan(e)
     skipped["no Start time (never started, or not in the input)"] += int(no_start.sum())
@@ -436,12 +437,12 @@ def _piece_counts(data: dict[str, np.ndarray]) -> np.ndarray:
     return np.maximum(1, last - day0 + 1)
 
 
-def _top_jobs(sub: pa.Table, data: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+def _top_jobs(t: pa.Table, keep: np.ndarray, data: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     if not len(data["cost"]):
         return []
     order = np.lexsort((-data["gpu_hours"], -data["cost"]))[:TOP_JOBS]
     picked = (
-        sub.take(pa.array(order))
+        t.take(pa.array(keep[order]))
         .select(["job_id", "user", "account", "partition", "state", "gpus", "gpu_type"])
         .to_pylist()
     )
