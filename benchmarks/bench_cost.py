@@ -148,15 +148,17 @@ print(json.dumps({k: {c: float(v) for c, v in row.items()} for k, row in g.iterr
 """
 
 
-def _measure(cmd: list[str]) -> tuple[float, float, str]:
-    """Measure ``cmd`` from a fresh helper so that RUSAGE_CHILDREN is this command's only."""
+def _measure(cmd: list[str]) -> tuple[float, float, str, float]:
+    """(wall s, peak RSS MiB, stdout, CPU s) of ``cmd``, run from a fresh helper process so
+    that RUSAGE_CHILDREN is this command's alone."""
     helper = (
         "import json, resource, subprocess, sys, time\n"
         "t0 = time.perf_counter()\n"
         "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
         "wall = time.perf_counter() - t0\n"
-        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-        "print(json.dumps({'wall': wall, 'rss': rss, 'rc': p.returncode, "
+        "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "rss, cpu = ru.ru_maxrss / 1024, ru.ru_utime + ru.ru_stime\n"
+        "print(json.dumps({'wall': wall, 'rss': rss, 'cpu': cpu, 'rc': p.returncode, "
         "'out': p.stdout, 'err': p.stderr}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", helper, *cmd], capture_output=True, text=True)
@@ -165,7 +167,7 @@ def _measure(cmd: list[str]) -> tuple[float, float, str]:
     res = json.loads(proc.stdout)
     if res["rc"] != 0:
         raise SystemExit(f"command failed ({res['rc']}): {' '.join(cmd)}\n{res['err']}")
-    return res["wall"], res["rss"], res["out"]
+    return res["wall"], res["rss"], res["out"], res["cpu"]
 
 
 def main() -> int:
@@ -214,8 +216,8 @@ def main() -> int:
     ]
     ours = min((_measure(ours_cmd) for _ in range(args.repeat)), key=lambda r: r[0])
     base = min((_measure(base_cmd) for _ in range(args.repeat)), key=lambda r: r[0])
-    print(f"hpc cost report : {ours[0]:6.2f} s  peak RSS {ours[1]:6.0f} MiB")
-    print(f"pandas baseline : {base[0]:6.2f} s  peak RSS {base[1]:6.0f} MiB")
+    for name, r in (("hpc cost report", ours), ("pandas baseline", base)):
+        print(f"{name} : wall {r[0]:6.2f} s  CPU {r[3]:6.2f} s  peak RSS {r[1]:6.0f} MiB")
     print(f"speed-up {base[0] / ours[0]:.2f}x, memory ratio {ours[1] / base[1]:.2f}")
     report = json.loads(ours[2])
     expected = json.loads(base[2])

@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from hpc.cost import derive
+from hpc.cost import fold
 from hpc.cost.model import SCHEMA, AllocationSet, CostInputError
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -139,17 +139,17 @@ def read_text(
     }
     skip = first_no if layout.header else first_no - 1  # leading blank lines (+ header)
     parser = _ChunkParser(source, layout, [c for c in columns.values() if c])
-    acc = derive.Accumulator(source, columns, header_first=layout.fields[0])
+    acc = fold.Accumulator(source, columns, header_first=layout.fields[0])
     acc.skipped["blank line"] += first_no - 1
 
-    def work(chunk: bytes) -> tuple[int, derive.Piece]:
+    def work(chunk: bytes) -> tuple[int, fold.Piece]:
         batch = parser.parse(chunk)
         return batch.num_rows, acc.piece(batch, 1)
 
     line = skip + 1
     workers = _workers()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[Future[tuple[int, derive.Piece]]] = deque()
+        pending: deque[Future[tuple[int, fold.Piece]]] = deque()
         try:
             for chunk in _chunks(data, skip):
                 pending.append(pool.submit(work, chunk))
@@ -166,7 +166,7 @@ def read_text(
         at = skip + 1
         for chunk in _chunks(data, skip):
             batch = parser.parse(chunk)
-            out.extend(derive.step_rows(batch, columns, wanted, at, source))
+            out.extend(fold.step_rows(batch, columns, wanted, at, source))
             at += batch.num_rows
         return out
 
@@ -182,7 +182,7 @@ def _workers() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
-def _merge(acc: derive.Accumulator, fut: Future[tuple[int, derive.Piece]], line: int) -> int:
+def _merge(acc: fold.Accumulator, fut: Future[tuple[int, fold.Piece]], line: int) -> int:
     """Fold one parsed chunk into ``acc``; its line numbers start at ``line``."""
     try:
         rows, piece = fut.result()

@@ -292,3 +292,13 @@ def test_errors_are_one_line_and_exit_2(
 def test_help_returns_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--help"]) == 0
     assert "--sacct-format" in capsys.readouterr().out
+
+
+def test_sacct_from_standard_input(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stdin = io.TextIOWrapper(io.BytesIO(files["sacct"].read_bytes()))
+    monkeypatch.setattr("sys.stdin", stdin)
+    rc, out, err = run(capsys, "--sacct", "-", "--format", "json")
+    assert rc == 0, err
+    assert json.loads(out)["total"]["jobs"] == 3
