@@ -9,7 +9,11 @@ Per allocation (one row of an :class:`~hpc.cost.model.AllocationSet`):
 * PENDING allocations and pending array ranges (``123_[1-3]``) cost nothing: skipped and
   counted, like everything else left out, per reason.
 * gpu_hours = GPUs x hours, cpu_hours = CPUs x hours; cost from the price table.
-* gpu_util_mean and energy come from the framework's accounting records, joined by job id.
+* gpu_util_mean and energy come from the framework's accounting records, joined by job id
+  (JobID, or JobIDRaw: an array task's SLURM_JOB_ID); a group's gpu_util_mean is the
+  GPU-hour-weighted mean over its jobs that have such records (null when none has).
+* ``jobs`` counts allocations that ran: array tasks, het components and requeued runs each
+  once, steps never; with ``day`` a job is counted on each day it ran (the total once).
 
 ``group_by=day`` splits each allocation's hours over the UTC days it ran in.
 """

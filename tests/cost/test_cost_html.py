@@ -100,6 +100,7 @@ def make_inputs(tmp: Path) -> list[str]:
 
 
 def test_html_report_renders_in_chromium(tmp_path: Path) -> None:
+    pytest.importorskip("plotly", reason="plotly (the HTML report's charts) is not installed")
     chrome = browser()
     out = tmp_path / "report.html"
     assert (

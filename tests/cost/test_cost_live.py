@@ -10,6 +10,7 @@ import os
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,37 @@ def test_live_report_sees_a_finished_gpu_job(capsys: pytest.CaptureFixture[str])
         )
     assert rows[str(job)]["jobs"] == 1
     assert rows[str(job)]["gpu_hours"] == pytest.approx(gpus * int(elapsed) / 3600, abs=2e-6)
+
+
+def test_live_retries_without_allusers_where_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stand-in sacct that refuses --allusers: the report shows the caller's jobs, says so."""
+    fake = tmp_path / "bin" / "sacct"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        'echo "$TZ $*" >> "$(dirname "$0")/calls"\n'
+        'case " $* " in *" --allusers "*) echo "sacct: error: Access denied" >&2; exit 1;; esac\n'
+        "echo '77|77|me|acct|gpu|COMPLETED|2024-05-01T10:00:00|2024-05-01T10:00:00|"
+        "2024-05-01T11:00:00|01:00:00|1|4|cpu=4,gres/gpu=2'\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    rc = main(["report", "--live", "--start", "2024-05-01", "--format", "json", "--by", "job"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    doc = json.loads(out.out)
+    assert doc["rows"][0]["key"] == "77" and doc["rows"][0]["gpu_hours"] == 2.0
+    assert "--allusers refused (sacct: error: Access denied)" in out.err
+    calls = (fake.parent / "calls").read_text().splitlines()
+    assert len(calls) == 2 and all(c.startswith("UTC ") for c in calls)
+    assert "--allusers" in calls[0] and "--allusers" not in calls[1]
+
+
+def test_live_without_sacct_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(["report", "--live"]) == 2
+    assert capsys.readouterr().err == "hpc cost: error: --live: sacct not found on PATH\n"

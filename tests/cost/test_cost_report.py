@@ -302,3 +302,13 @@ def test_sacct_from_standard_input(
     rc, out, err = run(capsys, "--sacct", "-", "--format", "json")
     assert rc == 0, err
     assert json.loads(out)["total"]["jobs"] == 3
+
+
+def test_html_without_plotly_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "plotly", None)
+    monkeypatch.setitem(__import__("sys").modules, "plotly.offline", None)
+    rc, out, err = run(capsys, "--sacct", str(files["sacct"]), "--format", "html")
+    assert rc == 2 and out == ""
+    assert err.startswith("hpc cost: error: argument --format html needs plotly")
