@@ -21,6 +21,7 @@ from typing import Any
 from hpc.cost.report import Report, Row
 
 DIGITS = 6
+MAX_TABLE_ROWS = 2000  # a terminal table longer than this helps nobody
 
 
 def iso(t: datetime | None) -> str | None:
@@ -127,7 +128,7 @@ def to_table(report: Report, width: int | None = None) -> str:
     table.add_column("cost" + cur, justify="right", footer=_fmt(t.cost))
     table.add_column("GPU util %", justify="right", footer=_fmt(t.gpu_util_mean, 1))
     table.add_column("energy kWh", justify="right", footer=_fmt(t.energy_kwh))
-    for r in report.rows:
+    for r in report.rows[:MAX_TABLE_ROWS]:
         table.add_row(
             r.key + (" *" if r.provisional_jobs else ""),
             f"{r.jobs:,}",
@@ -140,6 +141,11 @@ def to_table(report: Report, width: int | None = None) -> str:
     buf = io.StringIO()
     console = Console(file=buf, width=width or 120, color_system=None, force_terminal=False)
     console.print(table)
+    if len(report.rows) > MAX_TABLE_ROWS:
+        console.print(
+            f"(first {MAX_TABLE_ROWS:,} of {len(report.rows):,} rows; the total covers "
+            "all: use --format csv or json for every row)"
+        )
     if t.provisional_jobs:
         console.print(f"* includes {t.provisional_jobs} running allocation(s): provisional")
     for line in side_notes(report):
