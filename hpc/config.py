@@ -53,16 +53,28 @@ def _compose_app_config(overrides: list[str]) -> DictConfig:
     every CLI call, a third of a dry run. So this calls the same steps Hydra's
     ConfigLoaderImpl runs, minus that node (``prepend_hydra=False``); hydra-core
     is pinned to 1.3.x for these internals. ``${hydra:...}`` interpolations are
-    therefore not available in job configs.
+    therefore not available in job configs, and Hydra SearchPathPlugins are not consulted.
     """
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.config_repository import CachingConfigRepository, ConfigRepository
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra._internal.core_plugins.importlib_resources_config_source import (
+        ImportlibResourcesConfigSource,
+    )
+    from hydra._internal.core_plugins.structured_config_source import StructuredConfigSource
     from hydra._internal.defaults_list import create_defaults_list
-    from hydra._internal.utils import create_config_search_path
+    from hydra._internal.sources_registry import SourcesRegistry
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
-    search_path = create_config_search_path(f"pkg://{CONFIG_MODULE}")
+    # Hydra's create_config_search_path() also imports every installed Hydra plugin
+    # to ask for search-path additions; the job config needs only its own groups.
+    registry = SourcesRegistry.instance()
+    registry.register(ImportlibResourcesConfigSource)  # pkg://
+    registry.register(StructuredConfigSource)  # structured:// (the ConfigStore)
+    search_path = ConfigSearchPathImpl()
+    search_path.append("main", f"pkg://{CONFIG_MODULE}")
+    search_path.append("schema", "structured://")
     repo = CachingConfigRepository(ConfigRepository(config_search_path=search_path))
     parsed = OverridesParser.create().parse_overrides(overrides)
     ConfigLoaderImpl.validate_sweep_overrides_legal(parsed, RunMode.RUN, from_shell=True)

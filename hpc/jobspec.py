@@ -56,9 +56,37 @@ class JobSpec:
 
 def load_spec(overrides: Sequence[str] = (), *, now: _dt.datetime | None = None) -> JobSpec:
     """Compose, validate and resolve paths. Raises ConfigError naming the key."""
+    resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
+    if resume and resume[-1]:
+        return resume_spec(resume[-1], [o for o in overrides if not o.startswith("resume=")])
     cfg = to_container(compose(overrides))
     validate(cfg)
     return spec_from_config(cfg, now=now)
+
+
+RESUME_OVERRIDABLE = ("dry_run", "wait")
+
+
+def resume_spec(run_dir: str, overrides: Sequence[str]) -> JobSpec:
+    """A run continues with the config it was started with (its config.yaml)."""
+    from hpc.config import ConfigError
+
+    path = Path(run_dir).expanduser().resolve()
+    config_file = path / CONFIG_FILE_NAME
+    if not (path / "job.json").is_file() or not config_file.is_file():
+        raise ConfigError("resume", f"{run_dir!r} is not a run directory (no job.json/config.yaml)")
+    try:
+        cfg = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError("resume", f"{config_file}: {exc}") from None
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key not in RESUME_OVERRIDABLE:
+            raise ConfigError(key, "a resumed run keeps its config; only dry_run/wait may change")
+        cfg[key] = value.lower() == "true"
+    cfg["resume"] = str(path)
+    validate(cfg)
+    return spec_from_config(cfg)
 
 
 def spec_from_config(cfg: dict[str, Any], *, now: _dt.datetime | None = None) -> JobSpec:

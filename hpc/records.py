@@ -179,6 +179,10 @@ def _main(command: str, run_dir: Path, rest: list[str]) -> int:
         )
         return 0
     code = int(rest[0]) if rest else 0
+    current = load(run_dir).get("state")
+    if code == 75 and current in ("PREEMPTED", "FAILED"):  # decided by hpc.requeue
+        update(run_dir, exit_code=code)
+        return 0
     update(run_dir, state="COMPLETED" if code == 0 else "FAILED", exit_code=code)
     return 0
 

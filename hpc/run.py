@@ -12,6 +12,7 @@ import os
 import runpy
 import sys
 
+from hpc.runtime.preemption import install_early
 from hpc.runtime.session import load_config
 
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ["HPC_CONFIG_FILE"] = os.path.abspath(config_file)
     cfg = load_config(config_file)
+    install_early(str((cfg.get("preemption") or {}).get("signal", "USR2")))
     entrypoint = str(cfg["job"]["entrypoint"])
     if entrypoint.endswith(".py") and ":" not in entrypoint:
         sys.argv = [entrypoint]

@@ -126,6 +126,8 @@ class PreemptionConfig:
     signal: str = "USR2"
     lead_s: int = 120
     requeue: bool = True
+    # Stop requeueing when this many restarts in a row made no step progress.
+    max_restarts_without_progress: int = 3
 
 
 @dataclass

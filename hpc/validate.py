@@ -70,6 +70,7 @@ def validate(cfg: dict[str, Any]) -> None:
     kind = cfg["cluster"].get("kind")
     if kind not in CLUSTER_SCHEMAS:
         raise ConfigError("cluster.kind", f"unknown launcher {kind!r} (one of {_names()})")
+    _validate_preemption(cfg)
     _positive(cfg, "checkpoint.every_steps")
     _at_least(cfg, "checkpoint.keep", 1)
     _validate_tracking(cfg["tracking"])
@@ -164,6 +165,27 @@ def _validate_resources(res: dict[str, Any]) -> None:
         value = res.get(key)
         if value is not None and not _SLURM_WORD_RE.match(str(value)):
             raise ConfigError(f"resources.{key}", f"{value!r} contains characters Slurm rejects")
+
+
+def _validate_preemption(cfg: dict[str, Any]) -> None:
+    from hpc.runtime.preemption import signal_number
+
+    pre = cfg["preemption"]
+    try:
+        signum = signal_number(pre["signal"])
+    except ValueError as exc:
+        raise ConfigError("preemption.signal", str(exc)) from None
+    if signum in (9, 19):  # SIGKILL, SIGSTOP cannot be caught
+        raise ConfigError("preemption.signal", f"{pre['signal']!r} cannot be caught")
+    if pre["lead_s"] < 0:
+        raise ConfigError("preemption.lead_s", f"must be >= 0, got {pre['lead_s']}")
+    limit = cfg["resources"].get("time")
+    if limit and pre["lead_s"] >= parse_time_limit(str(limit)):
+        raise ConfigError(
+            "preemption.lead_s", f"{pre['lead_s']}s is not shorter than the time limit {limit}"
+        )
+    if pre["max_restarts_without_progress"] < 0:
+        raise ConfigError("preemption.max_restarts_without_progress", "must be >= 0")
 
 
 def _validate_tracking(tracking: dict[str, Any]) -> None:

@@ -63,52 +63,60 @@ def main(cfg: dict[str, Any]) -> int:
             train, num_replicas=s.world_size, rank=s.rank, shuffle=True, seed=int(job["seed"])
         )
         loader = DataLoader(train, batch_size=int(job["batch_size"]), sampler=sampler)
-        every = int(cfg["checkpoint"]["every_steps"])
         epochs = int(job["epochs"])
+        steps_per_epoch = len(loader)
+        last_step = epochs * steps_per_epoch
         step = 0
-        resumed = s.checkpoints.load_latest(map_location=str(s.device))
+        resumed = s.resume()
         if resumed is not None:
             model.load_state_dict(resumed.state["model"])
             opt.load_state_dict(resumed.state["optimizer"])
-            s.set_rng_state(resumed.state["rng"])
             step = resumed.step
-            if s.is_main:
-                log.info("resumed from %s at step %d", resumed.path.name, step)
-        steps_per_epoch = len(loader)
+
+        def state(epoch: int) -> dict[str, Any]:
+            return {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "rng": s.rng_state(),
+                "epoch": epoch,
+                "batches_done_in_epoch": step - epoch * steps_per_epoch,
+            }
+
         start = time.monotonic()
-        accuracy = 0.0
         for epoch in range(step // steps_per_epoch, epochs):
             sampler.set_epoch(epoch)
             skip = step - epoch * steps_per_epoch  # batches done before the checkpoint
+            slowest = 0.0
             for i, (x, y) in enumerate(loader):
                 if i < skip:
                     continue
+                began = time.monotonic()
                 opt.zero_grad(set_to_none=True)
                 loss = nn.functional.cross_entropy(ddp(x.to(s.device)), y.to(s.device))
                 loss.backward()
                 opt.step()
                 step += 1
                 s.log_metrics({"loss": loss.item()}, step)
-                if step % every == 0:
-                    state = {
-                        "model": model.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "rng": s.rng_state(),
-                        "epoch": epoch,
-                    }
-                    s.checkpoints.save(step, state)
+                if s.should_checkpoint(step):
+                    s.save_checkpoint(step, state(epoch))
+                    if s.stop_requested:
+                        return 0  # the session exits with the "preempted" code
+                slowest = max(slowest, time.monotonic() - began)
             if s.is_main:
                 accuracy = evaluate(model, test, s.device)
                 s.log_metrics({"accuracy": accuracy}, step)
                 log.info(
-                    "epoch %d/%d  step %d  loss %.4f  accuracy %.4f  (%.1fs)",
+                    "epoch %d/%d  step %d  loss %.4f  accuracy %.4f  slowest step %.3fs  (%.1fs)",
                     epoch + 1,
                     epochs,
                     step,
                     loss.item(),
                     accuracy,
+                    slowest,
                     time.monotonic() - start,
                 )
+        if not s.checkpoints.checkpoints() or step % s.every_steps:
+            s.save_checkpoint(step, state(epochs - 1))  # the final state, for comparison
         if s.is_main:
             accuracy = evaluate(model, test, s.device)
             log.info(
@@ -116,4 +124,5 @@ def main(cfg: dict[str, Any]) -> int:
             )
             with contextlib.suppress(FileNotFoundError):
                 records.update(s.run_dir, extra={"accuracy": accuracy, "steps": step})
+        assert step == last_step, (step, last_step)
     return 0

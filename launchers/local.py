@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from hpc.launchers.base import JobHandle, Launcher, Plan
-
 from hpc import records
+from hpc.exitcodes import PREEMPTED
 from hpc.jobspec import JobSpec, redact_uri
+from hpc.launchers.base import JobHandle, Launcher, Plan
+from hpc.runtime.preemption import signal_number
 
 WORKER_MODULE = "hpc.run"
 PORT_PLACEHOLDER = "auto"
@@ -118,7 +119,13 @@ class LocalJob(JobHandle):
         self.run_dir = plan.run_dir
         self.procs: list[subprocess.Popen[bytes]] = []
         self._stop_signal: int | None = None
+        self._restart_requested = False
         self._failed_rank: int | None = None
+        preemption = plan.spec.config.get("preemption") or {}
+        self._preempt_signum = signal_number(str(preemption.get("signal", "USR2")))
+        self._max_idle_restarts = int(preemption.get("max_restarts_without_progress", 3))
+        self.restarts = 0
+        self._give_up: str | None = None
         self._exit_code: int | None = None
         self._grace = float(plan.spec.config["cluster"].get("kill_grace_s", 10.0))
         self.last_line = ""
@@ -186,24 +193,64 @@ class LocalJob(JobHandle):
         yield from follow_file(self.log_path(0), follow=follow, done=self.done)
 
     def forward(self, signum: int) -> None:
-        """Send ``signum`` to every live worker's process group."""
-        self._stop_signal = self._stop_signal or signum
+        """Send ``signum`` to every live worker's process group.
+
+        The preemption signal means "checkpoint and restart" (as a requeue would);
+        SIGTERM/SIGINT mean "checkpoint and stop".
+        """
+        if signum == self._preempt_signum:
+            self._restart_requested = True
+        else:
+            self._stop_signal = self._stop_signal or signum
         for proc in self.procs:
             _signal_group(proc, signum)
 
     def wait(self) -> int:
-        """Supervise the workers until all have exited; returns the job's exit code."""
+        """Supervise the workers (restarting them after a preemption); return the exit code."""
+        last_step = latest_step(self.plan.spec.checkpoint_dir)
+        idle_restarts = 0
+        while True:
+            codes = self._supervise()
+            preempted = all(code == PREEMPTED for code in codes)
+            if not (preempted and self._restart_requested and self._stop_signal is None):
+                return self._finish(codes)
+            step = latest_step(self.plan.spec.checkpoint_dir)
+            idle_restarts = 0 if step > last_step else idle_restarts + 1
+            last_step = step
+            if idle_restarts > self._max_idle_restarts:
+                self._failed_rank = 0
+                self._give_up = f"{idle_restarts} restarts without step progress: giving up"
+                return self._finish(codes)
+            self.restarts += 1
+            records.update(
+                self.run_dir,
+                extra={
+                    "restart_count": self.restarts,
+                    "last_interruption": "preemption",
+                    "restart_step": step,
+                },
+            )
+            if self.on_line:
+                self.on_line(f"hpc-launch: preempted at step {step}; restarting the workers")
+            self._restart_requested = False
+            self.procs = []
+            self.start()
+
+    def _supervise(self) -> list[int]:
+        """Wait for every worker of one attempt to exit; return their exit codes."""
         deadline: float | None = None
         while True:
             codes = [proc.poll() for proc in self.procs]
             if all(code is not None for code in codes):
                 break
             for rank, code in enumerate(codes):
-                if code not in (None, 0) and self._failed_rank is None and not self._stop_signal:
+                failed = code not in (None, 0, PREEMPTED)
+                if failed and self._failed_rank is None and not self._stop_signal:
                     self._failed_rank = rank
                     for other in self.procs:
                         _signal_group(other, signal.SIGTERM)
-            if (self._failed_rank is not None or self._stop_signal) and deadline is None:
+            stopping = self._stop_signal or self._restart_requested
+            if (self._failed_rank is not None or stopping) and deadline is None:
                 deadline = time.monotonic() + self._grace
             if deadline is not None and time.monotonic() > deadline:
                 for proc in self.procs:
@@ -213,7 +260,7 @@ class LocalJob(JobHandle):
             _signal_group(proc, signal.SIGKILL)
         if self._reader:
             self._reader.join(timeout=5)
-        return self._finish([proc.returncode for proc in self.procs])
+        return [proc.returncode for proc in self.procs]
 
     def _finish(self, codes: list[int]) -> int:
         message = None
@@ -226,12 +273,23 @@ class LocalJob(JobHandle):
         elif self._stop_signal is not None:
             code = 128 + self._stop_signal
             message = f"stopped by {signal.Signals(self._stop_signal).name}"
+            if all(c == PREEMPTED for c in codes):
+                message += f"; checkpointed: continue with hpc-launch resume={self.run_dir}"
         else:
             code = 0
         self._exit_code = code
-        self.message = message
+        self.message = self._give_up or message
         records.update(self.run_dir, state=self.status(), exit_code=code, message=message)
         return code
+
+
+def latest_step(checkpoint_dir: Path) -> int:
+    """The step of the newest committed checkpoint (LATEST), or -1."""
+    try:
+        name = (Path(checkpoint_dir) / "LATEST").read_text().strip()
+        return int(name.rsplit("-", 1)[1])
+    except (FileNotFoundError, ValueError, IndexError):
+        return -1
 
 
 def _shell_code(returncode: int) -> int:

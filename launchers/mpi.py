@@ -213,6 +213,8 @@ class MpiJob(LocalJob):
     def forward(self, signum: int) -> None:
         """SIGUSR1/2 to mpirun only (it forwards them to every rank); others to the group."""
         if signum in (signal.SIGUSR1, signal.SIGUSR2):
+            if signum == self._preempt_signum:
+                self._restart_requested = True  # checkpoint, then restart (LocalJob.wait)
             for proc in self.procs:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signum)

@@ -51,11 +51,20 @@ def test_checkpoints(finished_run: tuple[Path, Path]) -> None:
     _, run_dir = finished_run
     ckpt = run_dir / "checkpoints"
     steps = sorted(p.name for p in ckpt.glob("step-*"))
-    # 184 steps (8 epochs x 23 batches per rank), every 40 -> 40..160, keep the last 2.
-    assert steps == ["step-000000120", "step-000000160"]
-    assert (ckpt / "LATEST").read_text().strip() == "step-000000160"
-    manifest = json.loads((ckpt / "step-000000160" / "manifest.json").read_text())
-    assert manifest["step"] == 160 and manifest["world_size"] == 2
+    # 184 steps (8 epochs x 23 batches per rank), every 40 -> 40..160, then the final
+    # state at 184; the last 2 are kept.
+    assert steps == ["step-000000160", "step-000000184"]
+    assert (ckpt / "LATEST").read_text().strip() == "step-000000184"
+    manifest = json.loads((ckpt / "step-000000184" / "manifest.json").read_text())
+    assert manifest["step"] == 184 and manifest["world_size"] == 2
+    assert manifest["contents"]["rank1.pt"] == [
+        "batches_done_in_epoch",
+        "epoch",
+        "model",
+        "optimizer",
+        "rng",
+    ]
+    assert (run_dir / "FINISHED").exists()
     assert set(manifest["files"]) == {"rank0.pt", "rank1.pt"}
     assert not list(ckpt.glob(".*.tmp"))
 

@@ -107,7 +107,16 @@ def follow(handle, name: str) -> int:  # type: ignore[no-untyped-def]
         err(f"{signal.Signals(signum).name}: stopping {handle.job_id}")
         handle.forward(signum) if hasattr(handle, "forward") else handle.cancel()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    watched = {signal.SIGINT, signal.SIGTERM}
+    preempt = getattr(handle, "_preempt_signum", None)
+    if preempt:
+        watched.add(preempt)
+
+    def on_preempt(signum: int, _frame: object) -> None:
+        err(f"{signal.Signals(signum).name}: checkpointing {handle.job_id}, then restarting")
+        handle.forward(signum)
+
+    previous = {s: signal.signal(s, on_preempt if s == preempt else on_signal) for s in watched}
     try:
         with Progress(handle, name) as progress:
             code = progress.wait()

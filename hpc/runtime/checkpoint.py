@@ -67,6 +67,24 @@ def _write_text_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+class _HashingWriter:
+    """A write-only file wrapper that hashes and counts what passes through."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.digest.update(view)
+        self.size += view.nbytes
+        return int(self.fh.write(view))
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 class CheckpointManager:
     def __init__(
         self,
@@ -97,20 +115,35 @@ class CheckpointManager:
             tmp.mkdir()
         self.barrier()
         path = tmp / f"rank{self.rank}.pt"
-        with open(path, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        with open(path, "wb") as raw:
+            writer = _HashingWriter(raw)  # checksum while writing: no read-back pass
+            torch.save(state, writer)
+            raw.flush()
+            os.fsync(raw.fileno())
+        _write_text_atomic(
+            tmp / f"rank{self.rank}.json",
+            json.dumps(
+                {
+                    "sha256": writer.digest.hexdigest(),
+                    "bytes": writer.size,
+                    "contents": sorted(state),
+                }
+            ),
+        )
         self.barrier()
         if self.rank == 0:
-            files = {
-                p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
-                for p in sorted(tmp.glob("rank*.pt"))
-            }
+            files, contents = {}, {}
+            for side in sorted(tmp.glob("rank*.json")):
+                info = json.loads(side.read_text(encoding="utf-8"))
+                name = side.with_suffix(".pt").name
+                files[name] = {"sha256": info["sha256"], "bytes": info["bytes"]}
+                contents[name] = info["contents"]
+                side.unlink()
             manifest = {
                 "step": step,
                 "world_size": self.world_size,
                 "files": files,
+                "contents": contents,
                 "time": time.time(),
                 **(meta or {}),
             }
@@ -147,11 +180,24 @@ class CheckpointManager:
             log.warning("checkpoint %s is incomplete or corrupt (%s): skipped", path, exc)
             return None
 
-    def load_latest(self, map_location: str = "cpu") -> LoadedCheckpoint | None:
-        """The newest checkpoint that verifies, or None when there is none."""
+    def valid_steps(self) -> list[int]:
+        """Steps of committed checkpoints whose manifest and sizes check out, newest first."""
+        steps = []
+        for path in reversed(self.checkpoints()):
+            manifest = self._manifest(path)
+            if manifest is not None:
+                steps.append(int(manifest["step"]))
+        return steps
+
+    def load_latest(
+        self, map_location: str = "cpu", at_most: int | None = None
+    ) -> LoadedCheckpoint | None:
+        """The newest checkpoint (at or below ``at_most``) that verifies, or None."""
         import torch
 
         for path in reversed(self.checkpoints()):
+            if at_most is not None and int(path.name[len(PREFIX) :]) > at_most:
+                continue
             manifest = self._manifest(path)
             if manifest is None:
                 continue

@@ -1,18 +1,24 @@
 """The training session: the one object a job script touches.
 
     with Session.from_env(cfg) as s:
-        model = s.wrap(model)
-        ...
-        s.log_metrics({"loss": loss}, step)
-        s.checkpoints.save(step, state)
+        resumed = s.resume()               # newest checkpoint all ranks verify, or None
+        for ...:
+            ...
+            s.log_metrics({"loss": loss}, step)
+            if s.should_checkpoint(step):              # every_steps, or a stop signal
+                s.save_checkpoint(step, state)
+                if s.stop_requested:
+                    break                               # the session exits with PREEMPTED
 
 It hides which launcher started the job: it discovers ranks, initialises
 torch.distributed (gloo on CPU, NCCL on GPU), opens (or resumes) the MLflow run
-on rank 0, records its id in job.json, and closes everything on exit.
+on rank 0 and records its id in job.json, turns stop signals into one
+coordinated checkpoint, and closes everything on exit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -24,11 +30,15 @@ from typing import Any
 import yaml
 
 from hpc import records
-from hpc.runtime.checkpoint import CheckpointManager
+from hpc.exitcodes import PREEMPTED
+from hpc.runtime.checkpoint import CheckpointManager, LoadedCheckpoint
 from hpc.runtime.environment import ClusterEnvironment, RankInfo, from_env
+from hpc.runtime.preemption import StopSignals
 from hpc.runtime.tracking import MlflowTracker, Tracker, flatten, sweep_parent_run
 
 log = logging.getLogger(__name__)
+FINISHED_MARKER = "FINISHED"
+PREEMPTED_MARKER = "PREEMPTED"
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -48,6 +58,12 @@ class Session:
         self.run_dir = Path(run_dir)
         self.tracker: Tracker = Tracker()
         self.device: Any = None
+        self.every_steps = int(cfg["checkpoint"].get("every_steps", 50))
+        self.signals = StopSignals(str((cfg.get("preemption") or {}).get("signal", "USR2")))
+        self.stop_requested = False
+        self.config_hash = hashlib.sha256(
+            yaml.safe_dump(cfg.get("job", {}), sort_keys=True).encode()
+        ).hexdigest()[:16]
         self.checkpoints = CheckpointManager(
             cfg["checkpoint"].get("dir") or self.run_dir / "checkpoints",
             keep=int(cfg["checkpoint"].get("keep", 2)),
@@ -60,7 +76,7 @@ class Session:
     def from_env(cls, cfg: dict[str, Any] | None = None) -> Session:
         return cls(cfg if cfg is not None else load_config())
 
-    # -- ranks -------------------------------------------------------------------
+    # -- ranks -------------------------------------------------------------------------
     @property
     def rank(self) -> int:
         return self.info.rank
@@ -77,17 +93,38 @@ class Session:
     def is_main(self) -> bool:
         return self.info.rank == 0
 
+    def _distributed(self) -> bool:
+        import torch.distributed as dist
+
+        return dist.is_available() and dist.is_initialized() and self.world_size > 1
+
     def barrier(self) -> None:
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized() and self.world_size > 1:
+        if self._distributed():
             dist.barrier()
 
-    # -- lifecycle -----------------------------------------------------------------
+    def _all_reduce(self, value: int, op: str) -> int:
+        if not self._distributed():
+            return value
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor([value], dtype=torch.int64, device=self._comm_device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.MIN)
+        return int(tensor.item())
+
+    def _comm_device(self) -> Any:
+        import torch.distributed as dist
+
+        return self.device if dist.get_backend() == "nccl" else "cpu"
+
+    # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> Session:
         import torch
         import torch.distributed as dist
 
+        self.signals.install()
         use_gpu = torch.cuda.is_available() and int(self.cfg["resources"]["gpus_per_node"]) > 0
         if use_gpu:
             torch.cuda.set_device(self.local_rank)
@@ -120,14 +157,27 @@ class Session:
     ) -> None:
         import torch.distributed as dist
 
-        status = "FINISHED" if exc_type is None else "FAILED"
-        if exc_type is KeyboardInterrupt:
-            status = "KILLED"
-        self.tracker.finish(status)
+        preempted = exc_type is None and self.stop_requested
+        if preempted:
+            self.tracker.set_tags({"last_interruption": self.signals.name or "signal"})
+            self.tracker.finish(status=None)  # the run goes on after the restart
+            if self.is_main:  # for the batch shell: srun's exit code may be a kill's
+                records.write_atomic(
+                    self.run_dir / PREEMPTED_MARKER, f"{self.signals.name or 'signal'}\n"
+                )
+        elif exc_type is None:
+            self.tracker.finish("FINISHED")
+            if self.is_main:
+                records.write_atomic(self.run_dir / FINISHED_MARKER, "finished\n")
+        else:
+            self.tracker.finish("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
         if dist.is_available() and dist.is_initialized():
             if exc_type is None:
                 dist.barrier()
             dist.destroy_process_group()
+        self.signals.uninstall()
+        if preempted:
+            raise SystemExit(PREEMPTED)
 
     def seed(self, seed: int) -> None:
         import numpy as np
@@ -137,7 +187,65 @@ class Session:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
-    # -- tracking --------------------------------------------------------------------
+    # -- checkpoints -----------------------------------------------------------------------
+    def should_checkpoint(self, step: int) -> bool:
+        """True every ``checkpoint.every_steps``, or when any rank got a stop signal.
+
+        All ranks must call this at the same step boundary: the ranks agree on the
+        stop flag with one all-reduce, so all of them checkpoint together.
+        """
+        flag = self._all_reduce(1 if self.signals.received else 0, "max")
+        if flag and not self.stop_requested:
+            self.stop_requested = True
+        return bool(flag) or step % self.every_steps == 0
+
+    def save_checkpoint(self, step: int, state: dict[str, Any]) -> Path:
+        """Every rank saves its state; metrics up to ``step`` become committed."""
+        meta = {"config_hash": self.config_hash}
+        path = self.checkpoints.save(step, state, meta=meta)
+        if self.is_main:
+            self.tracker.commit(step)
+            if self.stop_requested:
+                print(
+                    f"hpc-launch: stopping at step {step} ({self.signals.name or 'signal'}): "
+                    f"checkpoint {path.name} committed",
+                    flush=True,
+                )
+        return path
+
+    def resume(self, map_location: str | None = None) -> LoadedCheckpoint | None:
+        """Load the newest checkpoint every rank can verify; restore RNG states.
+
+        The ranks agree on one step (all-reduce MIN of each rank's newest valid one).
+        Rank 0 then drops metrics past that step which no checkpoint covers.
+        """
+        location = map_location or str(self.device)
+        agreed: int | None = None
+        loaded: LoadedCheckpoint | None = None
+        while True:  # every rank runs the same iterations: lo/hi are the same everywhere
+            loaded = self.checkpoints.load_latest(location, at_most=agreed)
+            mine = loaded.step if loaded else -1
+            lo, hi = self._all_reduce(mine, "min"), self._all_reduce(mine, "max")
+            if lo == hi:
+                break
+            agreed = lo
+            if lo < 0:  # some rank has no usable checkpoint at all: start afresh
+                loaded = None
+                break
+        if loaded is not None and "rng" in loaded.state:
+            self.set_rng_state(loaded.state["rng"])
+        step = loaded.step if loaded else 0
+        if self.is_main:
+            dropped = self.tracker.rewind(step)
+            if loaded is not None:
+                print(
+                    f"hpc-launch: resumed from {loaded.path.name} at step {step}"
+                    f"{f' ({dropped} uncommitted metrics dropped)' if dropped else ''}",
+                    flush=True,
+                )
+        return loaded
+
+    # -- tracking --------------------------------------------------------------------------
     def job_id(self) -> str | None:
         return os.environ.get("HPC_JOB_ID") or os.environ.get("SLURM_JOB_ID")
 
@@ -146,29 +254,31 @@ class Session:
         uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.get("uri")
         if not tracking.get("enabled", True) or not uri:
             return Tracker()
-        record = _record_or_none(self.run_dir)
-        run_id = record.get("mlflow_run_id") if record else None
-        sweep_dir = ((record or {}).get("extra") or {}).get("sweep_dir")
-        try:
-            parent = None
-            if sweep_dir and not run_id:
-                parent = sweep_parent_run(
-                    uri, tracking["experiment"], sweep_dir, Path(sweep_dir).name
-                )
-            tracker = MlflowTracker(
-                uri,
-                tracking["experiment"],
-                run_id=run_id,
-                run_name=f"{Path(sweep_dir).name}/{self.run_dir.name}"
-                if sweep_dir
-                else self.run_dir.name,
-                parent_run_id=parent,
-            )
-        except Exception as exc:  # tracking never stops training
-            log.warning("MLflow unavailable at %s (%s): training continues untracked", uri, exc)
-            return Tracker()
-        if record is not None:
-            records.update(self.run_dir, mlflow_run_id=tracker.run_id)
+        record = _record_or_none(self.run_dir) or {}
+        extra = record.get("extra") or {}
+        run_id = record.get("mlflow_run_id")
+        sweep_dir = extra.get("sweep_dir")
+        experiment = tracking["experiment"]
+
+        def parent() -> str | None:
+            if not sweep_dir:
+                return None
+            return sweep_parent_run(uri, experiment, sweep_dir, Path(sweep_dir).name)
+
+        def remember(new_run_id: str) -> None:
+            if record:
+                records.update(self.run_dir, mlflow_run_id=new_run_id)
+
+        name = f"{Path(sweep_dir).name}/{self.run_dir.name}" if sweep_dir else self.run_dir.name
+        tracker = MlflowTracker(
+            uri,
+            experiment,
+            self.run_dir / "tracking",
+            run_id=run_id,
+            run_name=name,
+            parent_run_id=parent,
+            on_run=remember,
+        )
         if not run_id:
             tracker.log_params(flatten(self.cfg))
         tracker.set_tags(
@@ -178,16 +288,18 @@ class Session:
                 "host": socket.gethostname(),
                 "world_size": self.world_size,
                 "run_dir": str(self.run_dir),
+                "restart_count": extra.get("restart_count", 0),
+                "last_interruption": extra.get("last_interruption") or "none",
             }
         )
         return tracker
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Queue metrics (rank 0 only; other ranks' calls are no-ops)."""
+        """Record metrics (rank 0 only; other ranks' calls are no-ops)."""
         if self.is_main:
             self.tracker.log_metrics(metrics, step)
 
-    # -- RNG state for checkpoints ------------------------------------------------------
+    # -- RNG state for checkpoints -----------------------------------------------------------
     def rng_state(self) -> dict[str, Any]:
         import numpy as np
         import torch

@@ -1,20 +1,24 @@
-"""MLflow tracking from rank 0, batched on a background thread.
+"""MLflow tracking from rank 0 through a durable local spool.
 
-``log_metrics`` only appends to an in-memory queue; a worker thread sends
-batches with ``MlflowClient.log_batch`` (within MLflow's per-request limits),
-so a training step never waits on the tracking server. Every MLflow call is
-guarded: a tracking failure is reported, never raised into training.
+``log_metrics`` appends to a spool file (:mod:`hpc.runtime.spool`); a sender
+thread ships records in order with ``MlflowClient.log_batch`` (within MLflow's
+per-request limits). A training step never waits on the tracking server, an
+outage loses nothing (the spool is replayed when it returns), and a resumed run
+logs each step exactly once. Every MLflow call is guarded: a tracking failure is
+reported, never raised into training.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
+import os
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from hpc.runtime.spool import MetricSpool
 
 log = logging.getLogger(__name__)
 
@@ -62,110 +66,176 @@ class Tracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
 
-    def flush(self, timeout: float | None = None) -> None: ...
+    def commit(self, step: int) -> None:
+        """Metrics up to ``step`` are covered by a durable checkpoint."""
 
-    def finish(self, status: str = "FINISHED") -> None: ...
+    def rewind(self, step: int) -> int:
+        """Resuming at ``step``: forget uncommitted metrics past it."""
+        return 0
+
+    def finish(self, status: str | None = "FINISHED", timeout_s: float = 60.0) -> int:
+        """Send what is left (bounded wait); returns how many records stay unsent."""
+        return 0
 
 
 class MlflowTracker(Tracker):
+    """Spool to disk (durable, ordered); a background sender ships to MLflow.
+
+    The run is created (or resumed by id) by the sender, so a server that is down
+    at start delays nothing; ``on_run`` is called with the run id once it exists.
+    """
+
     def __init__(
         self,
         uri: str,
         experiment: str,
+        spool_dir: str | os.PathLike[str],
         run_id: str | None = None,
         run_name: str | None = None,
-        flush_interval_s: float = 1.0,
-        parent_run_id: str | None = None,
+        parent_run_id: Callable[[], str | None] | None = None,
+        on_run: Callable[[str], None] | None = None,
+        send_interval_s: float = 1.0,
     ) -> None:
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=uri)
+        # Our own retry loop runs in the sender; keep MLflow's per-request retries short.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.uri = uri
-        self.flush_interval_s = flush_interval_s
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._stop = threading.Event()
-        self._idle = threading.Event()
+        self.experiment = experiment
+        self.run_id = run_id
+        self.run_name = run_name
+        self.parent_run_id = parent_run_id
+        self.on_run = on_run
+        self.spool = MetricSpool(spool_dir)
+        self.send_interval_s = send_interval_s
         self.errors = 0
-        self._lock = threading.Lock()  # one drainer at a time keeps batches in order
-        self.run_id = run_id or self._create_run(experiment, run_name, parent_run_id)
-        if run_id:
-            self.client.update_run(run_id, status="RUNNING")
-        self._thread = threading.Thread(target=self._loop, name="mlflow-logger", daemon=True)
+        self.last_error: str | None = None
+        self._client: Any = None
+        self._final = False
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._resumed = run_id is not None
+        self._thread = threading.Thread(target=self._loop, name="mlflow-sender", daemon=True)
         self._thread.start()
 
-    def _create_run(
-        self, experiment: str, run_name: str | None, parent_run_id: str | None = None
-    ) -> str:
-        exp_id = ensure_experiment(self.client, experiment)
-        tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
-        return str(self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id)
-
-    # -- producer side (training thread): never blocks -------------------------
+    # -- producer side (training thread): a buffered file append, never blocks -----------
     def log_params(self, params: Mapping[str, Any]) -> None:
-        for key, value in params.items():
-            self._queue.put(("param", (key, str(value)[:MAX_PARAM_LEN])))
+        self.spool.append(
+            [{"k": "p", "key": k, "v": str(v)[:MAX_PARAM_LEN]} for k, v in params.items()]
+        )
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        for key, value in tags.items():
-            self._queue.put(("tag", (key, str(value))))
+        self.spool.append([{"k": "t", "key": k, "v": str(v)} for k, v in tags.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        for key, value in metrics.items():
-            self._queue.put(("metric", (key, float(value), now, int(step))))
+        self.spool.append(
+            [
+                {"k": "m", "key": k, "v": float(v), "ts": now, "s": int(step)}
+                for k, v in metrics.items()
+            ]
+        )
 
-    # -- consumer side ----------------------------------------------------------
+    def commit(self, step: int) -> None:
+        self.spool.commit(step)
+        self._wake.set()
+
+    def rewind(self, step: int) -> int:
+        return self.spool.rewind(step)
+
+    # -- sender side ------------------------------------------------------------------------
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._stop.wait(self.flush_interval_s)
-            self._drain()
+        delay = self.send_interval_s
+        while True:
+            self._wake.wait(delay)
+            self._wake.clear()
+            final = self._final
+            try:
+                self._send_pending(final)
+                delay = self.send_interval_s
+                if final:
+                    return
+            except Exception as exc:  # never into training: count, back off, retry
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "MLflow unreachable (%s); metrics kept on disk, retrying",
+                    self.last_error.splitlines()[0][:200],
+                )
+                delay = min(max(delay * 2, 1.0), 30.0)
+            if self._stop.is_set() and not final:
+                return
 
-    def _drain(self) -> None:
-        with self._lock:
-            self._drain_locked()
+    def _ensure_run(self) -> None:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
 
-    def _drain_locked(self) -> None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        if self.run_id is None:
+            exp_id = ensure_experiment(self._client, self.experiment)
+            parent = self.parent_run_id() if self.parent_run_id else None
+            tags = {"mlflow.parentRunId": parent} if parent else None
+            run = self._client.create_run(exp_id, run_name=self.run_name, tags=tags)
+            self.run_id = str(run.info.run_id)
+            if self.on_run:
+                self.on_run(self.run_id)
+        elif self._resumed:
+            self._client.update_run(self.run_id, status="RUNNING")
+            self._resumed = False
+
+    def _send_pending(self, final: bool) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
+        self._ensure_run()
         metrics: list[Any] = []
         params: dict[str, Any] = {}
         tags: dict[str, Any] = {}
-        while True:
+        end = None
+        for offset, record in self.spool.pending(final=final):
+            kind = record.get("k")
+            if kind == "m":
+                metrics.append(Metric(record["key"], record["v"], record["ts"], record["s"]))
+            elif kind == "p":
+                params[record["key"]] = Param(record["key"], record["v"])
+            elif kind == "t":
+                tags[record["key"]] = RunTag(record["key"], record["v"])
+            end = offset
+            if len(metrics) >= MAX_METRICS or len(params) >= MAX_PARAMS or len(tags) >= MAX_TAGS:
+                self._client.log_batch(
+                    self.run_id,
+                    metrics=metrics,
+                    params=list(params.values()),
+                    tags=list(tags.values()),
+                )
+                self.spool.set_sent_offset(end)
+                metrics, params, tags = [], {}, {}
+        if metrics or params or tags:
+            self._client.log_batch(
+                self.run_id, metrics=metrics, params=list(params.values()), tags=list(tags.values())
+            )
+        if end is not None:
+            self.spool.set_sent_offset(end)
+
+    def unsent(self) -> int:
+        return sum(1 for _ in self.spool.pending(final=True))
+
+    def finish(self, status: str | None = "FINISHED", timeout_s: float = 60.0) -> int:
+        """Commit everything, send it (waiting at most ``timeout_s``), set the run status."""
+        self._final = True
+        self._wake.set()
+        self._thread.join(timeout=timeout_s)
+        if self._thread.is_alive():  # server still down: the spool keeps the rest
+            self._stop.set()
+            left = self.unsent()
+            log.warning("MLflow: %d records not sent yet; they stay in %s", left, self.spool.path)
+            self.spool.close()
+            return left
+        if status and self.run_id and self._client is not None:
             try:
-                kind, item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if kind == "metric":
-                key, value, ts, step = item
-                metrics.append(Metric(key, value, ts, step))
-            elif kind == "param":
-                params[item[0]] = Param(*item)
-            else:
-                tags[item[0]] = RunTag(*item)
-        self._send(metrics, list(params.values()), list(tags.values()))
-
-    def _send(self, metrics: list[Any], params: list[Any], tags: list[Any]) -> None:
-        while metrics or params or tags:
-            chunk_m, metrics = metrics[:MAX_METRICS], metrics[MAX_METRICS:]
-            chunk_p, params = params[:MAX_PARAMS], params[MAX_PARAMS:]
-            chunk_t, tags = tags[:MAX_TAGS], tags[MAX_TAGS:]
-            try:
-                self.client.log_batch(self.run_id, metrics=chunk_m, params=chunk_p, tags=chunk_t)
-            except Exception as exc:  # never into training
-                self.errors += 1
-                log.warning("MLflow logging failed (%s); %d metrics dropped", exc, len(chunk_m))
-
-    def flush(self, timeout: float | None = None) -> None:
-        self._drain()
-
-    def finish(self, status: str = "FINISHED") -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        self._drain()
-        try:
-            self.client.set_terminated(self.run_id, status=status)
-        except Exception as exc:
-            log.warning("MLflow: could not mark run %s %s: %s", self.run_id, status, exc)
+                self._client.set_terminated(self.run_id, status=status)
+            except Exception as exc:
+                log.warning("MLflow: could not mark run %s %s: %s", self.run_id, status, exc)
+        self.spool.close()
+        return 0
 
 
 def sweep_parent_run(client_uri: str, experiment: str, sweep_dir: str, name: str) -> str:

@@ -15,11 +15,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from hpc.config import ConfigError
+from hpc.exitcodes import PREEMPTED
 from hpc.jobspec import JobSpec, redact_uri
 
 # What may appear in a #SBATCH value: no whitespace, quotes, `$` or newlines.
 _DIRECTIVE_SAFE = re.compile(r"^[A-Za-z0-9_.,:@%+=/\-\[\]]+$")
-PREEMPT_EXIT_CODE = 124  # a checkpointed, preempted job exits with this (see preemption)
 
 
 def directive_value(key: str, value: object) -> str:
@@ -113,6 +113,9 @@ def render_script(
     sig = shlex.quote(str(pre["signal"]))
     py = shlex.quote(python)
     out += [
+        'if [ -e "$HPC_RUN_DIR/FINISHED" ]; then  # a finished run that got requeued',
+        '  echo "hpc-launch: $HPC_RUN_DIR already finished; nothing to do"; exit 0',
+        "fi",
         "",
         'echo "hpc-launch: job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST}'
         ' (restart ${SLURM_RESTART_COUNT:-0})"',
@@ -122,7 +125,7 @@ def render_script(
         shlex.join(srun_command(spec, worker)) + " &",
         "step=$!",
         "interrupted=0",
-        'forward() { interrupted=1; kill -s "$1" "$step" 2>/dev/null || true; }',
+        'forward() { interrupted=1; sig=$1; kill -s "$1" "$step" 2>/dev/null || true; }',
         f"trap 'forward {sig}' {sig}",
         "trap 'forward TERM' TERM",
         "while :; do",
@@ -130,7 +133,17 @@ def render_script(
         '  [ "$interrupted" = 1 ] || break  # woken by a signal: wait for the real exit',
         "done",
         'echo "hpc-launch: step exited with code $rc"',
+        "# Checkpointed after a stop signal (exit code, or the marker rank 0 leaves when",
+        "# srun reports another rank's kill instead): requeue unless hpc.requeue says no.",
+        f'if {{ [ "$rc" = {PREEMPTED} ] || [ -e "$HPC_RUN_DIR/PREEMPTED" ]; }} && \\',
+        f'   {py} -m hpc.requeue "$HPC_RUN_DIR" "${{sig:-}}"; then',
+        "  # Requeue this job only: an array task by its own id, never the whole array.",
+        '  id="${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}"',
+        '  scontrol requeue "${id:-$SLURM_JOB_ID}" && exit 0',
+        "fi",
+        f'[ -e "$HPC_RUN_DIR/PREEMPTED" ] && rc={PREEMPTED}',
         f'{py} -m hpc.records finish "$HPC_RUN_DIR" "$rc"',
+        'rm -f "$HPC_RUN_DIR/PREEMPTED"',
         'exit "$rc"',
     ]
     return "\n".join(out) + "\n"

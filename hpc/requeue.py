@@ -1,0 +1,107 @@
+"""After a checkpointed stop under Slurm: requeue or not, and why.
+
+``python -m hpc.requeue RUN_DIR SIGNAL`` exits 0 when the batch script should
+run ``scontrol requeue`` and 1 when it should not, and records the decision in
+job.json (``restart_count``, ``last_interruption``). Rules: requeue only when
+``preemption.requeue`` is on, and stop after ``max_restarts_without_progress``
+restarts in a row that did not move the newest checkpoint forward (a requeue
+loop). The reason is ``time_limit`` when the job was near its end (the
+lead-time signal, or SIGTERM at the limit), else ``preemption``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from hpc import records
+from hpc.launchers.local import latest_step
+
+
+def seconds_left(job_id: str) -> int | None:
+    """Time left before the job's limit, from squeue's %L (``D-HH:MM:SS`` and shorter)."""
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%L"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", out)
+    if not match:
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def classify(signal_name: str, left: int | None, lead_s: int) -> str:
+    if left is not None and left <= lead_s + 90:
+        return "time_limit"
+    return "preemption"
+
+
+def decide(run_dir: Path, signal_name: str) -> bool:
+    record = records.load(run_dir)
+    cfg = yaml.safe_load(Path(record["config_file"]).read_text(encoding="utf-8"))
+    pre = cfg.get("preemption") or {}
+    extra = record.get("extra") or {}
+    job_id = os.environ.get("SLURM_JOB_ID", "")
+    reason = classify(
+        signal_name, seconds_left(job_id) if job_id else None, int(pre.get("lead_s", 120))
+    )
+    step = latest_step(Path(record["checkpoint_dir"]))
+    idle = int(extra.get("idle_restarts", 0))
+    idle = idle + 1 if step <= int(extra.get("restart_step", -1)) else 0
+    restarts = int(extra.get("restart_count", 0))
+    if not pre.get("requeue", True):
+        records.update(
+            run_dir,
+            state="PREEMPTED",
+            extra={"last_interruption": reason},
+            message=f"stopped ({reason}) at step {step}; requeue is off",
+        )
+        return False
+    if idle > int(pre.get("max_restarts_without_progress", 3)):
+        records.update(
+            run_dir,
+            state="FAILED",
+            extra={"last_interruption": reason},
+            message=f"{idle} restarts without step progress: not requeued",
+        )
+        return False
+    (run_dir / "PREEMPTED").unlink(missing_ok=True)
+    records.update(
+        run_dir,
+        state="REQUEUED",
+        extra={
+            "restart_count": restarts + 1,
+            "last_interruption": reason,
+            "restart_step": step,
+            "idle_restarts": idle,
+        },
+        message=f"{reason} at step {step}: requeued",
+    )
+    print(
+        f"hpc-launch: {reason} ({signal_name or 'signal'}) at step {step}: requeueing", flush=True
+    )
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (1, 2):
+        print("usage: python -m hpc.requeue RUN_DIR [SIGNAL]", file=sys.stderr)
+        return 2
+    try:
+        return 0 if decide(Path(args[0]), args[1] if len(args) > 1 else "") else 1
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"hpc-launch: requeue decision failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

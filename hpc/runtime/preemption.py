@@ -1,0 +1,75 @@
+"""Stop signals inside a job: remember them; the training loop acts at a step boundary.
+
+The preemption signal (``preemption.signal``, SIGUSR2 by default: NCCL owns
+SIGUSR1, NVIDIA/nccl#704), SIGTERM (time limit, preemption with GraceTime,
+Kubernetes eviction) and SIGINT (Ctrl-C forwarded by the local launcher) all
+take the same path: the handler only sets a flag. At the next step boundary the
+ranks agree (an all-reduce of the flag), all of them take part in one
+checkpoint, and the job exits with :data:`hpc.exitcodes.PREEMPTED`.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+
+def signal_number(name: str) -> int:
+    """``USR2``/``SIGUSR2``/``12`` → the signal number; ValueError if unknown."""
+    text = str(name).strip().upper()
+    if text.isdigit():
+        return int(text)
+    try:
+        return int(signal.Signals[text if text.startswith("SIG") else f"SIG{text}"])
+    except KeyError:
+        raise ValueError(f"unknown signal {name!r}") from None
+
+
+_early: dict[str, int | None] = {"received": None}
+
+
+def install_early(preemption_signal: str = "USR2") -> None:
+    """Catch stop signals from process start (before torch is even imported).
+
+    A signal that arrives before the session exists is kept and handed to it, so
+    an early preemption still ends in a checkpoint rather than a dead process.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def remember(signum: int, frame: FrameType | None) -> None:
+        if _early["received"] is None:
+            _early["received"] = signum
+
+    for signum in {signal_number(preemption_signal), signal.SIGTERM, signal.SIGINT}:
+        signal.signal(signum, remember)
+
+
+class StopSignals:
+    def __init__(self, preemption_signal: str = "USR2") -> None:
+        self.preemption = signal_number(preemption_signal)
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> StopSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # handlers can only be set from the main thread
+        self.received = self.received or _early["received"]
+        for signum in {self.preemption, signal.SIGTERM, signal.SIGINT}:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signum
+
+    @property
+    def name(self) -> str | None:
+        """The received signal's name (``SIGUSR2``); the launcher classifies the reason."""
+        return signal.Signals(self.received).name if self.received else None
