@@ -71,7 +71,7 @@ def resume_spec(run_dir: str, overrides: Sequence[str]) -> JobSpec:
     """A run continues with the config it was started with (its config.yaml)."""
     from hpc.config import ConfigError
 
-    path = Path(run_dir).expanduser().resolve()
+    path = _path(run_dir).resolve()
     config_file = path / CONFIG_FILE_NAME
     if not (path / "job.json").is_file() or not config_file.is_file():
         raise ConfigError("resume", f"{run_dir!r} is not a run directory (no job.json/config.yaml)")
@@ -93,9 +93,9 @@ def spec_from_config(cfg: dict[str, Any], *, now: _dt.datetime | None = None) ->
     run_dir = _run_dir(cfg, now)
     entrypoint = str(cfg["job"]["entrypoint"])
     if entrypoint.endswith(".py") and ":" not in entrypoint:  # scripts: absolute for the nodes
-        cfg["job"]["entrypoint"] = str(Path(entrypoint).expanduser().resolve())
+        cfg["job"]["entrypoint"] = str(_path(entrypoint).resolve())
     ckpt = cfg["checkpoint"].get("dir")
-    checkpoint_dir = Path(ckpt).expanduser().resolve() if ckpt else run_dir / "checkpoints"
+    checkpoint_dir = _path(ckpt).resolve() if ckpt else run_dir / "checkpoints"
     return JobSpec(
         config=cfg,
         run_dir=run_dir,
@@ -107,12 +107,17 @@ def spec_from_config(cfg: dict[str, Any], *, now: _dt.datetime | None = None) ->
 
 def _run_dir(cfg: dict[str, Any], now: _dt.datetime | None) -> Path:
     if cfg.get("resume"):
-        return Path(cfg["resume"]).expanduser().resolve()
+        return _path(cfg["resume"]).resolve()
     if cfg.get("run_dir"):
-        return Path(cfg["run_dir"]).expanduser().resolve()
+        return _path(cfg["run_dir"]).resolve()
     now = now or _dt.datetime.now()
     stamp = now.strftime("%Y-%m-%d_%H-%M-%S") + "-" + os.urandom(2).hex()
-    return (Path(cfg["output_root"]).expanduser() / cfg["job"]["name"] / stamp).resolve()
+    return (_path(cfg["output_root"]) / cfg["job"]["name"] / stamp).resolve()
+
+
+def _path(value: str | os.PathLike[str]) -> Path:
+    """``~`` expanded where it names a home (``~nosuchuser`` stays as written)."""
+    return Path(os.path.expanduser(value))
 
 
 def default_tracking_uri(tracking: dict[str, Any]) -> str | None:
@@ -122,7 +127,7 @@ def default_tracking_uri(tracking: dict[str, Any]) -> str | None:
     uri = tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         if "://" not in uri and not uri.startswith(("file:", "databricks")):
-            return str(Path(uri).expanduser().resolve())  # a local path: a file store
+            return str(_path(uri).resolve())  # a local path: a file store
         return str(uri)
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
