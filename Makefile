@@ -20,15 +20,16 @@ run: $(BIN)/python
 # System packages the tests use (OpenMPI for mpi4py), the Python test extras,
 # the real Slurm test cluster, then the whole suite.
 test-deps: $(BIN)/python
-	@dpkg -s libopenmpi-dev openmpi-bin >/dev/null 2>&1 || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null; }
+	@dpkg -s libopenmpi-dev openmpi-bin chromium >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev \
+	  chromium >/dev/null; }
 	$(BIN)/pip install -q -e '.[train,test,mpi,k8s]'
 
 cluster:
 	slurm/testcluster/up
 
 test: test-deps cluster
-	HPC_TEST_SLURM=1 $(BIN)/python -m pytest -q
+	HPC_TEST_SLURM=1 HPC_TEST_BROWSER=1 $(BIN)/python -m pytest -q
 
 lint:
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
