@@ -17,19 +17,25 @@ from hpc import records
 DELEGATED = {
     "topo": "hpc.topology.cli:main",
     "cost": "hpc.cost.cli:main",
+    "sweep": "hpc.schedule.cli:main",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpc", description="Inspect and manage hpc-launch jobs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    status = sub.add_parser("status", help="list recent runs")
+    status = sub.add_parser("status", help="list recent runs, or one sweep's tasks")
+    status.add_argument("sweep", nargs="?", metavar="SWEEP", help="a sweep dir or array id")
+    status.add_argument("--metric", default="accuracy", help="with SWEEP: rank tasks by this")
+    status.add_argument("--mode", choices=("max", "min"), default="max", help="with SWEEP")
     status.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
     status.add_argument("--json", action="store_true", help="print records as JSON")
     status.add_argument(
         "--watch",
         type=float,
         metavar="SECONDS",
+        nargs="?",
+        const=2.0,
         default=None,
         help="refresh every SECONDS (at least 2)",
     )
@@ -60,6 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(args_list)
     if args.command == "status":
+        if args.sweep:
+            from hpc.cli.sweeps import show
+
+            return show(
+                args.sweep, metric=args.metric, mode=args.mode, watch=args.watch, as_json=args.json
+            )
         if args.watch is None:
             return cmd_status(args.limit, args.json)
         while True:  # throttled: at most one backend query per 2 s
