@@ -392,6 +392,13 @@ def test_scrontab_edits_keep_user_lines_under_concurrency(workdir: Path) -> None
     assert "added-by-the-user-meanwhile" in after
     for name in ("c1", "c3"):
         assert f"hpc-launch schedule {name} " in after
+    # slurmctld comments out the line of a cron job that was scancel'd: list says so.
+    lines = after.splitlines(keepends=True)
+    i = next(n for n, ln in enumerate(lines) if "-m hpc.schedule.fire c1 " in ln)
+    lines[i] = "#DISABLED: " + lines[i]
+    store_file.write_text("".join(lines))
+    problems = {s["name"]: s["problem"] for s in listing(workdir, **env)["schedules"]}
+    assert "disabled" in problems["c1"] and problems["c3"] is None
     for name in ("c1", "c3"):
         assert sweep_cli(["remove", name], workdir, **env).returncode == 0
     assert store_file.read_text() == USER_CRONTAB + "30 6 * * 1 echo added-by-the-user-meanwhile\n"

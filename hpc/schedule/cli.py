@@ -213,7 +213,9 @@ def queued_jobs(job_names: list[str]) -> list[dict[str, str]]:
     return jobs
 
 
-def describe(schedule: Any, queue: list[dict[str, str]]) -> dict[str, Any]:
+def describe(
+    schedule: Any, queue: list[dict[str, str]], crontab: str | None = None
+) -> dict[str, Any]:
     from hpc.schedule import cron
 
     mine = [j for j in queue if j["name"] == schedule.job_name]
@@ -228,6 +230,15 @@ def describe(schedule: Any, queue: list[dict[str, str]]) -> dict[str, Any]:
             f"its Slurm job {schedule.pending_job_id or ''} is gone: nothing will launch "
             f"(hpc sweep remove {schedule.name}, then schedule it again)"
         )
+    if schedule.mechanism == "scrontab" and crontab is not None:
+        from hpc.schedule import scrontab
+
+        span = scrontab.find_block(crontab, schedule.name)
+        lines = crontab.splitlines()[span[0] : span[1] + 1] if span else []
+        if not span:
+            problem = "its scrontab lines are gone: nothing will launch"
+        elif any(ln.startswith(("#DISABLED:", "#BAD:")) for ln in lines):
+            problem = "Slurm disabled its scrontab line (was its job cancelled?)"
     return {
         "name": schedule.name,
         "cron": schedule.cron,
@@ -255,7 +266,15 @@ def cmd_list(as_json: bool) -> int:
         queue = queued_jobs([s.job_name for s in schedules])
     except client.SlurmError as exc:
         err(f"warning: Slurm not reachable ({exc}); queue states unknown")
-    rows = [describe(s, queue) for s in schedules]
+    crontab = None
+    if any(s.mechanism == "scrontab" for s in schedules):
+        from hpc.schedule import scrontab
+
+        try:
+            crontab = scrontab.read() or ""
+        except client.SlurmError as exc:
+            err(f"warning: scrontab -l failed ({exc})")
+    rows = [describe(s, queue, crontab) for s in schedules]
     zones = sorted({r["zone"] for r in rows}) or [cron.zone_name()]
     if as_json:
         print(json.dumps({"zone": zones[0], "schedules": rows}, indent=2))
