@@ -132,17 +132,28 @@ class PreemptionConfig:
 
 @dataclass
 class PlacementConfig:
-    """Filled by the placement work; empty for now."""
+    """Each rank binds to its GPU's NUMA-local cores and nearest NICs (hpc.topology)."""
+
+    enabled: bool = True
+    strict_memory: bool = False  # bind memory to the NUMA node (default: first touch)
+    link_layer: str | None = None  # keep NICs of this fabric only: InfiniBand, Ethernet
+    topo_file: str | None = None  # an `nvidia-smi topo -m` file instead of discovery
 
 
 @dataclass
 class NcclConfig:
-    """Filled by the NCCL work; empty for now."""
+    """An NCCL profile (hpc.nccl.PROFILES) plus explicit variables; the user's env wins."""
+
+    profile: str = "default"
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class AccountingConfig:
-    """Filled by the accounting work; empty for now."""
+    """Per-node NVML/CPU sampling into <run_dir>/accounting/node<N>.jsonl."""
+
+    enabled: bool = True
+    interval_s: float = 10.0
 
 
 @dataclass

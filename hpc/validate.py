@@ -71,6 +71,7 @@ def validate(cfg: dict[str, Any]) -> None:
     if kind not in CLUSTER_SCHEMAS:
         raise ConfigError("cluster.kind", f"unknown launcher {kind!r} (one of {_names()})")
     _validate_preemption(cfg)
+    _validate_node_setup(cfg)
     _positive(cfg, "checkpoint.every_steps")
     _at_least(cfg, "checkpoint.keep", 1)
     _validate_tracking(cfg["tracking"])
@@ -186,6 +187,27 @@ def _validate_preemption(cfg: dict[str, Any]) -> None:
         )
     if pre["max_restarts_without_progress"] < 0:
         raise ConfigError("preemption.max_restarts_without_progress", "must be >= 0")
+
+
+def _validate_node_setup(cfg: dict[str, Any]) -> None:
+    from hpc.nccl import PROFILES
+
+    profile = cfg["nccl"]["profile"]
+    if profile not in PROFILES:
+        raise ConfigError(
+            "nccl.profile", f"unknown profile {profile!r} (one of {', '.join(sorted(PROFILES))})"
+        )
+    for key in cfg["nccl"].get("env") or {}:
+        if not re.match(r"^[A-Z_][A-Z0-9_]*$", str(key)):
+            raise ConfigError(f"nccl.env.{key}", "is not an environment variable name")
+    topo = cfg["placement"].get("topo_file")
+    if topo and not Path(topo).is_file():
+        raise ConfigError("placement.topo_file", f"{topo!r} does not exist")
+    layer = cfg["placement"].get("link_layer")
+    if layer is not None and layer not in ("InfiniBand", "Ethernet"):
+        raise ConfigError("placement.link_layer", f"{layer!r} is not InfiniBand or Ethernet")
+    if not cfg["accounting"]["interval_s"] > 0:
+        raise ConfigError("accounting.interval_s", "must be > 0")
 
 
 def _validate_tracking(tracking: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hpc_launch
+from support import hpc_launch
 
 # (overrides, the key the error must name)
 CASES: list[tuple[list[str], str]] = [
@@ -49,6 +49,17 @@ CASES: list[tuple[list[str], str]] = [
     (["resources"], "resources"),
     (["resources.nodes=2"], "resources.nodes"),  # local runs one node
     (["resources.nodes=[1,2"], "resources.nodes"),
+    (["preemption.signal=NOPE"], "preemption.signal"),
+    (["preemption.signal=KILL"], "preemption.signal"),
+    (["preemption.lead_s=-5"], "preemption.lead_s"),
+    (["resources.time=00:01:00", "preemption.lead_s=60"], "preemption.lead_s"),
+    (["nccl.profile=bogus"], "nccl.profile"),
+    (["nccl=bogus"], "nccl"),
+    (["+nccl.env.bad-name=1"], "nccl.env.bad-name"),
+    (["placement.topo_file=/no/such/topo.txt"], "placement.topo_file"),
+    (["placement.link_layer=Token-Ring"], "placement.link_layer"),
+    (["accounting.interval_s=0"], "accounting.interval_s"),
+    (["job.lr=0.1,0.2"], "job.lr"),
 ]
 
 

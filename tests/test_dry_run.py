@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import check_golden, hpc_launch
+from support import check_golden, hpc_launch
 
 
 def normalise(text: str, workdir: Path) -> str:

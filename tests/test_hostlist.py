@@ -8,7 +8,7 @@ import pytest
 
 from hpc.hostlist import HostlistError, collect, expand, first_host
 
-from conftest import FIXTURES
+from support import FIXTURES
 
 CASES = json.loads((FIXTURES / "hostlist" / "expand_cases_combined.json").read_text())["cases"]
 # python-hostlist's own vectors assume its dedup/sort defaults; we follow Slurm, so use

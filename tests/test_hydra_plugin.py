@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env
 from slurm_helpers import require_cluster, wait_for_job
+from support import cli_env
 
 APP = """\
 import json, os, sys

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, hpc_launch
+from support import cli_env, hpc_launch
 
 WORKER = """
 import os, subprocess, sys, time

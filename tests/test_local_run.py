@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hpc, hpc_launch
+from support import hpc, hpc_launch
 
 pytestmark = pytest.mark.slow
 

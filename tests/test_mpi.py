@@ -19,7 +19,7 @@ from hpc.runtime.environment import (
 )
 from hpc.runtime.mpi_env import OpenMpiEnvironment, PmiEnvironment, agree_rendezvous
 
-from conftest import hpc_launch
+from support import hpc_launch
 
 
 class FakeComm:

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from preemption_helpers import assert_bitwise_equal, final_model, loss_history, only_run_dir
 
-from conftest import cli_env, hpc_launch
+from preemption_helpers import assert_bitwise_equal, final_model, loss_history, only_run_dir
+from support import cli_env, hpc_launch
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hpc
 from slurm_helpers import require_cluster, wait_for_job
+from support import hpc
 
 TINY = "import os\nprint('tiny task', os.environ.get('HPC_RUN_DIR'), flush=True)\n"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, hpc, hpc_launch
 from slurm_helpers import require_cluster, sacct_fields, wait_for_job
+from support import cli_env, hpc, hpc_launch
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hpc.jobspec import load_spec
 from hpc.launchers import get_launcher
 
-from conftest import check_golden, hpc_launch
+from support import check_golden, hpc_launch
 
 
 def normalise(text: str, workdir: Path) -> str:

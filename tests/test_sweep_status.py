@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hpc, hpc_launch
 from slurm_helpers import require_cluster, wait_for_job
+from support import hpc, hpc_launch
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -75,6 +75,7 @@ def launch(overrides: Sequence[str], show_cfg: bool = False) -> int:
         return 0
     if spec.config.get("dry_run"):
         sys.stdout.write(plan.text)
+        show_placement(spec)
         return 0
     from hpc.launchers.base import SubmitError
 
@@ -90,6 +91,34 @@ def launch(overrides: Sequence[str], show_cfg: bool = False) -> int:
     if spec.launcher not in ("local", "mpi") and not spec.config.get("wait"):
         return 0
     return follow(handle, spec.name)
+
+
+def show_placement(spec) -> None:  # type: ignore[no-untyped-def]
+    """On stderr (stdout holds the plan alone): where each rank will be bound."""
+    placement = spec.config.get("placement") or {}
+    if not placement.get("enabled", True):
+        return
+    ranks = int(spec.resources["tasks_per_node"])
+    if spec.launcher not in ("local", "mpi") and not placement.get("topo_file"):
+        return  # computed on each node at start (`hpc topo plan` shows it for a node)
+    import logging
+
+    from hpc.topology import discover, plan_node
+    from hpc.topology.model import TopologyError, format_cpulist
+    from hpc.topology.nvsmi import read_nvsmi
+
+    logging.getLogger("hpc.topology").setLevel(logging.ERROR)
+    try:
+        topo = read_nvsmi(placement["topo_file"]) if placement.get("topo_file") else discover()
+        plan = plan_node(topo, ranks, link_layer=placement.get("link_layer"))
+    except (TopologyError, OSError) as exc:
+        err(f"placement: cannot plan ({exc})")
+        return
+    for p in plan:
+        err(
+            f"placement: local rank {p.local_rank} -> gpu {p.gpu if p.gpu is not None else '-'}"
+            f" cpus {format_cpulist(p.cpus)} numa {p.numa_node} nics {','.join(p.nics) or '-'}"
+        )
 
 
 def follow(handle, name: str) -> int:  # type: ignore[no-untyped-def]

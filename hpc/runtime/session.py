@@ -18,6 +18,7 @@ coordinated checkpoint, and closes everything on exit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -33,6 +34,7 @@ from hpc import records
 from hpc.exitcodes import PREEMPTED
 from hpc.runtime.checkpoint import CheckpointManager, LoadedCheckpoint
 from hpc.runtime.environment import ClusterEnvironment, RankInfo, from_env
+from hpc.runtime.node import NodeAccounting, place_rank, summarize_run
 from hpc.runtime.preemption import StopSignals
 from hpc.runtime.tracking import MlflowTracker, Tracker, flatten, sweep_parent_run
 
@@ -125,6 +127,10 @@ class Session:
         import torch.distributed as dist
 
         self.signals.install()
+        # Bind CPUs and set NCCL variables before CUDA and NCCL initialise.
+        _, placement = place_rank(self.cfg, self.info)
+        self.accounting = NodeAccounting(self.cfg, self.info, self.run_dir, self.job_id())
+        self.accounting.start()
         use_gpu = torch.cuda.is_available() and int(self.cfg["resources"]["gpus_per_node"]) > 0
         if use_gpu:
             torch.cuda.set_device(self.local_rank)
@@ -142,11 +148,14 @@ class Session:
         node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
         print(
             f"hpc-launch: rank {self.rank}/{self.world_size} local_rank {self.local_rank} "
-            f"node_rank {self.info.node_rank} host {node} via {self.env.name}",
+            f"node_rank {self.info.node_rank} host {node} via {self.env.name}; {placement}",
             flush=True,
         )
         if self.is_main:
             self.tracker = self._open_tracker()
+            if self.accounting.enabled or self.info.local_world_size < self.world_size:
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    records.update(self.run_dir, accounting_file=str(self.accounting.directory))
         return self
 
     def __exit__(
@@ -158,6 +167,9 @@ class Session:
         import torch.distributed as dist
 
         preempted = exc_type is None and self.stop_requested
+        self.accounting.stop()
+        if self.is_main:
+            self._record_accounting()
         if preempted:
             self.tracker.set_tags({"last_interruption": self.signals.name or "signal"})
             self.tracker.finish(status=None)  # the run goes on after the restart
@@ -178,6 +190,25 @@ class Session:
         self.signals.uninstall()
         if preempted:
             raise SystemExit(PREEMPTED)
+
+    def _record_accounting(self) -> None:
+        """The job's accounting summary (all nodes' files) into job.json and MLflow."""
+        import time
+
+        if not (self.cfg.get("accounting") or {}).get("enabled", True):
+            return
+        if self._distributed():  # give other nodes' samplers a moment to write their stop
+            time.sleep(0.2)
+        try:
+            summary = summarize_run(self.accounting.directory)
+        except Exception as exc:
+            log.warning("accounting summary failed: %s", exc)
+            return
+        if summary is None:
+            return
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            records.update(self.run_dir, extra={"accounting": summary})
+        self.tracker.set_tags({f"accounting.{k}": v for k, v in summary.items()})
 
     def seed(self, seed: int) -> None:
         import numpy as np

@@ -25,10 +25,10 @@ SCHEMAS = TESTS / "fixtures" / "schemas"
 
 
 def _root_conftest() -> Any:
-    """tests/conftest.py by path (another folder's conftest may own the name ``conftest``)."""
+    """tests/support.py by path (the shared CLI helpers)."""
     name = "hpc_tests_root_conftest"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, TESTS / "conftest.py")
+        spec = importlib.util.spec_from_file_location(name, TESTS / "support.py")
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module

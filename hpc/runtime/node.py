@@ -1,0 +1,120 @@
+"""Per-rank node setup: topology-aware placement, NCCL environment, accounting sampler.
+
+Called by the session before torch.distributed starts: each rank discovers the
+node's topology (NVML, else sysfs; CPU-only without GPUs), takes its own slice
+of the node plan (its GPU, the CPUs and NUMA node near it, its nearest NICs),
+binds itself there, and sets the NCCL profile's variables. Local rank 0 runs
+the node's accounting sampler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hpc.runtime.environment import RankInfo
+
+log = logging.getLogger(__name__)
+
+
+def place_rank(cfg: dict[str, Any], info: RankInfo) -> tuple[dict[str, str], str]:
+    """Bind this process; set and return the environment it added; one line for the log."""
+    from hpc.nccl import nccl_env
+    from hpc.topology import apply_placement, compute_hcas, discover, plan_node
+    from hpc.topology.nvsmi import read_nvsmi
+
+    placement = cfg.get("placement") or {}
+    nccl = cfg.get("nccl") or {}
+    added: dict[str, str] = {}
+    line = "placement off"
+    topology = None
+    if placement.get("enabled", True):
+        topology = read_nvsmi(placement["topo_file"]) if placement.get("topo_file") else discover()
+        plan = plan_node(
+            topology,
+            info.local_world_size,
+            link_layer=placement.get("link_layer"),
+            strict_memory=bool(placement.get("strict_memory", False)),
+        )
+        mine = plan[info.local_rank]
+        added.update(apply_placement(mine))
+        bound = sorted(os.sched_getaffinity(0))
+        line = (
+            f"gpu {mine.gpu if mine.gpu is not None else '-'} cpus {_ranges(bound)} "
+            f"numa {mine.numa_node if mine.numa_node is not None else '-'} "
+            f"nics {','.join(mine.nics) or '-'}"
+        )
+    hcas = compute_hcas(topology, placement.get("link_layer")) if topology is not None else []
+    overrides = {str(k): str(v) for k, v in (nccl.get("env") or {}).items()}
+    env_now = {**os.environ, **added}
+    added.update(nccl_env(str(nccl.get("profile", "default")), hcas, overrides, env_now))
+    for key, value in added.items():
+        os.environ.setdefault(key, value)  # what the user set explicitly stays
+    return added, line
+
+
+def _ranges(cpus: list[int]) -> str:
+    from hpc.topology.model import format_cpulist
+
+    return format_cpulist(cpus) or "-"
+
+
+class NodeAccounting:
+    """The node's accounting sampler (local rank 0 only); a no-op elsewhere."""
+
+    def __init__(self, cfg: dict[str, Any], info: RankInfo, run_dir: Path, job_id: str | None):
+        acct = cfg.get("accounting") or {}
+        self.enabled = bool(acct.get("enabled", True)) and info.local_rank == 0
+        self.directory = run_dir / "accounting"
+        self.path = self.directory / f"node{info.node_rank}.jsonl"
+        self.interval_s = float(acct.get("interval_s", 10.0))
+        self.job_id = job_id
+        self.sampler: Any = None
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        from hpc.accounting.sampler import Sampler, SamplerConfig
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = SamplerConfig(
+            path=self.path, interval_s=self.interval_s, root_pid=os.getppid(), job_id=self.job_id
+        )
+        try:
+            self.sampler = Sampler(config).start()
+        except Exception as exc:  # accounting never stops training
+            log.warning("accounting sampler not started: %s", exc)
+
+    def stop(self) -> None:
+        if self.sampler is not None:
+            try:
+                self.sampler.stop()
+            except Exception as exc:
+                log.warning("accounting sampler did not stop cleanly: %s", exc)
+            self.sampler = None
+
+
+def summarize_run(directory: Path) -> dict[str, Any] | None:
+    """The job's accounting over all nodes' files (sums; peaks as maxima)."""
+    from hpc.accounting import summarize
+
+    files = sorted(directory.glob("node*.jsonl"))
+    if not files:
+        return None
+    parts = [summarize(path) for path in files]
+    total: dict[str, Any] = {"nodes": len(parts)}
+    for key in ("gpus", "gpu_hours", "cpu_hours", "samples", "energy_kwh"):
+        values = [p.get(key) for p in parts]
+        total[key] = None if any(v is None for v in values) else sum(values)  # type: ignore[arg-type]
+    for key in ("peak_gpu_memory_bytes", "peak_rss_bytes", "wall_s", "restarts"):
+        values = [p.get(key) for p in parts if p.get(key) is not None]
+        total[key] = max(values) if values else None
+    utils = [(p.get("gpu_util_mean"), p.get("gpu_hours") or 0) for p in parts]
+    weighted = [(u, w) for u, w in utils if u is not None and w]
+    total["gpu_util_mean"] = (
+        sum(u * w for u, w in weighted) / sum(w for _, w in weighted) if weighted else None
+    )
+    total["mode"] = ",".join(sorted({str(p.get("mode")) for p in parts}))
+    return total
