@@ -64,6 +64,33 @@ class JobHandle(abc.ABC):
         return self.status() in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED"}
 
 
+def prepare_run(plan: Plan, job_id: str | None, state: str = "PENDING") -> None:
+    """Write the plan's files into its run directory; create job.json, or refresh it
+    for a new attempt of an existing run (a resume keeps the record and its MLflow run)."""
+    from hpc import records
+    from hpc.jobspec import redact_uri
+
+    spec = plan.spec
+    (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    for name, content in plan.files.items():
+        records.write_atomic(spec.run_dir / name, content)
+    if records.record_path(spec.run_dir).exists():
+        records.update(spec.run_dir, job_id=job_id, state=state, exit_code=None)
+        return
+    records.create(
+        records.RunRecord(
+            name=spec.name,
+            launcher=plan.launcher,
+            run_dir=str(spec.run_dir),
+            config_file=str(spec.config_file),
+            tracking_uri=redact_uri(spec.tracking_uri),
+            checkpoint_dir=str(spec.checkpoint_dir),
+            job_id=job_id,
+            state=state,
+        )
+    )
+
+
 class Launcher(abc.ABC):
     name: str
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from hpc import records
 from hpc.exitcodes import PREEMPTED
 from hpc.jobspec import JobSpec, redact_uri
-from hpc.launchers.base import JobHandle, Launcher, Plan
+from hpc.launchers.base import JobHandle, Launcher, Plan, prepare_run
 from hpc.runtime.preemption import signal_number
 
 WORKER_MODULE = "hpc.run"
@@ -60,26 +60,8 @@ class LocalLauncher(Launcher):
         )
 
     def submit(self, plan: Plan) -> LocalJob:
-        spec = plan.spec
-        run_dir = spec.run_dir
-        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        for name, content in plan.files.items():
-            records.write_atomic(run_dir / name, content)
         job_id = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
-        if records.record_path(run_dir).exists():  # resume: keep the record, new attempt
-            records.update(run_dir, job_id=job_id, state="PENDING", exit_code=None)
-        else:
-            records.create(
-                records.RunRecord(
-                    name=spec.name,
-                    launcher=self.name,
-                    run_dir=str(run_dir),
-                    config_file=str(spec.config_file),
-                    tracking_uri=redact_uri(spec.tracking_uri),
-                    checkpoint_dir=str(spec.checkpoint_dir),
-                    job_id=job_id,
-                )
-            )
+        prepare_run(plan, job_id)
         job = LocalJob(plan, job_id)
         job.start()
         return job

@@ -24,8 +24,8 @@ from typing import IO
 
 from hpc import records
 from hpc.config import ConfigError
-from hpc.jobspec import JobSpec, redact_uri
-from hpc.launchers.base import Launcher, Plan
+from hpc.jobspec import JobSpec
+from hpc.launchers.base import Launcher, Plan, prepare_run
 from hpc.launchers.local import WORKER_MODULE, LocalJob, _shell_code, _signal_group
 from hpc.validate import local_gpu_count
 
@@ -92,26 +92,8 @@ class MpiLauncher(Launcher):
         )
 
     def submit(self, plan: Plan) -> MpiJob:
-        spec = plan.spec
-        run_dir = spec.run_dir
-        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        for name, content in plan.files.items():
-            records.write_atomic(run_dir / name, content)
         job_id = f"mpi-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
-        if records.record_path(run_dir).exists():  # resume: keep the record, new attempt
-            records.update(run_dir, job_id=job_id, state="PENDING", exit_code=None)
-        else:
-            records.create(
-                records.RunRecord(
-                    name=spec.name,
-                    launcher=self.name,
-                    run_dir=str(run_dir),
-                    config_file=str(spec.config_file),
-                    tracking_uri=redact_uri(spec.tracking_uri),
-                    checkpoint_dir=str(spec.checkpoint_dir),
-                    job_id=job_id,
-                )
-            )
+        prepare_run(plan, job_id)
         job = MpiJob(plan, job_id)
         job.start()
         return job

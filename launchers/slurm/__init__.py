@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hpc import records
-from hpc.jobspec import JobSpec, redact_uri
-from hpc.launchers.base import JobHandle, Launcher, Plan
+from hpc.jobspec import JobSpec
+from hpc.launchers.base import JobHandle, Launcher, Plan, prepare_run
 from hpc.launchers.local import follow_file
 from hpc.launchers.slurm import client
 from hpc.launchers.slurm.script import job_environment, render_script, sbatch_directives
@@ -43,20 +43,7 @@ class SlurmLauncher(Launcher):
 
     def submit(self, plan: Plan) -> SlurmJob:
         spec = plan.spec
-        (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        for name, content in plan.files.items():
-            records.write_atomic(spec.run_dir / name, content)
-        if not records.record_path(spec.run_dir).exists():
-            records.create(
-                records.RunRecord(
-                    name=spec.name,
-                    launcher=self.name,
-                    run_dir=str(spec.run_dir),
-                    config_file=str(spec.config_file),
-                    tracking_uri=redact_uri(spec.tracking_uri),
-                    checkpoint_dir=str(spec.checkpoint_dir),
-                )
-            )
+        prepare_run(plan, None)
         retries = int(spec.config["cluster"].get("submit_retries", 5))
         try:
             job_id = client.submit(str(spec.run_dir / SCRIPT_NAME), retries=retries)
