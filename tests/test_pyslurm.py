@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from slurm_helpers import require_cluster, wait_for_job
 
 from hpc.launchers.slurm import client
+
+from slurm_helpers import require_cluster, wait_for_job
 
 
 def test_pyslurm_used_only_when_it_matches(tmp_path: Path) -> None:
