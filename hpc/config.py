@@ -6,6 +6,7 @@ Every failure becomes a :class:`ConfigError` with one line that names the key.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -64,7 +65,6 @@ def _compose_app_config(overrides: list[str]) -> DictConfig:
     from hydra._internal.core_plugins.structured_config_source import StructuredConfigSource
     from hydra._internal.defaults_list import create_defaults_list
     from hydra._internal.sources_registry import SourcesRegistry
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
     # Hydra's create_config_search_path() also imports every installed Hydra plugin
@@ -76,7 +76,7 @@ def _compose_app_config(overrides: list[str]) -> DictConfig:
     search_path.append("main", f"pkg://{CONFIG_MODULE}")
     search_path.append("schema", "structured://")
     repo = CachingConfigRepository(ConfigRepository(config_search_path=search_path))
-    parsed = OverridesParser.create().parse_overrides(overrides)
+    parsed = override_parser().parse_overrides(overrides)
     ConfigLoaderImpl.validate_sweep_overrides_legal(parsed, RunMode.RUN, from_shell=True)
     for override in parsed:
         if override.is_hydra_override():
@@ -112,11 +112,18 @@ def check_declared_keys(node: Any, prefix: str = "") -> None:
             check_declared_keys(node._get_node(key), prefix=f"{full}.")
 
 
-def check_override_syntax(overrides: Sequence[str]) -> None:
-    """Reject malformed overrides early, naming the offending text."""
+@functools.lru_cache(maxsize=1)
+def override_parser() -> Any:
+    """Hydra's override parser (building it costs a few ms: build it once)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser = OverridesParser.create()
+    return OverridesParser.create()
+
+
+def check_override_syntax(overrides: Sequence[str]) -> None:
+    """Reject malformed overrides early, naming the offending text."""
+
+    parser = override_parser()
     for text in overrides:
         key = text.split("=", 1)[0].lstrip("+~")
         if text.startswith("=") or not key:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpc.config import ConfigError
+from hpc.config import ConfigError, override_parser
 
 SWEEP_FILE = "sweep.json"
 SCRIPT_SHAPING = ("resources.", "cluster.", "preemption.", "placement.", "nccl.")
@@ -49,12 +49,11 @@ class SweepPlan:
 
 def expand(overrides: Sequence[str]) -> tuple[list[str], list[list[str]], set[str]]:
     """Split into fixed overrides and the cartesian product of the swept ones."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from hpc.config import check_override_syntax
 
     check_override_syntax(overrides)
-    parser = OverridesParser.create()
+    parser = override_parser()
     fixed: list[str] = []
     axes: list[list[str]] = []
     groups: set[str] = set()
@@ -127,13 +126,12 @@ def _check_value(cfg: Any, override: str) -> None:
     import copy
 
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     from hpc.config import check_declared_keys, to_container, translate_error
     from hpc.validate import validate
 
-    parsed = OverridesParser.create().parse_overrides([override])
+    parsed = override_parser().parse_overrides([override])
     key = _key(override)
     changing = parsed[0].is_add() is False and parsed[0].is_delete() is False
     target = cfg if changing else copy.deepcopy(cfg)

@@ -103,9 +103,10 @@ def show_placement(spec) -> None:  # type: ignore[no-untyped-def]
         return  # computed on each node at start (`hpc topo plan` shows it for a node)
     import logging
 
-    from hpc.topology import discover, plan_node
+    from hpc.topology.discover import discover
     from hpc.topology.model import TopologyError, format_cpulist
     from hpc.topology.nvsmi import read_nvsmi
+    from hpc.topology.placement import plan_node
 
     logging.getLogger("hpc.topology").setLevel(logging.ERROR)
     try:

@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 def place_rank(cfg: dict[str, Any], info: RankInfo) -> tuple[dict[str, str], str]:
     """Bind this process; set and return the environment it added; one line for the log."""
     from hpc.nccl import nccl_env
-    from hpc.topology import apply_placement, compute_hcas, discover, plan_node
+    from hpc.topology.apply import apply_placement
+    from hpc.topology.discover import discover
     from hpc.topology.nvsmi import read_nvsmi
+    from hpc.topology.placement import compute_hcas, plan_node
 
     placement = cfg.get("placement") or {}
     nccl = cfg.get("nccl") or {}

@@ -6,22 +6,41 @@ Sources (same :class:`Topology` model): NVML (:func:`read_nvml`), Linux sysfs
 :func:`apply_placement` pins the calling rank. The CLI lives in :mod:`hpc.topology.cli`.
 """
 
-from hpc.topology.apply import apply_placement
-from hpc.topology.discover import discover
-from hpc.topology.model import (
-    Gpu,
-    Nic,
-    NoGpuError,
-    Topology,
-    TopologyError,
-    TopologyParseError,
-    format_cpulist,
-    parse_cpulist,
-)
-from hpc.topology.nvml import read_nvml
-from hpc.topology.nvsmi import parse_nvsmi, read_nvsmi
-from hpc.topology.placement import PlacementError, RankPlacement, compute_hcas, plan_node
-from hpc.topology.sysfs import read_sysfs
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Names are imported on first use (PEP 562): the CLI's dry run needs only a few of them.
+_WHERE = {
+    "apply_placement": "apply",
+    "discover": "discover",
+    "Gpu": "model",
+    "Nic": "model",
+    "NoGpuError": "model",
+    "Topology": "model",
+    "TopologyError": "model",
+    "TopologyParseError": "model",
+    "format_cpulist": "model",
+    "parse_cpulist": "model",
+    "read_nvml": "nvml",
+    "parse_nvsmi": "nvsmi",
+    "read_nvsmi": "nvsmi",
+    "PlacementError": "placement",
+    "RankPlacement": "placement",
+    "compute_hcas": "placement",
+    "plan_node": "placement",
+    "read_sysfs": "sysfs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'hpc.topology' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"hpc.topology.{_WHERE[name]}"), name)
+    globals()[name] = value  # also replaces a submodule bound under the same name
+    return value
+
 
 __all__ = [
     "Gpu",
