@@ -204,12 +204,6 @@ def test_a_torn_last_line_is_ignored(tmp_path: Path) -> None:
     s.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MetricSpool opens the file in append mode without repairing a torn last line: "
-    "the next record is glued onto the fragment and lost (Session appends tags before "
-    "resume() rewinds)",
-)
 def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path: Path) -> None:
     torn_spool(tmp_path)
     s = MetricSpool(tmp_path)
@@ -219,12 +213,6 @@ def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path: Path) -> No
     assert got == [param("p"), metric(1), metric(2), tag("launcher", "local"), tag("host", "n1")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='rewind() looks for commit lines as \'"k":"c"\' but commit() writes '
-    '\'"k": "c"\' (json.dumps default separators): it never finds the last commit, '
-    "rewrites committed (already sent) lines and so invalidates the sent offset",
-)
 def test_rewind_to_an_older_checkpoint_leaves_sent_records_alone(tmp_path: Path) -> None:
     # The newest checkpoint (step 4) fails its checksum, the job resumes from step 2.
     s = MetricSpool(tmp_path)

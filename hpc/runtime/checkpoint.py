@@ -149,9 +149,15 @@ class CheckpointManager:
             }
             _write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
             _fsync_dir(tmp)
-            if final.exists():  # same step saved again (e.g. after a resume): replace
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            if final.exists() and self._manifest(final) is not None:
+                # The same step saved again (a run resumed at its last step): a step
+                # names one training state, and LATEST may point here, so keep it.
+                shutil.rmtree(tmp)
+            else:
+                if final.exists():  # a broken one at this step: out of the way first
+                    os.replace(final, self.directory / f".{final.name}.broken")
+                os.replace(tmp, final)
+                shutil.rmtree(self.directory / f".{final.name}.broken", ignore_errors=True)
             _fsync_dir(self.directory)
             _write_text_atomic(self.directory / LATEST, final.name + "\n")
             self._prune()

@@ -30,6 +30,7 @@ class MetricSpool:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / SPOOL
+        _repair_torn_tail(self.path)
         self._lock = threading.Lock()
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._fsync_every_s = fsync_every_s
@@ -39,7 +40,7 @@ class MetricSpool:
     def append(self, records: list[dict[str, Any]]) -> None:
         if not records:
             return
-        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+        data = "".join(_line(r) for r in records)
         with self._lock:
             self._fh.write(data)
             self._fh.flush()
@@ -48,28 +49,35 @@ class MetricSpool:
                 self._last_fsync = time.monotonic()
 
     def commit(self, step: int) -> None:
-        """Everything appended so far is covered by a durable checkpoint at ``step``."""
+        """Metrics appended so far with a step up to ``step`` are covered by a durable
+        checkpoint at ``step``."""
         with self._lock:
-            self._fh.write(json.dumps({"k": "c", "s": int(step)}) + "\n")
+            self._fh.write(_line({"k": "c", "s": int(step)}))
             self._fh.flush()
             os.fsync(self._fh.fileno())
             self._last_fsync = time.monotonic()
 
     def rewind(self, step: int) -> int:
-        """Resuming at ``step``: drop uncommitted metrics past it; return how many."""
+        """Resuming at ``step``: drop unsent metrics past it; return how many.
+
+        Records already sent are left byte for byte (the sent offset stays valid); among
+        the rest, metrics with a step past ``step`` (and a torn line) go, so the resumed
+        run logs those steps once. Then ``step`` is committed.
+        """
         with self._lock:
             self._fh.flush()
-            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-            last_commit = max((i for i, line in enumerate(lines) if '"k":"c"' in line), default=-1)
-            kept, dropped = lines[: last_commit + 1], 0
-            for line in lines[last_commit + 1 :]:
-                record = _parse(line)
-                torn = record is None  # a half-written last line from a crash
-                if torn or (record.get("k") == "m" and int(record.get("s", 0)) > step):
+            data = self.path.read_bytes()
+            offset = min(self.sent_offset(), len(data))
+            kept, dropped = [data[:offset].decode("utf-8")], 0
+            for line in data[offset:].decode("utf-8", errors="replace").splitlines(True):
+                record = _parse(line) if line.endswith("\n") else None
+                if record is None:  # a half-written line from a crash
                     dropped += 1
+                elif record.get("k") in ("m", "c") and int(record.get("s", 0)) > step:
+                    dropped += record.get("k") == "m"
                 else:
                     kept.append(line)
-            kept.append(json.dumps({"k": "c", "s": int(step)}) + "\n")
+            kept.append(_line({"k": "c", "s": int(step)}))
             tmp = self.path.with_name(f".{SPOOL}.tmp")
             with open(tmp, "w", encoding="utf-8") as fh:
                 fh.writelines(kept)
@@ -78,9 +86,6 @@ class MetricSpool:
             self._fh.close()
             os.replace(tmp, self.path)
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-            offset = self.sent_offset()
-            if offset > self.path.stat().st_size:  # cannot happen: only committed data is sent
-                self.set_sent_offset(0)
             return dropped
 
     def close(self) -> None:
@@ -104,8 +109,8 @@ class MetricSpool:
     def pending(self, final: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
         """(end offset, record) of sendable records after the sent offset, in order.
 
-        Sendable: everything before the last commit; after it, params and tags up to
-        the first uncommitted metric (or everything, when ``final``).
+        Sendable: params, tags, and metrics whose step a later commit covers, up to the
+        first metric that is not covered yet (everything, when ``final``).
         """
         offset = self.sent_offset()
         with open(self.path, "rb") as fh:
@@ -120,11 +125,39 @@ class MetricSpool:
             record = _parse(raw.decode("utf-8", errors="replace"))
             if record is not None:
                 lines.append((pos, record))
-        last_commit = max((i for i, (_, r) in enumerate(lines) if r.get("k") == "c"), default=-1)
+        # A metric counts once a later commit covers its step: the largest commit step
+        # at or after each position.
+        covered, best = [0] * len(lines), -1
+        for i in range(len(lines) - 1, -1, -1):
+            record = lines[i][1]
+            if record.get("k") == "c":
+                best = max(best, int(record.get("s", 0)))
+            covered[i] = best
         for i, (end, record) in enumerate(lines):
-            if i > last_commit and not final and record.get("k") == "m":
-                return
+            if record.get("k") == "m" and not final and int(record.get("s", 0)) > covered[i]:
+                return  # not committed yet: stop here to keep the order
             yield end, record
+
+
+def _line(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+def _repair_torn_tail(path: Path) -> None:
+    """Cut a half-written last line (a crash mid-append) so the next record starts clean.
+
+    Such a line was never committed (a commit is fsynced whole, after its records), so
+    nothing that counts is lost.
+    """
+    try:
+        with open(path, "rb+") as fh:
+            data = fh.read()
+            if data and not data.endswith(b"\n"):
+                fh.truncate(data.rfind(b"\n") + 1)
+                fh.flush()
+                os.fsync(fh.fileno())
+    except FileNotFoundError:
+        pass
 
 
 def _parse(line: str) -> dict[str, Any] | None:

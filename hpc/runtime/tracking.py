@@ -110,7 +110,8 @@ class MlflowTracker(Tracker):
         self.errors = 0
         self.last_error: str | None = None
         self._client: Any = None
-        self._final = False
+        self._final = False  # send uncommitted metrics too (the run ended normally)
+        self._draining = False  # send what is sendable, then stop
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._resumed = run_id is not None
@@ -148,11 +149,11 @@ class MlflowTracker(Tracker):
         while True:
             self._wake.wait(delay)
             self._wake.clear()
-            final = self._final
+            draining, final = self._draining, self._final
             try:
                 self._send_pending(final)
                 delay = self.send_interval_s
-                if final:
+                if draining:
                     return
             except Exception as exc:  # never into training: count, back off, retry
                 self.errors += 1
@@ -162,7 +163,7 @@ class MlflowTracker(Tracker):
                     self.last_error.splitlines()[0][:200],
                 )
                 delay = min(max(delay * 2, 1.0), 30.0)
-            if self._stop.is_set() and not final:
+            if self._stop.is_set():
                 return
 
     def _ensure_run(self) -> None:
@@ -216,11 +217,16 @@ class MlflowTracker(Tracker):
             self.spool.set_sent_offset(end)
 
     def unsent(self) -> int:
-        return sum(1 for _ in self.spool.pending(final=True))
+        return sum(1 for _ in self.spool.pending(final=self._final))
 
     def finish(self, status: str | None = "FINISHED", timeout_s: float = 60.0) -> int:
-        """Commit everything, send it (waiting at most ``timeout_s``), set the run status."""
-        self._final = True
+        """Send what is left (waiting at most ``timeout_s``) and set the run status.
+
+        A run that FINISHED sends everything; a stopped, failed or killed one sends only
+        committed metrics: the others belong to steps a resumed run will redo.
+        """
+        self._final = status == "FINISHED"
+        self._draining = True
         self._wake.set()
         self._thread.join(timeout=timeout_s)
         if self._thread.is_alive():  # server still down: the spool keeps the rest
