@@ -392,12 +392,6 @@ def test_restarts_without_progress_stop_requeueing(workdir: Path, jobs: list[str
     assert sacct_states(job_id) == ["REQUEUED", "FAILED"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the batch script installs its USR2/TERM traps only after cluster.setup, "
-    "'hpc.records start' and srun are under way: a stop signal before that kills the batch "
-    "shell (default action), the job FAILS without a requeue and job.json stays PENDING",
-)
 def test_a_stop_signal_during_setup_does_not_lose_the_job(workdir: Path, jobs: list[str]) -> None:
     # cluster.setup is where `module load` / `conda activate` go: seconds long in practice.
     job_id, run_dir = submit(

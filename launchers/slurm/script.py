@@ -105,12 +105,21 @@ def render_script(
     out.append("")
     for key, value in (env if env is not None else job_environment(spec)).items():
         out.append(f"export {key}={shlex.quote(value)}")
+    sig = shlex.quote(str(pre["signal"]))
+    out += [
+        "",
+        "# Stop signals (--signal=B:..., SIGTERM) are caught from here on and passed to the",
+        "# step once it runs; one that comes before the step starts skips it.",
+        'step=""; sig=""; interrupted=0',
+        'forward() { interrupted=1; sig=$1; [ -z "$step" ] || kill -s "$1" "$step" 2>/dev/null; }',
+        f"trap 'forward {sig}' {sig}",
+        "trap 'forward TERM' TERM",
+    ]
     setup = spec.config["cluster"].get("setup") or []
     if setup:
         out.append("# cluster.setup (verbatim)")
         out += [str(line) for line in setup]
     out += prepare or []
-    sig = shlex.quote(str(pre["signal"]))
     py = shlex.quote(python)
     out += [
         'if [ -e "$HPC_RUN_DIR/FINISHED" ]; then  # a finished run that got requeued',
@@ -120,18 +129,17 @@ def render_script(
         'echo "hpc-launch: job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST}'
         ' (restart ${SLURM_RESTART_COUNT:-0})"',
         f'{py} -m hpc.records start "$HPC_RUN_DIR"',
-        "# The step runs in the background so this shell can take the preemption",
-        "# signal (--signal=B:...) or SIGTERM and pass it on to every task.",
-        shlex.join(srun_command(spec, worker)) + " &",
-        "step=$!",
-        "interrupted=0",
-        'forward() { interrupted=1; sig=$1; kill -s "$1" "$step" 2>/dev/null || true; }',
-        f"trap 'forward {sig}' {sig}",
-        "trap 'forward TERM' TERM",
-        "while :; do",
-        '  interrupted=0; wait "$step"; rc=$?',
-        '  [ "$interrupted" = 1 ] || break  # woken by a signal: wait for the real exit',
-        "done",
+        'if [ -n "$sig" ]; then',
+        f"  rc={PREEMPTED}  # stopped before the step started: nothing to checkpoint",
+        "else",
+        "  # The step runs in the background so this shell can take the signals.",
+        "  " + shlex.join(srun_command(spec, worker)) + " &",
+        "  step=$!",
+        "  while :; do",
+        '    interrupted=0; wait "$step"; rc=$?',
+        '    [ "$interrupted" = 1 ] || break  # woken by a signal: wait for the real exit',
+        "  done",
+        "fi",
         'echo "hpc-launch: step exited with code $rc"',
         "# Checkpointed after a stop signal (exit code, or the marker rank 0 leaves when",
         "# srun reports another rank's kill instead): requeue unless hpc.requeue says no.",
