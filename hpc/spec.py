@@ -107,6 +107,9 @@ class TrackingConfig:
     uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
     experiment: str = "hpc-launch"
     enabled: bool = True
+    # How long a finished job waits for MLflow to take the last metrics; what is left
+    # stays in <run_dir>/tracking and `hpc sync RUN_DIR` sends it later.
+    flush_timeout_s: float = 60.0
 
 
 @dataclass

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs = sub.add_parser("logs", help="print (or follow) a run's log")
     logs.add_argument("ref", metavar="RUN_OR_JOB")
     logs.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+    sync = sub.add_parser("sync", help="send a run's spooled metrics to MLflow (after an outage)")
+    sync.add_argument("run_dir", metavar="RUN_DIR")
     cancel = sub.add_parser("cancel", help="cancel a run")
     cancel.add_argument("ref", metavar="RUN_OR_JOB")
     for name in DELEGATED:
@@ -78,6 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\033[2J\033[H", end="")
             cmd_status(args.limit, args.json)
             time.sleep(max(2.0, args.watch))
+    if args.command == "sync":
+        from hpc.runtime.tracking import sync_run
+
+        try:
+            left = sync_run(args.run_dir)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"hpc: error: {exc}", file=sys.stderr)
+            return 2
+        print(
+            f"hpc: {'all records sent' if not left else f'{left} records still unsent'}",
+            file=sys.stderr,
+        )
+        return 0 if not left else 1
     if args.command == "show":
         return cmd_show(args.run_dir)
     if args.command in ("logs", "cancel"):

@@ -172,17 +172,21 @@ class Session:
             self._record_accounting()
         if preempted:
             self.tracker.set_tags({"last_interruption": self.signals.name or "signal"})
-            self.tracker.finish(status=None)  # the run goes on after the restart
+            # The MLflow run goes on after the restart: no end status.
+            self.tracker.finish(status=None, timeout_s=self._flush_timeout())
             if self.is_main:  # for the batch shell: srun's exit code may be a kill's
                 records.write_atomic(
                     self.run_dir / PREEMPTED_MARKER, f"{self.signals.name or 'signal'}\n"
                 )
         elif exc_type is None:
-            self.tracker.finish("FINISHED")
+            self.tracker.finish("FINISHED", timeout_s=self._flush_timeout())
             if self.is_main:
                 records.write_atomic(self.run_dir / FINISHED_MARKER, "finished\n")
         else:
-            self.tracker.finish("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
+            self.tracker.finish(
+                "KILLED" if exc_type is KeyboardInterrupt else "FAILED",
+                timeout_s=self._flush_timeout(),
+            )
         if dist.is_available() and dist.is_initialized():
             if exc_type is None:
                 dist.barrier()
@@ -190,6 +194,9 @@ class Session:
         self.signals.uninstall()
         if preempted:
             raise SystemExit(PREEMPTED)
+
+    def _flush_timeout(self) -> float:
+        return float((self.cfg.get("tracking") or {}).get("flush_timeout_s", 60.0))
 
     def _record_accounting(self) -> None:
         """The job's accounting summary (all nodes' files) into job.json and MLflow."""

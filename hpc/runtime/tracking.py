@@ -270,3 +270,36 @@ def sweep_parent_run(client_uri: str, experiment: str, sweep_dir: str, name: str
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         return str(run.info.run_id)
+
+
+def sync_run(
+    run_dir: str | os.PathLike[str], uri: str | None = None, timeout_s: float = 120.0
+) -> int:
+    """Send what a run's spool still holds (after an outage outlasted the job).
+
+    Returns the number of records still unsent (0 when everything went through).
+    """
+    from hpc import records
+
+    record = records.load(run_dir)
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or record.get("tracking_uri")
+    if not uri:
+        raise ValueError(f"{run_dir}: no tracking URI (set MLFLOW_TRACKING_URI)")
+    import yaml
+
+    with open(record["config_file"], encoding="utf-8") as fh:
+        experiment = (yaml.safe_load(fh).get("tracking") or {}).get("experiment", "hpc-launch")
+    finished = record.get("state") == "COMPLETED"
+
+    def remember(run_id: str) -> None:
+        records.update(run_dir, mlflow_run_id=run_id)
+
+    tracker = MlflowTracker(
+        uri,
+        experiment,
+        os.path.join(run_dir, "tracking"),
+        run_id=record.get("mlflow_run_id"),
+        run_name=os.path.basename(os.path.normpath(run_dir)),
+        on_run=remember,
+    )
+    return tracker.finish("FINISHED" if finished else None, timeout_s=timeout_s)
