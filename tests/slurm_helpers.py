@@ -19,7 +19,8 @@ import pytest
 SKIP_MESSAGE = "Slurm test cluster not running: start it with slurm/testcluster/up"
 
 # Node states (sinfo %t, compact form) in which a node can run jobs.
-USABLE_NODE_STATES = frozenset({"idle", "mix", "alloc", "comp"})
+# plnd: a node the backfill scheduler has planned for a pending job.
+USABLE_NODE_STATES = frozenset({"idle", "mix", "alloc", "comp", "plnd"})
 
 # Job states after which a job never runs again (sacct/squeue long names).
 TERMINAL_JOB_STATES = frozenset(

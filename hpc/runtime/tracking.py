@@ -10,12 +10,13 @@ reported, never raised into training.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from hpc.runtime.spool import MetricSpool
@@ -39,6 +40,28 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[name] = str(value)[:MAX_PARAM_LEN]
     return out
+
+
+@contextlib.contextmanager
+def store_init_lock(uri: str) -> Iterator[None]:
+    """Serialise first contact with a SQLite store across processes.
+
+    MLflow creates and migrates a new SQLite database on first use; several jobs of
+    a sweep doing that at once leave a broken schema (alembic's temp tables).
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(f"{path}.init-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def ensure_experiment(client: Any, experiment: str) -> str:
@@ -172,10 +195,11 @@ class MlflowTracker(Tracker):
 
             self._client = MlflowClient(tracking_uri=self.uri)
         if self.run_id is None:
-            exp_id = ensure_experiment(self._client, self.experiment)
-            parent = self.parent_run_id() if self.parent_run_id else None
+            parent = self.parent_run_id() if self.parent_run_id else None  # its lock first
             tags = {"mlflow.parentRunId": parent} if parent else None
-            run = self._client.create_run(exp_id, run_name=self.run_name, tags=tags)
+            with store_init_lock(self.uri):
+                exp_id = ensure_experiment(self._client, self.experiment)
+                run = self._client.create_run(exp_id, run_name=self.run_name, tags=tags)
             self.run_id = str(run.info.run_id)
             if self.on_run:
                 self.on_run(self.run_id)
@@ -259,10 +283,11 @@ def sweep_parent_run(client_uri: str, experiment: str, sweep_dir: str, name: str
             with open(path, encoding="utf-8") as fh:
                 return str(json.load(fh)["run_id"])
         client = MlflowClient(tracking_uri=client_uri)
-        exp_id = ensure_experiment(client, experiment)
-        run = client.create_run(
-            exp_id, run_name=name, tags={"hpc.sweep_dir": sweep_dir, "hpc.kind": "sweep"}
-        )
+        with store_init_lock(client_uri):
+            exp_id = ensure_experiment(client, experiment)
+            run = client.create_run(
+                exp_id, run_name=name, tags={"hpc.sweep_dir": sweep_dir, "hpc.kind": "sweep"}
+            )
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump({"run_id": run.info.run_id}, fh)
