@@ -193,7 +193,9 @@ class MlflowTracker(Tracker):
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri)
+            with store_init_lock(self.uri):  # the first query may create/migrate the store
+                self._client = MlflowClient(tracking_uri=self.uri)
+                self._client.search_experiments(max_results=1)
         if self.run_id is None:
             parent = self.parent_run_id() if self.parent_run_id else None  # its lock first
             tags = {"mlflow.parentRunId": parent} if parent else None
@@ -282,8 +284,8 @@ def sweep_parent_run(client_uri: str, experiment: str, sweep_dir: str, name: str
         if os.path.exists(path):
             with open(path, encoding="utf-8") as fh:
                 return str(json.load(fh)["run_id"])
-        client = MlflowClient(tracking_uri=client_uri)
         with store_init_lock(client_uri):
+            client = MlflowClient(tracking_uri=client_uri)
             exp_id = ensure_experiment(client, experiment)
             run = client.create_run(
                 exp_id, run_name=name, tags={"hpc.sweep_dir": sweep_dir, "hpc.kind": "sweep"}
