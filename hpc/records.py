@@ -148,6 +148,12 @@ def recent_runs(limit: int = 20) -> list[dict[str, Any]]:
     return records
 
 
+def slurm_job_id(env: dict[str, str] | os._Environ[str]) -> str | None:
+    """``ARRAYID_TASK`` for an array task, else ``SLURM_JOB_ID`` (None outside Slurm)."""
+    array = env.get("SLURM_ARRAY_JOB_ID")
+    return f"{array}_{env.get('SLURM_ARRAY_TASK_ID')}" if array else env.get("SLURM_JOB_ID")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m hpc.records start|finish RUN_DIR [EXIT_CODE]``: used by batch scripts."""
     import sys
@@ -166,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(command: str, run_dir: Path, rest: list[str]) -> int:
     env = os.environ
     if command == "start":
-        array = env.get("SLURM_ARRAY_JOB_ID")
-        job_id = f"{array}_{env.get('SLURM_ARRAY_TASK_ID')}" if array else env.get("SLURM_JOB_ID")
+        job_id = slurm_job_id(env)
         update(
             run_dir,
             state="RUNNING",

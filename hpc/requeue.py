@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from hpc import records
-from hpc.launchers.local import latest_step
+from hpc.runtime.checkpoint import latest_step
 
 
 def seconds_left(job_id: str) -> int | None:

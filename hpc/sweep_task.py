@@ -25,12 +25,7 @@ def prepare(sweep_dir: Path, index: int) -> Path:
     spec = load_spec([*sweep["base_overrides"], *task["overrides"], f"run_dir={run_dir}"])
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     records.write_atomic(spec.config_file, spec.config_yaml())
-    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
-    job_id = (
-        f"{array_job}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
-        if array_job
-        else os.environ.get("SLURM_JOB_ID")
-    )
+    job_id = records.slurm_job_id(os.environ)
     extra = {
         "sweep_dir": str(sweep_dir),
         "sweep_index": index,

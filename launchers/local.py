@@ -24,6 +24,7 @@ from hpc import records
 from hpc.exitcodes import PREEMPTED
 from hpc.jobspec import JobSpec, redact_uri
 from hpc.launchers.base import JobHandle, Launcher, Plan, prepare_run
+from hpc.runtime.checkpoint import latest_step
 from hpc.runtime.preemption import signal_number
 
 WORKER_MODULE = "hpc.run"
@@ -263,15 +264,6 @@ class LocalJob(JobHandle):
         self.message = self._give_up or message
         records.update(self.run_dir, state=self.status(), exit_code=code, message=message)
         return code
-
-
-def latest_step(checkpoint_dir: Path) -> int:
-    """The step of the newest committed checkpoint (LATEST), or -1."""
-    try:
-        name = (Path(checkpoint_dir) / "LATEST").read_text().strip()
-        return int(name.rsplit("-", 1)[1])
-    except (FileNotFoundError, ValueError, IndexError):
-        return -1
 
 
 def _shell_code(returncode: int) -> int:

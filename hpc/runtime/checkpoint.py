@@ -67,6 +67,15 @@ def _write_text_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def latest_step(checkpoint_dir: Path) -> int:
+    """The step of the newest committed checkpoint (LATEST), or -1."""
+    try:
+        name = (Path(checkpoint_dir) / LATEST).read_text().strip()
+        return int(name.rsplit("-", 1)[1])
+    except (FileNotFoundError, ValueError, IndexError):
+        return -1
+
+
 class _HashingWriter:
     """A write-only file wrapper that hashes and counts what passes through."""
 
