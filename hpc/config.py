@@ -1,28 +1,25 @@
 """Compose a job config from the shipped Hydra groups plus command-line overrides.
 
+Hydra itself is reached through :mod:`hpc.hydra_internals` only.
+
 Every failure becomes a :class:`ConfigError` with one line that names the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from hpc import hydra_internals
+from hpc.errors import ConfigError
+from hpc.hydra_internals import override_parser
+
 CONFIG_MODULE = "hpc.configs"
 CONFIG_NAME = "config"
-
-
-class ConfigError(ValueError):
-    """A bad config value, override or file. ``str()`` is one line naming the key."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        super().__init__(f"{key}: {message}" if key else message)
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
@@ -32,7 +29,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     check_override_syntax(overrides)
     register_configs()
     try:
-        cfg = _compose_app_config(list(overrides))
+        cfg = hydra_internals.compose(CONFIG_MODULE, CONFIG_NAME, list(overrides))
     except ConfigError:
         raise
     except Exception as exc:  # Hydra and OmegaConf raise many kinds; translate all
@@ -43,55 +40,6 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     # `+key=value` may add keys a schema does not declare: reject them here.
     check_declared_keys(cfg)
     OmegaConf.set_struct(cfg, True)
-    return cfg
-
-
-def _compose_app_config(overrides: list[str]) -> DictConfig:
-    """Hydra's composition (defaults lists, groups, packages, overrides) of our config.
-
-    Hydra's public ``compose()`` also builds its own ``hydra:`` node (run dirs,
-    logging, launchers) which this tool never uses; that costs about 50 ms of
-    every CLI call, a third of a dry run. So this calls the same steps Hydra's
-    ConfigLoaderImpl runs, minus that node (``prepend_hydra=False``); hydra-core
-    is pinned to 1.3.x for these internals. ``${hydra:...}`` interpolations are
-    therefore not available in job configs, and Hydra SearchPathPlugins are not consulted.
-    """
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.config_repository import CachingConfigRepository, ConfigRepository
-    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
-    from hydra._internal.core_plugins.importlib_resources_config_source import (
-        ImportlibResourcesConfigSource,
-    )
-    from hydra._internal.core_plugins.structured_config_source import StructuredConfigSource
-    from hydra._internal.defaults_list import create_defaults_list
-    from hydra._internal.sources_registry import SourcesRegistry
-    from hydra.types import RunMode
-
-    # Hydra's create_config_search_path() also imports every installed Hydra plugin
-    # to ask for search-path additions; the job config needs only its own groups.
-    registry = SourcesRegistry.instance()
-    registry.register(ImportlibResourcesConfigSource)  # pkg://
-    registry.register(StructuredConfigSource)  # structured:// (the ConfigStore)
-    search_path = ConfigSearchPathImpl()
-    search_path.append("main", f"pkg://{CONFIG_MODULE}")
-    search_path.append("schema", "structured://")
-    repo = CachingConfigRepository(ConfigRepository(config_search_path=search_path))
-    parsed = override_parser().parse_overrides(overrides)
-    ConfigLoaderImpl.validate_sweep_overrides_legal(parsed, RunMode.RUN, from_shell=True)
-    for override in parsed:
-        if override.is_hydra_override():
-            raise ConfigError(override.input_line.split("=")[0], "hydra.* settings are not used")
-    defaults = create_defaults_list(
-        repo=repo,
-        config_name=CONFIG_NAME,
-        overrides_list=parsed,
-        prepend_hydra=False,
-        skip_missing=False,
-    )
-    loader = ConfigLoaderImpl(config_search_path=search_path)
-    cfg = loader._compose_config_from_defaults_list(defaults=defaults.defaults, repo=repo)
-    OmegaConf.set_struct(cfg, True)
-    ConfigLoaderImpl._apply_overrides_to_config(defaults.config_overrides, cfg)
     return cfg
 
 
@@ -110,14 +58,6 @@ def check_declared_keys(node: Any, prefix: str = "") -> None:
             raise ConfigError(full, f"unknown key (allowed here: {allowed})")
         if not OmegaConf.is_missing(node, key):
             check_declared_keys(node._get_node(key), prefix=f"{full}.")
-
-
-@functools.lru_cache(maxsize=1)
-def override_parser() -> Any:
-    """Hydra's override parser (building it costs a few ms: build it once)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    return OverridesParser.create()
 
 
 def check_override_syntax(overrides: Sequence[str]) -> None:

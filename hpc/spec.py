@@ -188,6 +188,8 @@ CLUSTER_SCHEMAS: dict[str, type] = {
 def register_configs() -> None:
     """Register the schema and the structured bases the YAML groups extend."""
     cs = ConfigStore.instance()
+    if "hpc_schema.yaml" in cs.repo:  # once per process (Hydra 1.4 warns on re-registration)
+        return
     cs.store(name="hpc_schema", node=Config)
     # Schemas live in their own groups (schema/<group>/<name>) so they do not show
     # up as choices; the YAML files extend them with `- /schema/<group>/<name>@_here_`.

@@ -125,19 +125,19 @@ def _check_value(cfg: Any, override: str) -> None:
     """Apply one override to ``cfg``, validate, and put the old value back."""
     import copy
 
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from omegaconf import OmegaConf
 
     from hpc.config import check_declared_keys, to_container, translate_error
+    from hpc.hydra_internals import apply_overrides
     from hpc.validate import validate
 
-    parsed = override_parser().parse_overrides([override])
+    parsed = override_parser().parse_overrides([override])  # also parsed in apply_overrides
     key = _key(override)
     changing = parsed[0].is_add() is False and parsed[0].is_delete() is False
     target = cfg if changing else copy.deepcopy(cfg)
     old = OmegaConf.select(target, key) if changing else None
     try:
-        ConfigLoaderImpl._apply_overrides_to_config(parsed, target)
+        apply_overrides(target, [override])
     except Exception as exc:
         raise translate_error(exc, [override]) from None
     try:

@@ -1,0 +1,176 @@
+"""The only module that touches Hydra's private API, with a public-API fallback.
+
+Hydra's public ``compose()`` also builds Hydra's own ``hydra:`` node (run dirs,
+logging, launchers), which hpc-launch never uses and which costs about 50 ms,
+a third of a dry run. :func:`compose` runs the steps of Hydra's
+``ConfigLoaderImpl`` without that node. Where those internals are missing or
+changed (another Hydra release), it falls back to ``hydra.compose`` and drops
+the ``hydra`` node afterwards: same result, only slower.
+``tests/test_hydra_internals.py`` checks that both give the same config for
+every shipped config group option.
+
+Consequences of the fast path: ``${hydra:...}`` interpolations are not
+available in job configs, and Hydra SearchPathPlugins are not consulted.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from hpc.errors import ConfigError
+
+
+@functools.lru_cache(maxsize=1)
+def override_parser() -> Any:
+    """Hydra's (public) override parser; building it costs a few ms, so once."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+@functools.lru_cache(maxsize=1)
+def _internals() -> dict[str, Any] | None:
+    """Hydra's private composition steps, or None where this Hydra lacks them."""
+    try:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra._internal.config_repository import (
+            CachingConfigRepository,
+            ConfigRepository,
+        )
+        from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+        from hydra._internal.core_plugins.importlib_resources_config_source import (
+            ImportlibResourcesConfigSource,
+        )
+        from hydra._internal.core_plugins.structured_config_source import (
+            StructuredConfigSource,
+        )
+        from hydra._internal.defaults_list import create_defaults_list
+        from hydra._internal.sources_registry import SourcesRegistry
+    except ImportError:
+        return None
+    needed = (
+        "_compose_config_from_defaults_list",
+        "_apply_overrides_to_config",
+        "validate_sweep_overrides_legal",
+    )
+    if not all(hasattr(ConfigLoaderImpl, name) for name in needed):
+        return None
+    return {
+        "ConfigLoaderImpl": ConfigLoaderImpl,
+        "CachingConfigRepository": CachingConfigRepository,
+        "ConfigRepository": ConfigRepository,
+        "ConfigSearchPathImpl": ConfigSearchPathImpl,
+        "sources": (ImportlibResourcesConfigSource, StructuredConfigSource),
+        "create_defaults_list": create_defaults_list,
+        "SourcesRegistry": SourcesRegistry,
+    }
+
+
+def internals_available() -> bool:
+    return _internals() is not None
+
+
+def compose(config_module: str, config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """Compose ``config_name`` from the package ``config_module`` with ``overrides``.
+
+    The result has no ``hydra`` node and struct mode on. Hydra's exceptions pass
+    through untranslated (the caller names the key).
+    """
+    parsed = override_parser().parse_overrides(list(overrides))
+    for override in parsed:
+        if override.is_hydra_override():
+            raise ConfigError(override.input_line.split("=")[0], "hydra.* settings are not used")
+    internals = _internals()
+    if internals is None:
+        return compose_public(config_module, config_name, overrides)
+    return _compose_fast(internals, config_module, config_name, parsed)
+
+
+def _compose_fast(
+    internals: dict[str, Any], config_module: str, config_name: str, parsed: list[Any]
+) -> DictConfig:
+    from hydra.types import RunMode
+
+    loader_cls = internals["ConfigLoaderImpl"]
+    # Hydra's create_config_search_path() also imports every installed Hydra plugin
+    # to ask for search-path additions; the job config needs only its own groups.
+    registry = internals["SourcesRegistry"].instance()
+    for source in internals["sources"]:  # pkg:// and structured:// (the ConfigStore)
+        registry.register(source)
+    search_path = internals["ConfigSearchPathImpl"]()
+    search_path.append("main", f"pkg://{config_module}")
+    search_path.append("schema", "structured://")
+    repo = internals["CachingConfigRepository"](
+        internals["ConfigRepository"](config_search_path=search_path)
+    )
+    loader_cls.validate_sweep_overrides_legal(parsed, RunMode.RUN, from_shell=True)
+    defaults = internals["create_defaults_list"](
+        repo=repo,
+        config_name=config_name,
+        overrides_list=parsed,
+        prepend_hydra=False,
+        skip_missing=False,
+    )
+    loader = loader_cls(config_search_path=search_path)
+    cfg = loader._compose_config_from_defaults_list(defaults=defaults.defaults, repo=repo)
+    OmegaConf.set_struct(cfg, True)
+    loader_cls._apply_overrides_to_config(defaults.config_overrides, cfg)
+    assert isinstance(cfg, DictConfig)
+    return cfg
+
+
+def compose_public(config_module: str, config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """The same composition through Hydra's public API (slower: builds the hydra node)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    backup = get_gh_backup()  # an app that is itself a Hydra app keeps its state
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=config_module, **version_base()):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    finally:
+        restore_gh_from_backup(backup)
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def version_base() -> dict[str, Any]:
+    """``version_base=None`` where Hydra wants it (1.2-1.3); 1.4 deprecates the argument."""
+    import hydra
+
+    major, minor = (int(part) for part in hydra.__version__.split(".")[:2])
+    return {"version_base": None} if (major, minor) < (1, 4) else {}
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Apply value overrides (``k=v``, ``+k=v``, ``++k=v``, ``~k``) to a composed config."""
+    parsed = override_parser().parse_overrides(list(overrides))
+    internals = _internals()
+    if internals is not None:
+        internals["ConfigLoaderImpl"]._apply_overrides_to_config(parsed, cfg)
+        return
+    for override in parsed:  # the public Override API, as Hydra itself applies them
+        key = override.key_or_group
+        if override.is_delete():
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            if node is None or leaf not in node:
+                raise ConfigError(key, "Could not delete from config. The key does not exist")
+            with open_dict(node):
+                del node[leaf]
+        elif override.is_add() and OmegaConf.select(cfg, key) is not None:
+            raise ConfigError(key, f"Could not append to config. An item is already at '{key}'")
+        elif override.is_add() or override.is_force_add():
+            with open_dict(cfg):
+                OmegaConf.update(cfg, key, override.value(), merge=True, force_add=True)
+        else:
+            OmegaConf.update(cfg, key, override.value(), merge=True)
