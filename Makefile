@@ -31,8 +31,12 @@ cluster:
 test: test-deps cluster
 	HPC_TEST_SLURM=1 HPC_TEST_BROWSER=1 $(BIN)/python -m pytest -q
 
-lint:
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+# ruff, the layer contracts in pyproject.toml (import-linter) and the type checker (mypy).
+lint: test-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 bench: $(BIN)/python
 	$(BIN)/pip install -q -e '.[train,bench]'

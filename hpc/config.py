@@ -52,7 +52,7 @@ def check_declared_keys(node: Any, prefix: str = "") -> None:
         {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
     )
     for key in node:
-        full = f"{prefix}{key}"
+        full = f"{prefix}{key!s}"
         if declared is not None and key not in declared:
             allowed = ", ".join(sorted(declared)) or "none"
             raise ConfigError(full, f"unknown key (allowed here: {allowed})")
@@ -146,4 +146,4 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     except Exception as exc:
         raise translate_error(exc, ()) from None
     assert isinstance(data, dict)
-    return data
+    return {str(key): value for key, value in data.items()}

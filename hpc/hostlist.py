@@ -52,7 +52,9 @@ def _expand_plain(term: str) -> list[str]:
 
 def _split_terms(expression: str) -> list[str]:
     """Split at commas outside brackets; empty terms (leading/trailing commas) vanish."""
-    terms, depth, current = [], 0, []
+    terms: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in expression.strip():
         if char == "[":
             depth += 1

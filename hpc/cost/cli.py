@@ -196,7 +196,7 @@ def _without_pandas() -> None:
                 raise ImportError("pandas not needed by hpc cost")
 
     blocker = _NoPandas()
-    sys.meta_path.insert(0, blocker)  # type: ignore[arg-type]
+    sys.meta_path.insert(0, blocker)
     try:
         import pyarrow as pa
 
@@ -204,7 +204,7 @@ def _without_pandas() -> None:
     except ImportError:
         pass
     finally:
-        sys.meta_path.remove(blocker)  # type: ignore[arg-type]
+        sys.meta_path.remove(blocker)
 
 
 def _tune_arrow() -> None:

@@ -14,7 +14,7 @@ def split_days(data: dict[str, np.ndarray]) -> tuple[pa.Array, dict[str, np.ndar
     day0 = np.where(placed, np.floor(np.nan_to_num(lo) / 86400), 0).astype(np.int64)
     last = np.where(placed, np.ceil(np.nan_to_num(hi) / 86400) - 1, 0).astype(np.int64)
     ndays = np.maximum(1, last - day0 + 1)
-    idx = np.repeat(np.arange(len(lo)), ndays)
+    idx: np.ndarray = np.repeat(np.arange(len(lo)), ndays)
     offset = np.arange(len(idx)) - np.repeat(np.cumsum(ndays) - ndays, ndays)
     day = day0[idx] + offset
     dur = (hi - lo)[idx]
@@ -42,7 +42,7 @@ def timeline(keys_col: pa.ChunkedArray, data: dict[str, np.ndarray]) -> dict[str
         return {}
     keys = keys_col.to_numpy(zero_copy_only=False)
     days, split = split_days(data)
-    idx = np.repeat(np.arange(len(keys)), _piece_counts(data))
+    idx: np.ndarray = np.repeat(np.arange(len(keys)), _piece_counts(data))
     table = pa.table({"day": days, "series": keys[idx], "gpu_hours": split["gpu_hours"]})
     agg = (
         table.group_by(["day", "series"], use_threads=False)

@@ -109,8 +109,8 @@ class Accumulator:
     ) -> pa.Array:
         """Blank lines and repeated header lines are skipped (counted); others are errors."""
         keep = valid.to_pylist()
-        for i in np.flatnonzero(~valid.to_numpy(zero_copy_only=False)):
-            i = int(i)
+        for found in np.flatnonzero(~valid.to_numpy(zero_copy_only=False)):
+            i = int(found)
             text = jobid[i].as_py()
             values = [batch.column(c)[i].as_py() for c in range(batch.num_columns)]
             if text == "" and not any(values):

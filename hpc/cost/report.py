@@ -240,7 +240,7 @@ def _price(
         ti = gtype.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         combos, inverse = np.unique(pi * (len(gtype.dictionary) + 1) + ti, return_inverse=True)
         table = np.zeros(len(combos))
-        unpriced = np.zeros(len(combos), dtype=bool)
+        unpriced: np.ndarray = np.zeros(len(combos), dtype=bool)
         for k, code in enumerate(combos):
             p = part.dictionary[int(code) // (len(gtype.dictionary) + 1)].as_py() or None
             g = gtype.dictionary[int(code) % (len(gtype.dictionary) + 1)].as_py() or None

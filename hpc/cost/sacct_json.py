@@ -61,7 +61,8 @@ def _tres(entries: Any) -> dict[str, Any]:
     }
     if not isinstance(entries, list) or not entries:
         return out
-    generic, typed = None, {}
+    generic: int | None = None
+    typed: dict[str, int] = {}
     for e in entries:
         if not isinstance(e, dict):
             continue

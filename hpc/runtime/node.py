@@ -109,10 +109,10 @@ def summarize_run(directory: Path) -> dict[str, Any] | None:
     total: dict[str, Any] = {"nodes": len(parts)}
     for key in ("gpus", "gpu_hours", "cpu_hours", "samples", "energy_kwh"):
         values = [p.get(key) for p in parts]
-        total[key] = None if any(v is None for v in values) else sum(values)  # type: ignore[arg-type]
+        total[key] = None if any(v is None for v in values) else sum(values)
     for key in ("peak_gpu_memory_bytes", "peak_rss_bytes", "wall_s", "restarts"):
-        values = [p.get(key) for p in parts if p.get(key) is not None]
-        total[key] = max(values) if values else None
+        present = [p[key] for p in parts if p.get(key) is not None]
+        total[key] = max(present) if present else None
     utils = [(p.get("gpu_util_mean"), p.get("gpu_hours") or 0) for p in parts]
     weighted = [(u, w) for u, w in utils if u is not None and w]
     total["gpu_util_mean"] = (

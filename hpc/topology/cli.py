@@ -192,7 +192,8 @@ def _show(topo: Topology, console: Console) -> None:
     ct.add_column("CPUs")
     ct.add_column("allowed")
     ct.add_column("cores")
-    nodes = topo.numa_cpus or {None: topo.cpus}
+    nodes: dict[int | None, frozenset[int]] = {k: v for k, v in topo.numa_cpus.items()}
+    nodes = nodes or {None: topo.cpus}
     for node, cpus in sorted(nodes.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
         allowed = cpus & topo.allowed_cpus
         ct.add_row(

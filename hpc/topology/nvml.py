@@ -29,7 +29,7 @@ def _text(value: bytes | str) -> str:
 
 def _bits(words: Any) -> frozenset[int]:
     """CPU/node ids set in an NVML bitmask (array of 64-bit words)."""
-    out = set()
+    out: set[int] = set()
     for w, word in enumerate(words):
         word = int(word)
         out.update(w * 64 + b for b in range(64) if word >> b & 1)

@@ -164,7 +164,9 @@ def _gpu_cpu_blocks(
     groups: dict[frozenset[int], list[int]] = {}
     fallback: list[int] = []
     for rank, g in enumerate(gpus):
-        local = g.cpu_affinity or topology.numa_cpus.get(g.numa_node, frozenset())
+        local = g.cpu_affinity or topology.numa_cpus.get(
+            g.numa_node if g.numa_node is not None else -1, frozenset()
+        )
         pool = frozenset(local) & allowed
         if pool:
             groups.setdefault(pool, []).append(rank)
