@@ -11,13 +11,12 @@ from typing import Any
 import pytest
 
 from hpc.runtime.environment import (
-    ENVIRONMENTS,
     EnvironmentError_,
     SingleProcessEnvironment,
     TorchrunEnvironment,
-    from_env,
 )
 from hpc.runtime.mpi_env import OpenMpiEnvironment, PmiEnvironment, agree_rendezvous
+from hpc.runtime.rank_discovery import ENVIRONMENTS, from_env
 
 from support import hpc_launch
 

@@ -14,8 +14,8 @@ from hpc.runtime.environment import (
     EnvironmentError_,
     SingleProcessEnvironment,
     TorchrunEnvironment,
-    from_env,
 )
+from hpc.runtime.rank_discovery import from_env
 from hpc.runtime.tracking import flatten
 from hpc.validate import parse_time_limit
 

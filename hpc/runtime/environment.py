@@ -1,8 +1,9 @@
 """Rank discovery: a tiny ClusterEnvironment interface (after Lightning's).
 
 Each environment says whether it applies (``detect``) and reads rank, world
-size, local rank and the rendezvous address from its own variables.
-``from_env()`` picks the first that applies. Slurm and MPI variants plug in here.
+size, local rank and the rendezvous address from its own variables. This module
+knows none of the launcher-specific subclasses; :mod:`hpc.runtime.rank_discovery`
+orders them and picks the first that applies.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class TorchrunEnvironment(ClusterEnvironment):
         local_rank = int(self.environ.get("LOCAL_RANK", rank))
         local_world = int(self.environ.get("LOCAL_WORLD_SIZE", world))
         node_rank = int(self.environ.get("GROUP_RANK", rank // max(local_world, 1)))
-        return _checked(
+        return checked(
             RankInfo(
                 rank=rank,
                 world_size=world,
@@ -95,7 +96,8 @@ class SingleProcessEnvironment(ClusterEnvironment):
         return RankInfo(0, 1, 0, 1, 0, "127.0.0.1", int(self.environ.get("MASTER_PORT", 29500)))
 
 
-def _checked(info: RankInfo, source: str) -> RankInfo:
+def checked(info: RankInfo, source: str) -> RankInfo:
+    """``info`` if its ranks lie inside their world sizes; EnvironmentError_ otherwise."""
     if not 0 <= info.rank < info.world_size:
         raise EnvironmentError_(f"{source}: rank {info.rank} outside world size {info.world_size}")
     if not 0 <= info.local_rank < info.local_world_size:
@@ -103,34 +105,3 @@ def _checked(info: RankInfo, source: str) -> RankInfo:
             f"{source}: local rank {info.local_rank} outside {info.local_world_size}"
         )
     return info
-
-
-# Most specific first; the single-process fallback last. Launcher-specific
-# environments (MPI, Slurm) are appended at the end of this module.
-ENVIRONMENTS: list[type[ClusterEnvironment]] = [TorchrunEnvironment, SingleProcessEnvironment]
-
-
-def from_env(environ: Mapping[str, str] | None = None) -> ClusterEnvironment:
-    """The first environment whose variables are present."""
-    environ = os.environ if environ is None else environ
-    for env_cls in ENVIRONMENTS:
-        if env_cls.detect(environ):
-            return env_cls(environ)
-    raise EnvironmentError_("no cluster environment detected")  # unreachable: single matches
-
-
-def _register(env_cls: type[ClusterEnvironment]) -> None:
-    """Insert before the single-process fallback, after those registered earlier."""
-    ENVIRONMENTS.insert(ENVIRONMENTS.index(SingleProcessEnvironment), env_cls)
-
-
-# Imported here, after the base classes exist (they import from this module).
-# Order matters: mpirun inside a Slurm allocation sets both OMPI_* and SLURM_*.
-from hpc.runtime.mpi_env import OpenMpiEnvironment, PmiEnvironment  # noqa: E402
-
-_register(OpenMpiEnvironment)
-_register(PmiEnvironment)
-
-from hpc.runtime.slurm_env import SlurmEnvironment  # noqa: E402
-
-_register(SlurmEnvironment)

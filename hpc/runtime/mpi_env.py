@@ -18,7 +18,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from hpc.runtime.environment import ClusterEnvironment, EnvironmentError_, RankInfo, _checked
+from hpc.runtime.environment import ClusterEnvironment, EnvironmentError_, RankInfo, checked
 
 
 class Broadcaster(Protocol):
@@ -131,7 +131,7 @@ class _MpiEnvironment(ClusterEnvironment):
             else:
                 comm = self._comm or world_comm()
                 addr, port = agree_rendezvous(comm, rank, local_world == world, addr, port)
-        self._info = _checked(
+        self._info = checked(
             RankInfo(
                 rank=rank,
                 world_size=world,
@@ -166,10 +166,7 @@ class PmiEnvironment(_MpiEnvironment):
     LOCAL_SIZE = ("MPI_LOCALNRANKS", "PMI_LOCAL_SIZE")
 
 
-MPI_ENVIRONMENTS: list[type[ClusterEnvironment]] = [OpenMpiEnvironment, PmiEnvironment]
-
 __all__ = [
-    "MPI_ENVIRONMENTS",
     "OpenMpiEnvironment",
     "PmiEnvironment",
     "agree_rendezvous",

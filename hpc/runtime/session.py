@@ -33,9 +33,10 @@ import yaml
 from hpc import records
 from hpc.exitcodes import PREEMPTED
 from hpc.runtime.checkpoint import CheckpointManager, LoadedCheckpoint
-from hpc.runtime.environment import ClusterEnvironment, RankInfo, from_env
+from hpc.runtime.environment import ClusterEnvironment, RankInfo
 from hpc.runtime.node import NodeAccounting, place_rank, summarize_run
 from hpc.runtime.preemption import StopSignals
+from hpc.runtime.rank_discovery import from_env
 from hpc.runtime.tracking import MlflowTracker, Tracker, flatten, sweep_parent_run
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Mapping
 
 from hpc.hostlist import first_host
-from hpc.runtime.environment import ClusterEnvironment, EnvironmentError_, RankInfo, _checked
+from hpc.runtime.environment import ClusterEnvironment, EnvironmentError_, RankInfo, checked
 
 PORT_BASE, PORT_SPAN = 10000, 20000
 
@@ -83,7 +83,7 @@ class SlurmEnvironment(ClusterEnvironment):
             if env.get("MASTER_PORT")
             else port_for_job(env.get("SLURM_JOB_ID", "0"))
         )
-        return _checked(
+        return checked(
             RankInfo(
                 rank=self._int("SLURM_PROCID"),
                 world_size=world,
