@@ -24,7 +24,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from render_checks import sbatch_block
+from render_checks import no_raw_control, sbatch_block
 
 from hpc.config import ConfigError
 from hpc.jobspec import JobSpec, load_spec, spec_from_config
@@ -104,6 +104,12 @@ def calls_of(calls: list[list[str]], program: str) -> list[list[str]]:
 
 def assert_config_error(exc: ConfigError, *keys: str) -> None:
     assert "\n" not in str(exc) and exc.key.split("[")[0] in keys, str(exc)
+
+
+def assert_one_line_each(text: str, reference: str) -> None:
+    """Each value stayed on its line: no raw control character, as many lines as with plain ones."""
+    assert no_raw_control(text) == []
+    assert len(text.split("\n")) == len(reference.split("\n"))
 
 
 def python_at(tmp: Path, hostile: str) -> str:
@@ -205,11 +211,20 @@ def test_hpc_sbatch_keeps_bytes_that_are_not_utf8(tmp_path: Path) -> None:
 def test_batch_script(
     python: str, uri: str, run_dir: str, name: str, extra: list[str], setup: list[str], tmp_path
 ) -> None:
+    from hpc.jobspec import redact_uri
+
     os.chdir(tmp_path)
-    for changes in (
-        {"cluster__python": python_at(tmp_path, python), "tracking__uri": uri},
-        {"run_dir": f"{tmp_path}/{run_dir}", "job__name": name},
-        {"cluster__sbatch_args": extra, "cluster__setup": setup},
+    plain_uri = "x" if redact_uri(uri) == uri else "https://u:p@h"
+    for changes, plain in (
+        (
+            {"cluster__python": python_at(tmp_path, python), "tracking__uri": uri},
+            {"cluster__python": python_at(tmp_path, "x"), "tracking__uri": plain_uri},
+        ),
+        ({"run_dir": f"{tmp_path}/{run_dir}", "job__name": name}, {}),
+        (
+            {"cluster__sbatch_args": extra, "cluster__setup": setup},
+            {"cluster__sbatch_args": ["--x"] * len(extra), "cluster__setup": setup},
+        ),
     ):
         spec = spec_with("slurm", **{"run_dir": f"{tmp_path}/run", **changes})
         try:
@@ -217,6 +232,10 @@ def test_batch_script(
         except ConfigError as exc:
             assert_config_error(exc, "run_dir", "job.name", "cluster.sbatch_args")
             continue
+        reference = get_launcher("slurm").plan(
+            spec_with("slurm", **{"run_dir": f"{tmp_path}/run", **plain})
+        )
+        assert_one_line_each(plan.text, reference.text)
         block = sbatch_block(plan.text)
         assert {"--signal=B:USR2@120", "--requeue", "--time=00:07:00"} <= set(block)
         if extra and "cluster__sbatch_args" in changes:
@@ -246,6 +265,10 @@ def test_sweep_array_script(python: str, sweep_dir: str, tmp_path: Path) -> None
         except ConfigError as exc:
             assert_config_error(exc, "run_dir")
             continue
+        plain = spec_with(
+            "slurm", run_dir=f"{tmp_path}/r", cluster__python=python_at(tmp_path, "x")
+        )
+        assert_one_line_each(text, array_script(plain, SweepPlan([], [], tmp_path / "sweep")))
         assert "--signal=B:USR2@120" in sbatch_block(text)
         calls = run(text, tmp_path)
         task = [c for c in calls if c[1:3] == ["-m", "hpc.sweep_task"]]
