@@ -127,14 +127,14 @@ def split_args(argv: list[str]) -> tuple[list[str], str | None, list[str], bool]
             options.append(arg)
             if "=" not in arg and name in LONG_WITH_VALUE:
                 if i + 1 >= len(argv):
-                    raise UsageError(f"option {arg} needs a value")
+                    raise UsageError(f"option {shell_word(arg)} needs a value")
                 options.append(argv[i + 1])
                 i += 1
         elif arg.startswith("-") and len(arg) > 1:
             options.append(arg)
             if len(arg) == 2 and arg[1] in SHORT_WITH_VALUE:
                 if i + 1 >= len(argv):
-                    raise UsageError(f"option {arg} needs a value")
+                    raise UsageError(f"option {shell_word(arg)} needs a value")
                 options.append(argv[i + 1])
                 i += 1
         else:
