@@ -376,3 +376,23 @@ def test_k8s_manifest_stays_valid_yaml(command: list[str], uri: str, tmp_path: P
     launcher = docs[1]["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
     assert launcher["containers"][0]["command"] == plan.commands[0]
     assert plan.commands[0][-len(command) - 1 : -1] == command
+
+
+# --- a trailing newline is not a safe value (Python's `$` matches before one) -----------
+
+
+def test_trailing_newline_is_refused_everywhere(tmp_path: Path) -> None:
+    from hpc.schedule.store import check_name
+    from hpc.validate import validate
+
+    os.chdir(tmp_path)
+    for key, value in (("job__name", "digits\n"), ("resources__partition", "debug\n")):
+        with pytest.raises(ConfigError) as exc:
+            get_launcher("slurm").plan(spec_with("slurm", run_dir=f"{tmp_path}/r", **{key: value}))
+        assert_config_error(exc.value, key.replace("__", "."))
+        cfg = copy.deepcopy(base_config("slurm"))
+        cfg[key.split("__")[0]][key.split("__")[1]] = value
+        with pytest.raises(ConfigError):
+            validate(cfg)
+    with pytest.raises(ConfigError):
+        check_name("nightly\n")

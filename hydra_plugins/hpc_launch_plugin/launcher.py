@@ -37,7 +37,7 @@ STATUS_DIR = ".hpc_tasks"  # <sweep dir>/.hpc_tasks/<index>.json, written by eac
 # Hydra overrides of the multirun that must not reach the single runs.
 _DROPPED_HYDRA = re.compile(r"^[~+]*hydra[./](launcher|sweeper|sweep\b|mode\b|job\.num|job\.id)")
 _CONFIG_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./:@+-]+$")
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./:@+-]+\Z")
 
 
 def hydra_quote(value: str) -> str:

@@ -20,7 +20,7 @@ from hpc.jobspec import JobSpec, redact_uri
 from hpc.quoting import shell_join, shell_word
 
 # What may appear in a #SBATCH value: no whitespace, quotes, `$` or newlines.
-_DIRECTIVE_SAFE = re.compile(r"^[A-Za-z0-9_.,:@%+=/\-\[\]]+$")
+_DIRECTIVE_SAFE = re.compile(r"^[A-Za-z0-9_.,:@%+=/\-\[\]]+\Z")
 
 
 def directive_value(key: str, value: object) -> str:
