@@ -46,6 +46,11 @@ RECORDER = (
 )
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # where an injected `touch PWNED` would land
+
+
 @functools.cache
 def base_config(kind: str) -> dict[str, Any]:
     return load_spec([f"cluster={kind}", "run_dir=/tmp/base", "resources.time=00:07:00"]).config
@@ -132,7 +137,6 @@ def hpc_sbatch_dry_run(args: list[str]) -> tuple[int, bytes]:
 @EXAMPLES
 @given(name=HOSTILE, args=st.lists(HOSTILE, max_size=3))
 def test_hpc_sbatch_wrapper(name: str, args: list[str], tmp_path: Path) -> None:
-    os.chdir(tmp_path)
     path = "s" + name.replace("/", "_")
     Path(path).write_bytes(
         b'#!/bin/bash\n#SBATCH --time=7\nprintf "%s\\0" "$0" "$@" > "$REC.orig"\n'
@@ -151,7 +155,6 @@ def test_hpc_sbatch_wrapper(name: str, args: list[str], tmp_path: Path) -> None:
 
 
 def test_hpc_sbatch_issue_reproduction(tmp_path: Path) -> None:
-    os.chdir(tmp_path)
     path = "evil\ntouch PWNED\n.sh"
     Path(path).write_text("#!/bin/bash\n#SBATCH --time=7\necho ok\n")
     code, text = hpc_sbatch_dry_run([path])
@@ -187,7 +190,6 @@ def test_hpc_sbatch_refuses_what_sbatch_refuses(content: bytes, problem: str, tm
 
 
 def test_hpc_sbatch_keeps_bytes_that_are_not_utf8(tmp_path: Path) -> None:
-    os.chdir(tmp_path)
     original = b'#!/bin/bash\n#SBATCH --time=7 # caf\xe9\ncat "$0" > "$REC.orig"\n# \xff\xfe'
     Path(os.fsdecode(b"caf\xe9\xff.sh")).write_bytes(original)
     code, text = hpc_sbatch_dry_run([os.fsdecode(b"caf\xe9\xff.sh")])
@@ -213,7 +215,6 @@ def test_batch_script(
 ) -> None:
     from hpc.jobspec import redact_uri
 
-    os.chdir(tmp_path)
     plain_uri = "x" if redact_uri(uri) == uri else "https://u:p@h"
     for changes, plain in (
         (
@@ -255,7 +256,6 @@ def test_sweep_array_script(python: str, sweep_dir: str, tmp_path: Path) -> None
     from hpc.launchers.slurm.sweep import array_script
     from hpc.sweep import SweepPlan
 
-    os.chdir(tmp_path)
     spec = spec_with(
         "slurm", run_dir=f"{tmp_path}/run", cluster__python=python_at(tmp_path, python)
     )
@@ -285,7 +285,6 @@ def test_sweep_array_script(python: str, sweep_dir: str, tmp_path: Path) -> None
 def test_hydra_array_script(name: str, python: str, sweep_dir: str, tmp_path: Path) -> None:
     from hydra_plugins.hpc_launch_plugin.launcher import HpcSlurmLauncher
 
-    os.chdir(tmp_path)
     launcher = HpcSlurmLauncher(job_name="sweep", time="00:07:00", setup=[])
     record = {"name": name, "python": python_at(tmp_path, python), "cwd": str(tmp_path)}
     for directory in (tmp_path / "sweep", tmp_path / sweep_dir):
@@ -311,7 +310,6 @@ def test_schedule_script_and_scrontab_line(
     from hpc.schedule import resubmit, scrontab
     from hpc.schedule.store import Schedule
 
-    os.chdir(tmp_path)
     monkeypatch.setenv("HPC_STATE_DIR", str(tmp_path / "state"))
     schedule = Schedule(
         name="nightly",
@@ -349,7 +347,6 @@ def test_schedule_script_and_scrontab_line(
 @EXAMPLES
 @given(run_dir=HOSTILE, name=HOSTILE, uri=HOSTILE, extra=st.lists(HOSTILE, max_size=2))
 def test_local_and_mpi_plans(run_dir: str, name: str, uri: str, extra: list[str], tmp_path):
-    os.chdir(tmp_path)
     changes = {"run_dir": f"{tmp_path}/{run_dir}", "job__name": name, "tracking__uri": uri}
     spec = spec_with("local", **changes)
     (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -366,7 +363,6 @@ def test_local_and_mpi_plans(run_dir: str, name: str, uri: str, extra: list[str]
 @EXAMPLES
 @given(command=st.lists(HOSTILE, min_size=1, max_size=3), uri=HOSTILE)
 def test_k8s_manifest_stays_valid_yaml(command: list[str], uri: str, tmp_path: Path) -> None:
-    os.chdir(tmp_path)
     spec = spec_with("k8s", run_dir=f"{tmp_path}/run", cluster__command=command, tracking__uri=uri)
     plan = get_launcher("k8s").plan(spec)
     head = plan.text.split("\n---\n", 1)[0].split("\n")
@@ -385,7 +381,6 @@ def test_trailing_newline_is_refused_everywhere(tmp_path: Path) -> None:
     from hpc.schedule.store import check_name
     from hpc.validate import validate
 
-    os.chdir(tmp_path)
     for key, value in (("job__name", "digits\n"), ("resources__partition", "debug\n")):
         with pytest.raises(ConfigError) as exc:
             get_launcher("slurm").plan(spec_with("slurm", run_dir=f"{tmp_path}/r", **{key: value}))
