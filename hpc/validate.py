@@ -19,9 +19,9 @@ _TIME_RE = re.compile(
     r"^(?:(?P<days>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
     r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)$"
 )
-_MEM_RE = re.compile(r"^[1-9]\d*[KMGT]?$", re.IGNORECASE)
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SLURM_WORD_RE = re.compile(r"^[A-Za-z0-9_.,:@+-]+$")
+_MEM_RE = re.compile(r"^[1-9]\d*[KMGT]?\Z", re.IGNORECASE)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+_SLURM_WORD_RE = re.compile(r"^[A-Za-z0-9_.,:@+-]+\Z")
 
 
 def parse_time_limit(text: str) -> int:
@@ -132,7 +132,7 @@ def _validate_entrypoint(entrypoint: str) -> None:
         return
     module, _, func = entrypoint.partition(":")
     bad_func = bool(func) and not func.isidentifier()
-    if not module or not re.match(r"^[A-Za-z_][\w.]*$", module) or bad_func:
+    if not module or not re.match(r"^[A-Za-z_][\w.]*\Z", module) or bad_func:
         raise ConfigError(
             "job.entrypoint", f"{entrypoint!r} is not 'package.module:function' or 'script.py'"
         )
@@ -198,7 +198,7 @@ def _validate_node_setup(cfg: dict[str, Any]) -> None:
             "nccl.profile", f"unknown profile {profile!r} (one of {', '.join(sorted(PROFILES))})"
         )
     for key in cfg["nccl"].get("env") or {}:
-        if not re.match(r"^[A-Z_][A-Z0-9_]*$", str(key)):
+        if not re.match(r"^[A-Z_][A-Z0-9_]*\Z", str(key)):
             raise ConfigError(f"nccl.env.{key}", "is not an environment variable name")
     topo = cfg["placement"].get("topo_file")
     if topo and not Path(topo).is_file():

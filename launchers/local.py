@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from hpc import records
 from hpc.exitcodes import PREEMPTED
 from hpc.jobspec import JobSpec, redact_uri
 from hpc.launchers.base import JobHandle, Launcher, Plan, prepare_run
+from hpc.quoting import shell_join, shell_word
 from hpc.runtime.checkpoint import latest_step
 from hpc.runtime.preemption import signal_number
 
@@ -74,15 +74,15 @@ def _render(spec: JobSpec, env: dict[str, str], command: list[str], ntasks: int)
         shown["MLFLOW_TRACKING_URI"] = redact_uri(shown["MLFLOW_TRACKING_URI"]) or ""
     lines = [
         "# hpc-launch plan (local launcher)",
-        f"# job: {spec.name}    run_dir: {spec.run_dir}",
+        f"# job: {shell_word(spec.name)}    run_dir: {shell_word(spec.run_dir)}",
         f"# {ntasks} worker process(es) on this machine; MASTER_PORT=auto is a free port",
         "# chosen at start. Files written first: config.yaml (resolved config), job.json.",
     ]
-    common = " ".join(f"{k}={shlex.quote(v)}" for k, v in shown.items())
+    common = " ".join(f"{k}={shell_word(v)}" for k, v in shown.items())
     for rank in range(ntasks):
         lines.append(
-            f"env {common} RANK={rank} LOCAL_RANK={rank} {shlex.join(command)}"
-            f"  > {shlex.quote(str(spec.run_dir / 'logs' / f'rank{rank}.log'))}"
+            f"env {common} RANK={rank} LOCAL_RANK={rank} {shell_join(command)}"
+            f"  > {shell_word(spec.run_dir / 'logs' / f'rank{rank}.log')}"
         )
     return "\n".join(lines) + "\n"
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from hpc.config import ConfigError
 from hpc.jobspec import JobSpec
 from hpc.launchers.base import Launcher, Plan, prepare_run
 from hpc.launchers.local import WORKER_MODULE, LocalJob, _shell_code, _signal_group
+from hpc.quoting import shell_join, shell_word
 from hpc.validate import local_gpu_count
 
 # Set by the ranks' environment, never inherited from the shell that runs hpc-launch:
@@ -102,11 +102,11 @@ class MpiLauncher(Launcher):
 def _render(spec: JobSpec, command: list[str], ntasks: int) -> str:
     lines = [
         "# hpc-launch plan (mpi launcher)",
-        f"# job: {spec.name}    run_dir: {spec.run_dir}",
+        f"# job: {shell_word(spec.name)}    run_dir: {shell_word(spec.run_dir)}",
         f"# {ntasks} rank(s) under mpirun on this machine; rank 0 picks MASTER_ADDR/MASTER_PORT",
         "# and broadcasts them (mpi4py). HPC_JOB_ID and MLFLOW_TRACKING_URI come from the",
         "# environment at submit. Files written first: config.yaml (resolved config), job.json.",
-        shlex.join(command),
+        shell_join(command),
     ]
     return "\n".join(lines) + "\n"
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shlex
 import sys
 import time
 from pathlib import Path
+
+from hpc.quoting import shell_join, shell_word
 
 # sbatch options that take a separate value (`-p debug`, `--partition debug`).
 SHORT_WITH_VALUE = set("AaBbcDdeFGiJLMmNnopqSTtwx")
@@ -126,14 +127,14 @@ def split_args(argv: list[str]) -> tuple[list[str], str | None, list[str], bool]
             options.append(arg)
             if "=" not in arg and name in LONG_WITH_VALUE:
                 if i + 1 >= len(argv):
-                    raise UsageError(f"option {arg} needs a value")
+                    raise UsageError(f"option {shell_word(arg)} needs a value")
                 options.append(argv[i + 1])
                 i += 1
         elif arg.startswith("-") and len(arg) > 1:
             options.append(arg)
             if len(arg) == 2 and arg[1] in SHORT_WITH_VALUE:
                 if i + 1 >= len(argv):
-                    raise UsageError(f"option {arg} needs a value")
+                    raise UsageError(f"option {shell_word(arg)} needs a value")
                 options.append(argv[i + 1])
                 i += 1
         else:
@@ -148,40 +149,53 @@ def split_args(argv: list[str]) -> tuple[list[str], str | None, list[str], bool]
     return options, rest[0], rest[1:], dry_run
 
 
-def sbatch_lines(script: str) -> list[str]:
-    """The ``#SBATCH`` header lines sbatch itself would read from the script."""
+def sbatch_lines(script: bytes) -> list[bytes]:
+    """The ``#SBATCH`` lines sbatch itself reads, as it reads them.
+
+    sbatch splits at ``\\n`` only, takes lines that start with ``#SBATCH`` at the
+    first column, skips blank and other comment lines, and stops at the first
+    line that is neither.
+    """
     lines = []
-    for line in script.splitlines()[1:] if script.startswith("#!") else script.splitlines():
-        stripped = line.strip()
-        if not stripped:
+    for line in script.split(b"\n"):
+        if line.startswith(b"#SBATCH"):
+            lines.append(line)
             continue
-        if not stripped.startswith("#"):
+        stripped = line.lstrip()
+        if stripped and not stripped.startswith(b"#"):
             break
-        if stripped.startswith("#SBATCH"):
-            lines.append(stripped)
     return lines
 
 
-def wrap(original: str, args: list[str], origin: str) -> str:
+def check_script(original: bytes) -> None:
+    """UsageError for what sbatch would refuse (its own checks, before anything is written)."""
+    if b"\0" in original:
+        raise UsageError("holds a NUL byte, which Slurm does not accept in a batch script")
+    if b"\r\n" in original:
+        raise UsageError("has DOS line breaks (\\r\\n), which sbatch refuses; convert it first")
+
+
+def wrap(original: bytes, args: list[str], origin: str) -> bytes:
+    """The wrapper script; ``original`` is embedded and re-created byte for byte."""
     delimiter = f"HPC_SBATCH_ORIGINAL_{secrets.token_hex(8)}"
-    while delimiter in original:
+    while delimiter.encode() in original:
         delimiter = f"HPC_SBATCH_ORIGINAL_{secrets.token_hex(8)}"
-    if not original.endswith("\n"):
-        original += "\n"
     command = " ".join(
         part
         for part in (
             "setsid",
-            "" if original.startswith("#!") else "/bin/bash",
+            "" if original.startswith(b"#!") else "/bin/bash",
             '"$original"',
-            shlex.join(args),
+            shell_join(args),
         )
         if part
     )
-    out = ["#!/bin/bash", f"# hpc-sbatch: wrapper around {origin}; the original runs unchanged"]
-    out += [f"#SBATCH {d}" for d in DEFAULT_DIRECTIVES]
-    out += sbatch_lines(original)
-    out += [
+    head = [
+        "#!/bin/bash",
+        f"# hpc-sbatch: wrapper around {shell_word(origin)}; the original runs unchanged",
+    ]
+    head += [f"#SBATCH {d}" for d in DEFAULT_DIRECTIVES]
+    tail = [
         "",
         "# --- hpc-launch preamble ---",
         "export HPC_LAUNCHER=hpc-sbatch",
@@ -190,7 +204,12 @@ def wrap(original: str, args: list[str], origin: str) -> str:
         'export MASTER_PORT="${MASTER_PORT:-$(( 10000 + ${SLURM_JOB_ID:-0} % 20000 ))}"',
         'original="${TMPDIR:-/tmp}/hpc-sbatch-${SLURM_JOB_ID:-$$}.orig"',
         f"cat > \"$original\" <<'{delimiter}'",
-        original + delimiter,
+    ]
+    body = original if original.endswith(b"\n") else original + b"\n"
+    after = [delimiter]
+    if not original.endswith(b"\n"):
+        after.append('truncate -s -1 "$original"  # the original has no final newline')
+    after += [
         'chmod +x "$original"',
         "# The original runs in its own process group so that the preemption signal",
         "# (USR2) or SIGTERM reaches it and every step it started.",
@@ -207,7 +226,12 @@ def wrap(original: str, args: list[str], origin: str) -> str:
         'rm -f "$original"',
         'exit "$rc"',
     ]
-    return "\n".join(out) + "\n"
+    user = b"".join(line + b"\n" for line in sbatch_lines(original))
+    return _lines(head) + user + _lines(tail) + body + _lines(after)
+
+
+def _lines(lines: list[str]) -> bytes:
+    return "".join(line + "\n" for line in lines).encode()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,17 +249,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         index = next(i for i, o in enumerate(options) if o.startswith("--wrap"))
         del options[index : index + (1 if "=" in options[index] else 2)]
-        original, origin = f"#!/bin/sh\n{wrap_value}\n", "--wrap"
+        original, origin = b"#!/bin/sh\n" + os.fsencode(wrap_value) + b"\n", "--wrap"
     else:
-        try:
-            original = Path(script_path).read_text(encoding="utf-8")
-        except OSError as exc:
-            print(f"hpc-sbatch: error: {script_path}: {exc.strerror}", file=sys.stderr)
-            return 2
         origin = script_path
+        try:
+            original = Path(script_path).read_bytes()
+            check_script(original)
+        except OSError as exc:
+            print(f"hpc-sbatch: error: {shell_word(origin)}: {exc.strerror}", file=sys.stderr)
+            return 2
+        except UsageError as exc:
+            print(f"hpc-sbatch: error: {shell_word(origin)}: {exc}", file=sys.stderr)
+            return 2
     text = wrap(original, script_args, origin)
     if dry_run:
-        sys.stdout.write(text)
+        sys.stdout.buffer.write(text)
         return 0
     from hpc.launchers.slurm import client
     from hpc.records import state_dir, write_atomic

@@ -17,6 +17,7 @@ import shlex
 from hpc import records
 from hpc.launchers.slurm import client
 from hpc.launchers.slurm.script import directive_value
+from hpc.quoting import one_line, shell_join, shell_word
 from hpc.schedule import cron, store
 from hpc.schedule.store import Schedule
 
@@ -48,20 +49,26 @@ def sbatch_directives(schedule: Schedule) -> list[str]:
 
 
 def fire_command(schedule: Schedule) -> str:
-    """The shell line that fires the schedule (interpreter and state dir of schedule time)."""
+    """The shell line that fires the schedule (interpreter and state dir of schedule time).
+
+    It is also a crontab line that ``/bin/sh`` runs: every value must be one plain line.
+    """
+    state_dir = one_line("HPC_STATE_DIR", schedule.state_dir)
+    python = one_line("python (the interpreter of hpc sweep)", schedule.python)
+    words = [one_line("--name", schedule.name), one_line("schedule id", schedule.id)]
     return (
-        f"HPC_STATE_DIR={shlex.quote(schedule.state_dir)} exec "
-        f"{shlex.quote(schedule.python)} -m hpc.schedule.fire "
-        f"{shlex.quote(schedule.name)} {shlex.quote(schedule.id)}"
+        f"HPC_STATE_DIR={shlex.quote(state_dir)} exec {shlex.quote(python)} "
+        f"-m hpc.schedule.fire {shlex.join(words)}"
     )
 
 
 def script_text(schedule: Schedule) -> str:
     lines = [
         "#!/bin/bash",
-        f"# hpc-launch schedule {schedule.name}: {schedule.cron} ({schedule.zone})",
+        f"# hpc-launch schedule {shell_word(schedule.name)}: {shell_word(schedule.cron)}"
+        f" ({shell_word(schedule.zone)})",
         f"# launches: hpc-launch {'-m ' if schedule.multirun else ''}"
-        + shlex.join(schedule.overrides).replace("\n", " "),
+        + shell_join(schedule.overrides),
         *[f"#SBATCH {d}" for d in sbatch_directives(schedule)],
         "#SBATCH --no-requeue",
         "",

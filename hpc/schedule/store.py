@@ -24,7 +24,7 @@ from typing import Any
 from hpc import records
 from hpc.config import ConfigError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 HISTORY_KEEP = 50
 # Environment a schedule's launches get, as it was at schedule time (scrontab jobs
 # start from the user's login environment, not the one `hpc sweep schedule` ran in).

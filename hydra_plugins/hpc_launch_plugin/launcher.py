@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -38,7 +37,7 @@ STATUS_DIR = ".hpc_tasks"  # <sweep dir>/.hpc_tasks/<index>.json, written by eac
 # Hydra overrides of the multirun that must not reach the single runs.
 _DROPPED_HYDRA = re.compile(r"^[~+]*hydra[./](launcher|sweeper|sweep\b|mode\b|job\.num|job\.id)")
 _CONFIG_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./:@+-]+$")
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./:@+-]+\Z")
 
 
 def hydra_quote(value: str) -> str:
@@ -247,6 +246,7 @@ class HpcSlurmLauncher(_HpcLauncherBase):
 
     def _script(self, sweep_dir: Path, record: dict[str, Any]) -> str:
         from hpc.launchers.slurm.script import directive_value
+        from hpc.quoting import shell_word
 
         p = self.params
         name = p.get("job_name") or record["name"]
@@ -266,9 +266,10 @@ class HpcSlurmLauncher(_HpcLauncherBase):
             ("open-mode", "append"),
             ("chdir", record["cwd"]),
         ]
+        shown = f"{shell_word(record['name'])} (sweep dir {shell_word(sweep_dir)})"
         lines = [
             "#!/bin/bash",
-            f"# hpc-launch: Hydra sweep of {record['name']} (sweep dir {sweep_dir})",
+            f"# hpc-launch: Hydra sweep of {shown}",
             *[f"#SBATCH --{k}={directive_value(f'hydra.launcher.{k}', v)}" for k, v in opts],
         ]
         for i, extra in enumerate(p.get("sbatch_args") or []):
@@ -277,8 +278,8 @@ class HpcSlurmLauncher(_HpcLauncherBase):
             lines.append(f"#SBATCH {directive_value(f'hydra.launcher.sbatch_args[{i}]', extra)}")
         lines += ["", "export PYTHONUNBUFFERED=1"]
         lines += [str(line) for line in p.get("setup") or []]
-        python = shlex.quote(record["python"])
-        target = shlex.quote(str(sweep_dir))
+        python = shell_word(record["python"])
+        target = shell_word(sweep_dir)
         runner = f'{python} -m hydra_plugins.hpc_launch_plugin._task {target} "$index"'
         ranks = int(p.get("nodes", 1)) * int(p.get("tasks_per_node", 1))
         if ranks > 1:

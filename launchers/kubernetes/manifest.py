@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-import shlex
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import yaml
 
 from hpc.jobspec import JobSpec
+from hpc.quoting import shell_join, shell_word
 from hpc.validate import parse_time_limit
 
 API_VERSION = "kubeflow.org/v2beta1"
@@ -338,9 +338,9 @@ def header(spec: JobSpec, name: str) -> list[str]:
     cluster = spec.config["cluster"]
     pod_run_dir, _ = pod_paths(spec)
     lines = [
-        f"hpc-launch plan (k8s launcher): MPIJob {cluster['namespace']}/{name}",
+        f"hpc-launch plan (k8s launcher): MPIJob {shell_word(cluster['namespace'])}/{name}",
         f"{spec.resources['nodes']} worker(s) x {spec.resources['tasks_per_node']} rank(s);"
-        f" run directory in the pods: {pod_run_dir}",
+        f" run directory in the pods: {shell_word(pod_run_dir)}",
     ]
     if not cluster.get("checkpoint_pvc"):
         lines.append(
@@ -353,6 +353,6 @@ def header(spec: JobSpec, name: str) -> list[str]:
             " MLFLOW_TRACKING_* variables)"
         )
     lines.append(
-        f"apply: kubectl apply -f <this file>   (rank command: {shlex.join(cluster['command'])})"
+        f"apply: kubectl apply -f <this file>   (rank command: {shell_join(cluster['command'])})"
     )
     return lines

@@ -25,9 +25,9 @@ from hpc.config import ConfigError
 
 CRD_FILE = "mpijob-crd.yaml"
 VERSION = "v2beta1"
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 CLEAN_POD_POLICIES = ("None", "Running", "All")
 MPI_IMPLEMENTATIONS = ("OpenMPI", "Intel", "MPICH")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")

@@ -17,9 +17,10 @@ from typing import Any
 from hpc.config import ConfigError
 from hpc.exitcodes import PREEMPTED
 from hpc.jobspec import JobSpec, redact_uri
+from hpc.quoting import shell_join, shell_word
 
 # What may appear in a #SBATCH value: no whitespace, quotes, `$` or newlines.
-_DIRECTIVE_SAFE = re.compile(r"^[A-Za-z0-9_.,:@%+=/\-\[\]]+$")
+_DIRECTIVE_SAFE = re.compile(r"^[A-Za-z0-9_.,:@%+=/\-\[\]]+\Z")
 
 
 def directive_value(key: str, value: object) -> str:
@@ -100,11 +101,12 @@ def render_script(
     pre = spec.config["preemption"]
     python = python_for(spec)
     worker = worker or [python, "-m", "hpc.run", str(spec.config_file)]
-    out = ["#!/bin/bash", f"# hpc-launch: {header or f'{spec.name} (run dir {spec.run_dir})'}"]
+    header = header or f"{spec.name} (run dir {shell_word(spec.run_dir)})"
+    out = ["#!/bin/bash", f"# hpc-launch: {header}"]
     out += [f"#SBATCH {d}" for d in directives]
     out.append("")
     for key, value in (env if env is not None else job_environment(spec)).items():
-        out.append(f"export {key}={shlex.quote(value)}")
+        out.append(f"export {key}={shell_word(value)}")
     sig = shlex.quote(str(pre["signal"]))
     out += [
         "",
@@ -120,7 +122,7 @@ def render_script(
         out.append("# cluster.setup (verbatim)")
         out += [str(line) for line in setup]
     out += prepare or []
-    py = shlex.quote(python)
+    py = shell_word(python)
     out += [
         'if [ -e "$HPC_RUN_DIR/FINISHED" ]; then  # a finished run that got requeued',
         '  echo "hpc-launch: $HPC_RUN_DIR already finished; nothing to do"; exit 0',
@@ -133,7 +135,7 @@ def render_script(
         f"  rc={PREEMPTED}  # stopped before the step started: nothing to checkpoint",
         "else",
         "  # The step runs in the background so this shell can take the signals.",
-        "  " + shlex.join(srun_command(spec, worker)) + " &",
+        "  " + shell_join(srun_command(spec, worker)) + " &",
         "  step=$!",
         "  while :; do",
         '    interrupted=0; wait "$step"; rc=$?',

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 from typing import Any
 
@@ -10,6 +9,7 @@ from hpc import records
 from hpc.jobspec import JobSpec
 from hpc.launchers.slurm import client
 from hpc.launchers.slurm.script import job_environment, python_for, render_script, sbatch_directives
+from hpc.quoting import shell_word
 from hpc.sweep import SweepPlan, Task, sweep_record, write_record
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default: indices 0..1000
@@ -19,12 +19,12 @@ def array_script(spec: JobSpec, plan: SweepPlan) -> str:
     """The batch script every array task of one shape runs; ``$1`` is the index offset."""
     sweep_dir = str(plan.sweep_dir)
     prepare = [
-        f"export HPC_SWEEP_DIR={shlex.quote(sweep_dir)}",
+        f"export HPC_SWEEP_DIR={shell_word(sweep_dir)}",
         "index=$(( ${1:-0} + SLURM_ARRAY_TASK_ID ))",
         'export HPC_RUN_DIR="$HPC_SWEEP_DIR/$index"',
         'export HPC_CONFIG_FILE="$HPC_RUN_DIR/config.yaml"',
         "# Compose this task's config from sweep.json (validated at submit).",
-        f'{shlex.quote(python_for(spec))} -m hpc.sweep_task "$HPC_SWEEP_DIR" "$index" || exit $?',
+        f'{shell_word(python_for(spec))} -m hpc.sweep_task "$HPC_SWEEP_DIR" "$index" || exit $?',
     ]
     return render_script(
         spec,
@@ -32,7 +32,7 @@ def array_script(spec: JobSpec, plan: SweepPlan) -> str:
         env=job_environment(spec, run_paths=False),
         prepare=prepare,
         worker=[python_for(spec), "-m", "hpc.run"],  # reads $HPC_CONFIG_FILE
-        header=f"sweep of {spec.name} (sweep dir {sweep_dir})",
+        header=f"sweep of {spec.name} (sweep dir {shell_word(sweep_dir)})",
     )
 
 
