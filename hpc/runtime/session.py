@@ -273,6 +273,8 @@ class Session:
         if loaded is not None and "rng" in loaded.state:
             self.set_rng_state(loaded.state["rng"])
         step = loaded.step if loaded else 0
+        if self.is_main and loaded is not None:
+            self._check_config_hash(loaded)
         if self.is_main:
             dropped = self.tracker.rewind(step)
             if loaded is not None:
@@ -282,6 +284,21 @@ class Session:
                     flush=True,
                 )
         return loaded
+
+    def _check_config_hash(self, loaded: LoadedCheckpoint) -> None:
+        """Say so when a checkpoint was saved under another job config than this run's."""
+        saved = loaded.manifest.get("config_hash")
+        if saved in (None, self.config_hash):
+            return
+        extra = (_record_or_none(self.run_dir) or {}).get("extra") or {}
+        why = "allowed at resume" if extra.get("resume_changes") else "changed outside hpc-launch"
+        log.warning(
+            "checkpoint %s was saved under job config %s, this run's is %s (%s)",
+            loaded.path.name,
+            saved,
+            self.config_hash,
+            why,
+        )
 
     # -- tracking --------------------------------------------------------------------------
     def job_id(self) -> str | None:
@@ -328,6 +345,7 @@ class Session:
                 "run_dir": str(self.run_dir),
                 "restart_count": extra.get("restart_count", 0),
                 "last_interruption": extra.get("last_interruption") or "none",
+                **resume_changes_tag(extra),
             }
         )
         return tracker
@@ -360,6 +378,16 @@ class Session:
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_changes_tag(extra: dict[str, Any]) -> dict[str, str]:
+    """The MLflow tag for the config changes of the latest resume (job.json history)."""
+    history = extra.get("resume_changes") or []
+    if not history:
+        return {}
+    changes = history[-1].get("changes") or {}
+    text = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in changes.items())
+    return {"resume_changes": text[:5000]}
 
 
 def _record_or_none(run_dir: Path) -> dict[str, Any] | None:
