@@ -92,6 +92,15 @@ def load(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def config_hash(job: dict[str, Any]) -> str:
+    """The short hash of a job config that checkpoint manifests record."""
+    import hashlib
+
+    import yaml
+
+    return hashlib.sha256(yaml.safe_dump(job, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def read_run_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A run's config.yaml as a dict; ValueError/OSError naming the file otherwise."""
     import yaml

@@ -100,7 +100,11 @@ def record_resume_changes(spec: JobSpec) -> None:
     from hpc import records
 
     extra = records.load(spec.run_dir).get("extra") or {}
-    entry = {"time": time.time(), "changes": spec.resume_changes}
+    entry = {
+        "time": time.time(),
+        "changes": spec.resume_changes,
+        "config_hash": records.config_hash(spec.config["job"]),
+    }
     history = [*extra.get("resume_changes", []), entry]
     records.update(spec.run_dir, extra={"resume_changes": history})
 

@@ -19,7 +19,6 @@ coordinated checkpoint, and closes everything on exit.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import random
@@ -63,9 +62,7 @@ class Session:
         self.every_steps = int(cfg["checkpoint"].get("every_steps", 50))
         self.signals = StopSignals(str((cfg.get("preemption") or {}).get("signal", "USR2")))
         self.stop_requested = False
-        self.config_hash = hashlib.sha256(
-            yaml.safe_dump(cfg.get("job", {}), sort_keys=True).encode()
-        ).hexdigest()[:16]
+        self.config_hash = records.config_hash(cfg.get("job", {}))
         self.checkpoints = CheckpointManager(
             cfg["checkpoint"].get("dir") or self.run_dir / "checkpoints",
             keep=int(cfg["checkpoint"].get("keep", 2)),
@@ -291,7 +288,8 @@ class Session:
         if saved in (None, self.config_hash):
             return
         extra = (_record_or_none(self.run_dir) or {}).get("extra") or {}
-        why = "allowed at resume" if extra.get("resume_changes") else "changed outside hpc-launch"
+        accepted = (extra.get("resume_changes") or [{}])[-1].get("config_hash")
+        why = "allowed at resume" if accepted == self.config_hash else "changed outside hpc-launch"
         log.warning(
             "checkpoint %s was saved under job config %s, this run's is %s (%s)",
             loaded.path.name,
