@@ -158,7 +158,7 @@ def _same_type(key: str, old: Any, new: Any) -> Any:
     return new
 
 
-def checked_changes(key: str, spec: JobSpec, stored: dict[str, Any]) -> dict[str, list[Any]]:
+def checked_changes(how: str, spec: JobSpec, stored: dict[str, Any]) -> dict[str, list[Any]]:
     """The config keys a resume changes, or ConfigError naming those not allowed.
 
     Compared as written to config.yaml; keys in NON_CONFIG_KEYS are not compared.
@@ -173,11 +173,13 @@ def checked_changes(key: str, spec: JobSpec, stored: dict[str, Any]) -> dict[str
     allowed = spec.config.get("resume_allow_changes") or []
     refused = [k for k in changed if not any(k == a or k.startswith(f"{a}.") for a in allowed)]
     if refused:
-        diffs = ", ".join(f"{k} ({changed[k][0]!r} -> {changed[k][1]!r})" for k in refused)
+        diffs = ", ".join(f"{changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
         raise ConfigError(
-            key,
-            f"{str(spec.run_dir)!r} was started with another config: {diffs}; "
-            f"to resume with the change pass resume_allow_changes=[{','.join(refused)}]",
+            ", ".join(refused),
+            f"differ{'s' if len(refused) == 1 else ''} from the config the run in "
+            f"{how}={str(spec.run_dir)!r} was started with ({diffs}); to resume with "
+            f"{'this change' if len(refused) == 1 else 'these changes'} pass "
+            f"resume_allow_changes=[{','.join(refused)}]",
         )
     return changed
 
