@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import os
 from collections.abc import Sequence
@@ -95,7 +96,7 @@ def resume_spec(run_dir: str, overrides: Sequence[str]) -> JobSpec:
     if not (path / "job.json").is_file() or not (path / CONFIG_FILE_NAME).is_file():
         raise ConfigError("resume", f"{run_dir!r} is not a run directory (no job.json/config.yaml)")
     cfg = read_stored_config("resume", path)
-    stored = yaml.safe_load(yaml.safe_dump(cfg))  # a deep copy
+    stored = copy.deepcopy(cfg)
     apply_resume_overrides(cfg, overrides)
     cfg["resume"] = str(path)
     try:
