@@ -97,6 +97,7 @@ def resume_spec(run_dir: str, overrides: Sequence[str]) -> JobSpec:
         raise ConfigError("resume", f"{run_dir!r} is not a run directory (no job.json/config.yaml)")
     cfg = read_stored_config("resume", path)
     stored = copy.deepcopy(cfg)
+    cfg["resume_allow_changes"] = []  # an earlier resume's list allows nothing now
     apply_resume_overrides(cfg, overrides)
     cfg["resume"] = str(path)
     try:

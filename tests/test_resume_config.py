@@ -88,6 +88,10 @@ def test_allowed_change_is_recorded_and_unchanged_resume_works(
     assert run.data.tags["resume_changes"] == "job.epochs: 1 -> 2"
     assert len(client.get_metric_history(run.info.run_id, "accuracy")) == 2
 
+    # The allow list was for that call only: another change is refused again.
+    proc = hpc_launch([f"resume={run_dir}", "job.epochs=3"], workdir)
+    assert proc.returncode == 2 and "error: job.epochs: differs" in proc.stderr, proc.stderr
+
     # The same config again (through run_dir= with the overrides it now has): it resumes.
     proc = hpc_launch([*BASE, f"run_dir={run_dir}", "job.epochs=2"], workdir)
     assert proc.returncode == 0, proc.stderr
