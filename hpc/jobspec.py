@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hpc.config import compose, to_container
-from hpc.validate import validate
+from hpc import records
+from hpc.config import ConfigError, compose, override_parser, to_container
+from hpc.validate import flat_items, is_config_key, validate
 
 CONFIG_FILE_NAME = "config.yaml"
 
@@ -24,6 +26,8 @@ class JobSpec:
     tracking_uri: str | None
     checkpoint_dir: Path
     workdir: Path  # the directory hpc-launch ran in; jobs start there
+    # On a resume: the keys whose values changed (``resume_allow_changes``): [old, new].
+    resume_changes: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -42,6 +46,13 @@ class JobSpec:
         return int(self.resources["nodes"]) * int(self.resources["tasks_per_node"])
 
     @property
+    def run_dir_key(self) -> str:
+        """The config key the run directory comes from (for error messages)."""
+        if self.config.get("resume"):
+            return "resume"
+        return "run_dir" if self.config.get("run_dir") else "output_root"
+
+    @property
     def config_file(self) -> Path:
         return self.run_dir / CONFIG_FILE_NAME
 
@@ -55,38 +66,127 @@ class JobSpec:
 
 
 def load_spec(overrides: Sequence[str] = (), *, now: _dt.datetime | None = None) -> JobSpec:
-    """Compose, validate and resolve paths. Raises ConfigError naming the key."""
+    """Compose, validate and resolve paths. Raises ConfigError naming the key.
+
+    ``run_dir=<an existing run>`` resumes it: like ``resume=``, under the config it was
+    started with unless ``resume_allow_changes`` lists what may differ.
+    """
     resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
     if resume and resume[-1]:
         return resume_spec(resume[-1], [o for o in overrides if not o.startswith("resume=")])
     cfg = to_container(compose(overrides))
     validate(cfg)
-    return spec_from_config(cfg, now=now)
+    spec = spec_from_config(cfg, now=now)
+    if records.record_path(spec.run_dir).exists():
+        stored = read_stored_config("run_dir", spec.run_dir)
+        spec = replace(spec, resume_changes=checked_changes("run_dir", spec, stored))
+    return spec
 
 
 RESUME_OVERRIDABLE = ("dry_run", "wait")
 
 
 def resume_spec(run_dir: str, overrides: Sequence[str]) -> JobSpec:
-    """A run continues with the config it was started with (its config.yaml)."""
-    from hpc.config import ConfigError
-
-    path = _path(run_dir).resolve()
-    config_file = path / CONFIG_FILE_NAME
-    if not (path / "job.json").is_file() or not config_file.is_file():
-        raise ConfigError("resume", f"{run_dir!r} is not a run directory (no job.json/config.yaml)")
+    """A run continues with the config it was started with (its config.yaml), changed only
+    where an override names a key that ``resume_allow_changes`` lists."""
     try:
-        cfg = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError("resume", f"{config_file}: {exc}") from None
-    for override in overrides:
-        key, _, value = override.partition("=")
-        if key not in RESUME_OVERRIDABLE:
-            raise ConfigError(key, "a resumed run keeps its config; only dry_run/wait may change")
-        cfg[key] = value.lower() == "true"
+        path = _path(run_dir).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise ConfigError("resume", f"{run_dir!r} cannot be resolved ({exc})") from None
+    if not (path / "job.json").is_file() or not (path / CONFIG_FILE_NAME).is_file():
+        raise ConfigError("resume", f"{run_dir!r} is not a run directory (no job.json/config.yaml)")
+    cfg = read_stored_config("resume", path)
+    stored = copy.deepcopy(cfg)
+    cfg["resume_allow_changes"] = []  # an earlier resume's list allows nothing now
+    apply_resume_overrides(cfg, overrides)
     cfg["resume"] = str(path)
-    validate(cfg)
-    return spec_from_config(cfg)
+    try:
+        validate(cfg)
+    except (KeyError, TypeError, AttributeError) as exc:
+        config_file = path / CONFIG_FILE_NAME
+        raise ConfigError("resume", f"{config_file}: not a job config ({exc!r})") from None
+    spec = spec_from_config(cfg)
+    return replace(spec, resume_changes=checked_changes("resume", spec, stored))
+
+
+def read_stored_config(key: str, run_dir: Path) -> dict[str, Any]:
+    """The config.yaml of an existing run (its job.json must read too), or ConfigError."""
+    try:
+        records.load(run_dir)
+        return records.read_run_config(run_dir / CONFIG_FILE_NAME)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
+def apply_resume_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> None:
+    """``key=value`` overrides onto a stored config: existing keys only, each keeping its type."""
+    from hpc.config import check_override_syntax
+
+    check_override_syntax(overrides)
+    for text in overrides:
+        parsed = override_parser().parse_override(text)
+        key = parsed.key_or_group
+        if key in RESUME_OVERRIDABLE:
+            cfg[key] = str(parsed.value()).lower() == "true"
+            continue
+        if parsed.is_add() or parsed.is_delete() or parsed.is_sweep_override():
+            raise ConfigError(key, "a resumed run can only change existing keys (key=value)")
+        parent, leaf = _parent(cfg, key)
+        old, new = parent.get(leaf), parsed.value()
+        parent[leaf] = _same_type(key, old, new)
+
+
+def _parent(cfg: dict[str, Any], key: str) -> tuple[dict[str, Any], str]:
+    *path, leaf = key.split(".")
+    node: Any = cfg
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    known = isinstance(node, dict) and (leaf in node or key == "resume_allow_changes")
+    if not known or isinstance(node.get(leaf), dict):
+        raise ConfigError(key, "is not a key of the run's config (a resumed run keeps its keys)")
+    return node, leaf
+
+
+def _same_type(key: str, old: Any, new: Any) -> Any:
+    """``new`` as the type ``old`` had (an int for a float is fine), or ConfigError."""
+    if old is None or new is None:
+        return new
+    if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
+        return float(new)
+    if isinstance(old, str) and isinstance(new, int | float) and not isinstance(new, bool):
+        return str(new)
+    if type(old) is not type(new):
+        raise ConfigError(key, f"must be a {type(old).__name__} (like {old!r}), got {new!r}")
+    return new
+
+
+def checked_changes(how: str, spec: JobSpec, stored: dict[str, Any]) -> dict[str, list[Any]]:
+    """The config keys a resume changes, or ConfigError naming those not allowed.
+
+    Compared as written to config.yaml; keys in NON_CONFIG_KEYS are not compared.
+    """
+    old = flat_items(stored)
+    new = flat_items(yaml.safe_load(spec.config_yaml()))
+    changed = {
+        k: [old.get(k), new.get(k)]
+        for k in sorted(set(old) | set(new))
+        if is_config_key(k) and old.get(k, _UNSET) != new.get(k, _UNSET)
+    }
+    allowed = spec.config.get("resume_allow_changes") or []
+    refused = [k for k in changed if not any(k == a or k.startswith(f"{a}.") for a in allowed)]
+    if refused:
+        diffs = ", ".join(f"{changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
+        raise ConfigError(
+            ", ".join(refused),
+            f"differ{'s' if len(refused) == 1 else ''} from the config the run in "
+            f"{how}={str(spec.run_dir)!r} was started with ({diffs}); to resume with "
+            f"{'this change' if len(refused) == 1 else 'these changes'} pass "
+            f"resume_allow_changes=[{','.join(refused)}]",
+        )
+    return changed
+
+
+_UNSET = object()
 
 
 def spec_from_config(cfg: dict[str, Any], *, now: _dt.datetime | None = None) -> JobSpec:

@@ -92,6 +92,34 @@ def load(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def config_hash(job: dict[str, Any]) -> str:
+    """The short hash of a job config that checkpoint manifests record."""
+    import hashlib
+
+    import yaml
+
+    return hashlib.sha256(yaml.safe_dump(job, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_run_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A run's config.yaml as a dict; ValueError/OSError naming the file otherwise."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        why = getattr(exc, "problem", None) or exc
+        raise ValueError(f"{path}: {where}not valid YAML ({why})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
 def update(run_dir: str | os.PathLike[str], **changes: Any) -> dict[str, Any]:
     """Merge ``changes`` into job.json under a lock; return the new record."""
     run_dir = Path(run_dir)

@@ -175,6 +175,8 @@ class Config:
     output_root: str = "outputs"
     run_dir: str | None = None  # default: <output_root>/<job.name>/<timestamp>
     resume: str | None = None  # a run directory to continue
+    # Keys a resume may change (refused otherwise); see hpc.validate.NON_CONFIG_KEYS.
+    resume_allow_changes: list[str] = field(default_factory=list)
 
 
 CLUSTER_SCHEMAS: dict[str, type] = {

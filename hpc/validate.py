@@ -7,6 +7,7 @@ checks what types cannot say. Every failure is a one-line ConfigError naming the
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 from pathlib import Path
@@ -22,6 +23,39 @@ _TIME_RE = re.compile(
 _MEM_RE = re.compile(r"^[1-9]\d*[KMGT]?\Z", re.IGNORECASE)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _SLURM_WORD_RE = re.compile(r"^[A-Za-z0-9_.,:@+-]+\Z")
+
+# Integers go to Slurm, torch and C libraries as 32-bit values; seeds go to numpy (0..2**32-1).
+INT32_MAX = 2**31 - 1
+INT_RANGES: dict[str, tuple[int, int]] = {"job.seed": (0, 2**32 - 1)}
+# Slurm keeps a time limit as 32-bit minutes; 0xfffffffe/0xffffffff mean NO_VAL/INFINITE.
+MAX_TIME_LIMIT_MINUTES = 0xFFFFFFFD
+# Keys naming directories hpc-launch creates (or resumes in).
+DIRECTORY_KEYS = ("output_root", "run_dir", "checkpoint.dir")
+# Keys that are not "config" when a resume compares configs: where the run lives, how
+# hpc-launch is called this time, and the list of allowed changes itself.
+NON_CONFIG_KEYS = frozenset(
+    {"run_dir", "resume", "output_root", "dry_run", "wait", "resume_allow_changes"}
+)
+# Filesystems that cannot hold a run directory.
+_PSEUDO_FS = frozenset(
+    {
+        "proc",
+        "sysfs",
+        "devtmpfs",
+        "devpts",
+        "cgroup",
+        "cgroup2",
+        "debugfs",
+        "tracefs",
+        "securityfs",
+        "configfs",
+        "pstore",
+        "bpf",
+        "mqueue",
+        "hugetlbfs",
+        "fusectl",
+    }
+)
 
 
 def parse_time_limit(text: str) -> int:
@@ -44,6 +78,10 @@ def parse_time_limit(text: str) -> int:
     total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
     if total <= 0:
         raise ValueError(f"time limit {text!r} must be positive")
+    if total > MAX_TIME_LIMIT_MINUTES * 60:
+        raise ValueError(
+            f"time limit {text!r} exceeds Slurm's largest ({MAX_TIME_LIMIT_MINUTES} minutes)"
+        )
     return total
 
 
@@ -65,6 +103,7 @@ def local_gpu_count() -> int:
 
 def validate(cfg: dict[str, Any]) -> None:
     """Check every value rule; raise ConfigError on the first violation."""
+    check_numbers(cfg)
     _validate_job(cfg["job"])
     _validate_resources(cfg["resources"])
     kind = cfg["cluster"].get("kind")
@@ -78,12 +117,108 @@ def validate(cfg: dict[str, Any]) -> None:
     for key in ("output_root",):
         if not str(cfg[key]).strip():
             raise ConfigError(key, "must not be empty")
+    for key in DIRECTORY_KEYS:
+        value = _get(cfg, key)
+        if value is not None:
+            check_directory(key, str(value))
     if cfg.get("resume"):
         resume = Path(cfg["resume"])
         if not (resume / "job.json").is_file():
             raise ConfigError("resume", f"{str(resume)!r} is not a run directory (no job.json)")
+    _validate_allow_changes(cfg)
     if kind == "local":
         _validate_local(cfg)
+
+
+def is_config_key(key: str) -> bool:
+    """Whether a changed ``key`` counts as a config change on resume."""
+    return key.split(".", 1)[0].split("[", 1)[0] not in NON_CONFIG_KEYS
+
+
+def flat_items(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": leaf}`` for every leaf of nested dicts (lists and empty dicts are leaves)."""
+    if not isinstance(node, dict) or (prefix and not node):
+        return {prefix.rstrip("."): node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(flat_items(value, f"{prefix}{key}."))
+    return out
+
+
+def _validate_allow_changes(cfg: dict[str, Any]) -> None:
+    allowed = cfg.get("resume_allow_changes") or []
+    keys = flat_items(cfg)
+    for i, key in enumerate(allowed):
+        name = f"resume_allow_changes[{i}]"
+        if not isinstance(key, str) or not is_config_key(key):
+            raise ConfigError(name, f"{key!r} is not a config key that a resume can change")
+        if key not in keys and not any(k.startswith(f"{key}.") for k in keys):
+            raise ConfigError(name, f"{key!r} is not a key of this config")
+
+
+def check_numbers(node: Any, prefix: str = "") -> None:
+    """Every integer within its range (32-bit by default), every float finite.
+
+    Outside ``job`` (whose own keys may mean anything) numbers must also be >= 0.
+    """
+    if isinstance(node, dict):
+        for key, value in node.items():
+            check_numbers(value, f"{prefix}{key}.")
+        return
+    if isinstance(node, list):
+        for i, value in enumerate(node):
+            check_numbers(value, f"{prefix.rstrip('.')}[{i}].")
+        return
+    key = prefix.rstrip(".")
+    if isinstance(node, bool) or not isinstance(node, int | float):
+        return
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(key, f"must be a finite number, got {node!r}")
+    low = -INT32_MAX - 1 if key.startswith("job.") else 0
+    low, high = INT_RANGES.get(key, (low, INT32_MAX))
+    if isinstance(node, int) and not low <= node <= high:
+        raise ConfigError(key, f"must be in {low}..{high}, got {node}")
+    if node < low:
+        raise ConfigError(key, f"must be >= {low}, got {node!r}")
+
+
+def check_directory(key: str, value: str) -> None:
+    """``value`` is, or can be created as, a directory (checked without creating it)."""
+    try:
+        path = Path(os.path.expanduser(value)).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, ...
+        raise ConfigError(key, f"{value!r} cannot be resolved ({exc})") from None
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is not a directory"
+        if existing != path:
+            what = f"is under {str(existing)!r}, which is not a directory"
+        raise ConfigError(key, f"{value!r} {what}")
+    fstype = _filesystem_type(existing)
+    if fstype in _PSEUDO_FS:
+        raise ConfigError(key, f"{value!r} is on a {fstype} filesystem, which cannot hold a run")
+    if existing != path and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(key, f"{value!r} cannot be created ({str(existing)!r} is not writable)")
+
+
+def _filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem ``path`` is on (the longest mount point in /proc/self/mounts)."""
+    best, fstype = "", None
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                mount = fields[1].replace("\\040", " ")
+                inside = str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best):
+                    best, fstype = mount, fields[2]
+    except OSError:
+        return None
+    return fstype
 
 
 def _names() -> str:
@@ -115,8 +250,6 @@ def _validate_job(job: dict[str, Any]) -> None:
     if not _NAME_RE.match(job["name"]):
         raise ConfigError("job.name", f"{job['name']!r} must match {_NAME_RE.pattern}")
     _validate_entrypoint(job["entrypoint"])
-    if job.get("seed") is not None and job["seed"] < 0:
-        raise ConfigError("job.seed", f"must be >= 0, got {job['seed']!r}")
     for key in ("epochs", "batch_size", "hidden"):
         if key in job:
             _positive(cfg, f"job.{key}")

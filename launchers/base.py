@@ -76,6 +76,8 @@ def prepare_run(plan: Plan, job_id: str | None, state: str = "PENDING") -> None:
         records.write_atomic(spec.run_dir / name, content)
     if records.record_path(spec.run_dir).exists():
         records.update(spec.run_dir, job_id=job_id, state=state, exit_code=None)
+        if spec.resume_changes:
+            record_resume_changes(spec)
         return
     records.create(
         records.RunRecord(
@@ -89,6 +91,22 @@ def prepare_run(plan: Plan, job_id: str | None, state: str = "PENDING") -> None:
             state=state,
         )
     )
+
+
+def record_resume_changes(spec: JobSpec) -> None:
+    """Append the config changes a resume was allowed to make to job.json's history."""
+    import time
+
+    from hpc import records
+
+    extra = records.load(spec.run_dir).get("extra") or {}
+    entry = {
+        "time": time.time(),
+        "changes": spec.resume_changes,
+        "config_hash": records.config_hash(spec.config["job"]),
+    }
+    history = [*extra.get("resume_changes", []), entry]
+    records.update(spec.run_dir, extra={"resume_changes": history})
 
 
 class Launcher(abc.ABC):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from support import hpc_launch
+from support import hpc, hpc_launch
 
 # (overrides, the key the error must name)
 CASES: list[tuple[list[str], str]] = [
@@ -60,6 +61,32 @@ CASES: list[tuple[list[str], str]] = [
     (["placement.link_layer=Token-Ring"], "placement.link_layer"),
     (["accounting.interval_s=0"], "accounting.interval_s"),
     (["job.lr=0.1,0.2"], "job.lr"),
+    # Directory keys: each must be, or be creatable as, a directory.
+    (["run_dir=/dev/null"], "run_dir"),
+    (["run_dir=/proc/self/x"], "run_dir"),
+    (["run_dir=/dev/null/run"], "run_dir"),
+    (["output_root=/proc/self/out"], "output_root"),
+    (["checkpoint.dir=/dev/null"], "checkpoint.dir"),
+    # Numbers: integers within 32 bits (seeds within numpy's 0..2**32-1), floats finite,
+    # framework numbers non-negative.
+    (["job.seed=4294967296"], "job.seed"),
+    (["job.lr=inf"], "job.lr"),
+    (["job.lr=nan"], "job.lr"),
+    (["job.epochs=99999999999"], "job.epochs"),
+    (["resources.cpus_per_task=2147483648"], "resources.cpus_per_task"),
+    (["resources.nodes=99999999999999999999"], "resources.nodes"),
+    (["cluster=slurm", "resources.nodes=99999999999999999999"], "resources.nodes"),
+    (["cluster.kill_grace_s=-5"], "cluster.kill_grace_s"),
+    (["cluster.kill_grace_s=inf"], "cluster.kill_grace_s"),
+    (["tracking.flush_timeout_s=nan"], "tracking.flush_timeout_s"),
+    (["checkpoint.every_steps=4294967296"], "checkpoint.every_steps"),
+    (["cluster=slurm", "cluster.submit_retries=-1"], "cluster.submit_retries"),
+    (["cluster=k8s", "cluster.backoff_limit=2147483648"], "cluster.backoff_limit"),
+    (["cluster=slurm", "resources.time=99999999-00"], "resources.time"),
+    (["cluster=slurm", "output_root=sp ace"], "output_root"),
+    (["cluster=slurm", "run_dir=sp ace/run"], "run_dir"),
+    (["resume_allow_changes=[job.nope]"], "resume_allow_changes[0]"),
+    (["resume_allow_changes=[run_dir]"], "resume_allow_changes[0]"),
 ]
 
 
@@ -73,9 +100,100 @@ def test_bad_input_names_key_and_launches_nothing(
     assert len(lines) == 1, proc.stderr
     assert f"error: {key}:" in lines[0], lines[0]
     assert proc.stdout == ""
+    assert_nothing_created(workdir)
+
+
+def assert_nothing_created(workdir: Path, keep: frozenset[str] = frozenset()) -> None:
     assert not (workdir / "outputs").exists(), "nothing may be created"
     assert not (workdir / ".state").exists(), "no run may be recorded"
     assert not (workdir / "mlflow.db").exists()
+    assert sorted(p.name for p in workdir.iterdir() if p.name not in keep) == []
+
+
+def _symlink_loop(d: Path) -> None:
+    d.symlink_to(d.with_name("other"))
+    d.with_name("other").symlink_to(d)
+
+
+def _truncated_job_json(d: Path) -> None:
+    d.mkdir()
+    (d / "job.json").write_text('{"name": "digits", "state": "COMPL')
+    (d / "config.yaml").write_text("job: {name: digits}\n")
+
+
+def _config_is_a_list(d: Path) -> None:
+    d.mkdir()
+    (d / "job.json").write_text(
+        json.dumps({"name": "digits", "config_file": str(d / "config.yaml")})
+    )
+    (d / "config.yaml").write_text("- job\n- resources\n")
+
+
+BROKEN_RUNS = {
+    "symlink loop": _symlink_loop,
+    "truncated job.json": _truncated_job_json,
+    "config.yaml a list": _config_is_a_list,
+}
+
+
+@pytest.mark.parametrize("how", ["resume", "run_dir"])
+@pytest.mark.parametrize("broken", list(BROKEN_RUNS))
+def test_broken_run_directory_is_named(how: str, broken: str, workdir: Path) -> None:
+    base = workdir / "broken"
+    base.mkdir()
+    target = base / "run"
+    BROKEN_RUNS[broken](target)
+    before = sorted(str(p) for p in base.rglob("*"))
+    proc = hpc_launch([f"{how}={target}"], workdir)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"error: {how}:" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert_nothing_created(workdir, keep=frozenset({"broken"}))
+    assert sorted(str(p) for p in base.rglob("*")) == before
+
+
+def test_sync_on_a_config_that_is_a_list(workdir: Path) -> None:
+    run = workdir / "run"
+    _config_is_a_list(run)
+    proc = hpc(["sync", str(run)], workdir, MLFLOW_TRACKING_URI=f"sqlite:///{workdir}/m.db")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(run / "config.yaml") in lines[0], proc.stderr
+    assert not (workdir / "m.db").exists()
+
+
+HEADER = (
+    "JobID|JobIDRaw|User|Account|Partition|State|Submit|Start|End|Elapsed|NNodes|AllocCPUS"
+    "|AllocTRES"
+)
+T0, T1 = "2026-01-01T00:00:00", "2026-01-01T01:00:00"
+HUGE = "123456789012345678901234"
+
+
+def _sacct(cpus: str, tres: str) -> str:
+    return f"{HEADER}\n7|7|bob|acc|gpu|COMPLETED|{T0}|{T0}|{T1}|01:00:00|1|{cpus}|{tres}\n"
+
+
+SACCT_FILES = {
+    "24-digit gres/gpu": (_sacct("4", f"cpu=4,gres/gpu={HUGE},node=1"), ":2: alloctres:"),
+    "24-digit cpu count": (_sacct(HUGE, "cpu=4,node=1"), ":2: alloccpus:"),
+    "empty": ("", ": empty"),
+    "blank lines only": ("\n\n", ": empty"),
+    "header cut off": ("JobID|JobIDRaw|Us", ":1: the header line is cut off"),
+}
+
+
+@pytest.mark.parametrize("case", list(SACCT_FILES))
+def test_bad_sacct_file_is_named(case: str, workdir: Path) -> None:
+    text, expected = SACCT_FILES[case]
+    path = workdir / "sacct.txt"
+    path.write_text(text)
+    proc = hpc(["cost", "report", "--sacct", str(path)], workdir)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{path}{expected}" in lines[0], proc.stderr
+    assert proc.stdout == ""
 
 
 def test_unknown_option(workdir: Path) -> None:

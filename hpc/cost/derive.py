@@ -64,7 +64,16 @@ def _int(rows: Rows, ours: str) -> pa.Array | None:
     arr = _nullify(raw)
     ok = pc.utf8_is_digit(arr)
     rows.fail(pc.invert(ok), lambda i: f"{rows.cols[ours]}: not a number: {raw[i].as_py()!r}")
+    refuse_huge_numbers(rows, ours)
     return pc.cast(arr, pa.int64())
+
+
+def refuse_huge_numbers(rows: Rows, ours: str) -> None:
+    """A number of 19 or more digits (past int64) is no count Slurm writes: name the row."""
+    raw = rows.get(ours)
+    if raw is not None:
+        huge = pc.match_substring_regex(raw, r"\d{19,}")
+        rows.fail(huge, lambda i: f"{rows.cols[ours]}: number too large: {raw[i].as_py()!r}")
 
 
 def parse_time(rows: Rows, ours: str) -> pa.Array:
@@ -89,6 +98,7 @@ def _extract_int(arr: pa.Array, pattern: str, group: str = "n") -> pa.Array:
 def _elapsed(rows: Rows, start: pa.Array, end: pa.Array) -> pa.Array:
     """Elapsed seconds: End - Start where both are known, else parsed from Elapsed."""
     from_times = pc.cast(pc.subtract(end, start), pa.int64())
+    refuse_huge_numbers(rows, "elapsed")
     raw = rows.get("elapsed")
     missing = pc.or_(pc.is_null(start), pc.is_null(end))
     if raw is None or not pc.any(missing).as_py():
@@ -111,6 +121,8 @@ def resources(rows: Rows) -> dict[str, pa.Array]:
     gtype = pa.nulls(n, pa.string())
     billing = pa.nulls(n, pa.float64())
     has_info = pa.array(np.zeros(n, dtype=bool))  # the row has TRES or GRES text at all
+    refuse_huge_numbers(rows, "alloctres")
+    refuse_huge_numbers(rows, "allocgres")
     if tres is not None:
         billing = pc.cast(_nullify(pc.extract_regex(tres, BILLING).field("n")), pa.float64())
         has_gpu = pc.match_substring(tres, "gres/gpu")

@@ -51,7 +51,10 @@ def read_sacct(
     if isinstance(fields, str):
         fields = parse_format(fields)
     if str(path) == "-":
-        return read_sacct_bytes(sys.stdin.buffer.read(), "<stdin>", fields, delimiter)
+        data = sys.stdin.buffer.read()
+        if not data.strip():
+            raise CostInputError("<stdin>", "empty: no sacct output on standard input")
+        return read_sacct_bytes(data, "<stdin>", fields, delimiter)
     p = Path(path)
     source = str(path)
     try:
@@ -59,6 +62,8 @@ def read_sacct(
             head = fh.read(4096)
     except OSError as exc:
         raise CostInputError(source, exc.strerror or str(exc)) from None
+    if not head.strip() and len(head) < 4096:
+        raise CostInputError(source, "empty: no sacct output in this file")
     if head.lstrip()[:1] == b"{":
         return read_json(p, source)
     return read_text(p, source, fields, delimiter)

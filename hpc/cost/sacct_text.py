@@ -132,6 +132,8 @@ def read_text(
     if first is None:
         return AllocationSet(SCHEMA.empty_table(), Counter({"blank line": first_no}), [source])
     layout = detect_layout(first, source, fields, delimiter)
+    if layout.header and not first.endswith("\n"):
+        raise CostInputError(source, "the header line is cut off (a truncated file?)", first_no)
     if "jobid" not in layout.fields:
         raise CostInputError(source, "no JobID field in the header / field list", first_no)
     columns = {

@@ -19,7 +19,6 @@ coordinated checkpoint, and closes everything on exit.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import random
@@ -64,9 +63,7 @@ class Session:
         self.every_steps = int(cfg["checkpoint"].get("every_steps", 50))
         self.signals = StopSignals(str((cfg.get("preemption") or {}).get("signal", "USR2")))
         self.stop_requested = False
-        self.config_hash = hashlib.sha256(
-            yaml.safe_dump(cfg.get("job", {}), sort_keys=True).encode()
-        ).hexdigest()[:16]
+        self.config_hash = records.config_hash(cfg.get("job", {}))
         self.checkpoints = CheckpointManager(
             cfg["checkpoint"].get("dir") or self.run_dir / "checkpoints",
             keep=int(cfg["checkpoint"].get("keep", 2)),
@@ -274,6 +271,8 @@ class Session:
         if loaded is not None and "rng" in loaded.state:
             self.set_rng_state(loaded.state["rng"])
         step = loaded.step if loaded else 0
+        if self.is_main and loaded is not None:
+            self._check_config_hash(loaded)
         if self.is_main:
             dropped = self.tracker.rewind(step)
             if loaded is not None:
@@ -283,6 +282,22 @@ class Session:
                     flush=True,
                 )
         return loaded
+
+    def _check_config_hash(self, loaded: LoadedCheckpoint) -> None:
+        """Say so when a checkpoint was saved under another job config than this run's."""
+        saved = loaded.manifest.get("config_hash")
+        if saved in (None, self.config_hash):
+            return
+        extra = (_record_or_none(self.run_dir) or {}).get("extra") or {}
+        accepted = (extra.get("resume_changes") or [{}])[-1].get("config_hash")
+        why = "allowed at resume" if accepted == self.config_hash else "changed outside hpc-launch"
+        log.warning(
+            "checkpoint %s was saved under job config %s, this run's is %s (%s)",
+            loaded.path.name,
+            saved,
+            self.config_hash,
+            why,
+        )
 
     # -- tracking --------------------------------------------------------------------------
     def job_id(self) -> str | None:
@@ -329,6 +344,7 @@ class Session:
                 "run_dir": str(self.run_dir),
                 "restart_count": extra.get("restart_count", 0),
                 "last_interruption": extra.get("last_interruption") or "none",
+                **resume_changes_tag(extra),
             }
         )
         return tracker
@@ -361,6 +377,16 @@ class Session:
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_changes_tag(extra: dict[str, Any]) -> dict[str, str]:
+    """The MLflow tag for the config changes of the latest resume (job.json history)."""
+    history = extra.get("resume_changes") or []
+    if not history:
+        return {}
+    changes = history[-1].get("changes") or {}
+    text = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in changes.items())
+    return {"resume_changes": text[:5000]}
 
 
 def _record_or_none(run_dir: Path) -> dict[str, Any] | None:

@@ -312,10 +312,8 @@ def sync_run(
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or record.get("tracking_uri")
     if not uri:
         raise ValueError(f"{run_dir}: no tracking URI (set MLFLOW_TRACKING_URI)")
-    import yaml
-
-    with open(record["config_file"], encoding="utf-8") as fh:
-        experiment = (yaml.safe_load(fh).get("tracking") or {}).get("experiment", "hpc-launch")
+    config = records.read_run_config(record["config_file"])
+    experiment = (config.get("tracking") or {}).get("experiment", "hpc-launch")
     finished = record.get("state") == "COMPLETED"
 
     def remember(run_id: str) -> None:

@@ -47,7 +47,7 @@ def sbatch_directives(spec: JobSpec, *, output: str | None = None) -> list[str]:
         if res.get(key) is not None:
             opts.append((key, f"resources.{key}", res[key]))
     opts += [
-        ("output", "run_dir", output or f"{spec.run_dir}/logs/slurm-%j.out"),
+        ("output", spec.run_dir_key, output or f"{spec.run_dir}/logs/slurm-%j.out"),
         ("open-mode", "", "append"),
         ("chdir", "(working directory)", spec.workdir),
         ("signal", "preemption.signal", f"B:{pre['signal']}@{pre['lead_s']}"),
