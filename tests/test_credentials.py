@@ -49,7 +49,10 @@ def auth_server(tmp_path: Path) -> Iterator[MlflowServer]:
         directory,
         free_port(),
         extra_args=("--app-name", "basic-auth"),
-        extra_env={"MLFLOW_AUTH_CONFIG_PATH": str(ini)},
+        extra_env={
+            "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-csrf",
+        },
     )
     server.start()
     server.wait_healthy()
