@@ -256,7 +256,13 @@ class MlflowTracker(Tracker):
             self._stop.set()
         left = self.unsent()
         if left:
-            reason = "authentication failed" if self.auth_failed else "MLflow unreachable"
+            reason = (
+                "authentication failed"
+                if self.auth_failed
+                else "MLflow unreachable"
+                if self.errors
+                else f"MLflow did not answer within {timeout_s:g} s"
+            )
             log.warning(
                 "MLflow: %d records not sent yet (%s); they stay in %s: send them with"
                 " `hpc sync %s`",
