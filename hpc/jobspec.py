@@ -14,6 +14,7 @@ import yaml
 
 from hpc import records
 from hpc.config import ConfigError, compose, override_parser, to_container
+from hpc.credentials import ENV_FILE, read_env_file, redact_uri, split_secrets, split_uri
 from hpc.validate import flat_items, is_config_key, validate
 
 CONFIG_FILE_NAME = "config.yaml"
@@ -28,6 +29,9 @@ class JobSpec:
     workdir: Path  # the directory hpc-launch ran in; jobs start there
     # On a resume: the keys whose values changed (``resume_allow_changes``): [old, new].
     resume_changes: dict[str, list[Any]] = field(default_factory=dict)
+    # Environment variables for the workers that must never be written down in clear
+    # (hpc.credentials): they go into the run's mode-0600 secrets.env instead.
+    secrets: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -190,7 +194,14 @@ _UNSET = object()
 
 
 def spec_from_config(cfg: dict[str, Any], *, now: _dt.datetime | None = None) -> JobSpec:
+    cfg, secrets = split_secrets(cfg)
     run_dir = _run_dir(cfg, now)
+    if cfg.get("resume"):  # the secrets a run was started with
+        secrets = {**read_env_file(run_dir / ENV_FILE), **secrets}
+    uri, credentials = split_uri(default_tracking_uri(cfg["tracking"]) or "")
+    secrets.update(credentials)
+    if isinstance(cfg["tracking"].get("uri"), str):  # never keep a password in the config
+        cfg["tracking"] = dict(cfg["tracking"], uri=split_uri(cfg["tracking"]["uri"])[0])
     entrypoint = str(cfg["job"]["entrypoint"])
     if entrypoint.endswith(".py") and ":" not in entrypoint:  # scripts: absolute for the nodes
         cfg["job"]["entrypoint"] = str(_path(entrypoint).resolve())
@@ -199,9 +210,10 @@ def spec_from_config(cfg: dict[str, Any], *, now: _dt.datetime | None = None) ->
     return JobSpec(
         config=cfg,
         run_dir=run_dir,
-        tracking_uri=default_tracking_uri(cfg["tracking"]),
+        tracking_uri=uri or None,
         checkpoint_dir=checkpoint_dir,
         workdir=Path.cwd(),
+        secrets=secrets,
     )
 
 
@@ -232,12 +244,4 @@ def default_tracking_uri(tracking: dict[str, Any]) -> str | None:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def redact_uri(uri: str | None) -> str | None:
-    """Hide a password embedded in a URI (``https://user:pw@host`` → ``https://user:***@host``)."""
-    if not uri or "@" not in uri or "://" not in uri:
-        return uri
-    scheme, rest = uri.split("://", 1)
-    creds, _, host = rest.rpartition("@")
-    if ":" in creds:
-        creds = creds.split(":", 1)[0] + ":***"
-    return f"{scheme}://{creds}@{host}"
+__all__ = ["JobSpec", "load_spec", "redact_uri", "spec_from_config"]

@@ -8,6 +8,7 @@ text before anything is submitted.
 from __future__ import annotations
 
 import abc
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,12 +69,20 @@ def prepare_run(plan: Plan, job_id: str | None, state: str = "PENDING") -> None:
     """Write the plan's files into its run directory; create job.json, or refresh it
     for a new attempt of an existing run (a resume keeps the record and its MLflow run)."""
     from hpc import records
+    from hpc.credentials import ENV_FILE, write_env_file
     from hpc.jobspec import redact_uri
+    from hpc.runtime.store import prepare_store
 
     spec = plan.spec
     (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
     for name, content in plan.files.items():
         records.write_atomic(spec.run_dir / name, content)
+    if spec.secrets:
+        write_env_file(spec.run_dir / ENV_FILE, spec.secrets)
+    if spec.tracking_uri:  # a new SQLite store: created once here, not by every job at once
+        problem = prepare_store(spec.tracking_uri, str(spec.config["tracking"]["experiment"]))
+        if problem:
+            print(f"hpc-launch: warning: MLflow store not prepared: {problem}", file=sys.stderr)
     if records.record_path(spec.run_dir).exists():
         records.update(spec.run_dir, job_id=job_id, state=state, exit_code=None)
         if spec.resume_changes:

@@ -78,6 +78,8 @@ def _render(spec: JobSpec, env: dict[str, str], command: list[str], ntasks: int)
         f"# {ntasks} worker process(es) on this machine; MASTER_PORT=auto is a free port",
         "# chosen at start. Files written first: config.yaml (resolved config), job.json.",
     ]
+    if spec.secrets:
+        lines.append(f"# secrets.env (mode 0600) adds: {' '.join(sorted(spec.secrets))}")
     common = " ".join(f"{k}={shell_word(v)}" for k, v in shown.items())
     for rank in range(ntasks):
         lines.append(
@@ -122,6 +124,7 @@ class LocalJob(JobHandle):
     def start(self) -> None:
         env = dict(os.environ)
         env.update(self.plan.env)
+        env.update(self.plan.spec.secrets)  # never in the plan: also in secrets.env (0600)
         env["MASTER_PORT"] = str(free_port(env["MASTER_ADDR"]))
         env["HPC_JOB_ID"] = self.job_id
         for rank, command in enumerate(self.plan.commands):

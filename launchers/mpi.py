@@ -80,6 +80,9 @@ class MpiLauncher(Launcher):
         if spec.tracking_uri:
             passed["MLFLOW_TRACKING_URI"] = spec.tracking_uri
             command += ["-x", "MLFLOW_TRACKING_URI"]
+        passed.update(spec.secrets)  # by name too: secrets stay off the command line
+        for key in sorted(spec.secrets):
+            command += ["-x", key]
         command += [str(a) for a in cluster.get("extra_args") or []]
         command += [sys.executable, "-m", WORKER_MODULE, str(spec.config_file)]
         return Plan(

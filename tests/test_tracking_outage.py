@@ -44,7 +44,15 @@ EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) .* slowest step (\d+\.\d+)s")
 class MlflowServer:
     """``mlflow server`` on a fixed port and SQLite store, in its own process group."""
 
-    def __init__(self, directory: Path, port: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        port: int,
+        extra_args: tuple[str, ...] = (),
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.extra_args = extra_args
+        self.extra_env = extra_env or {}
         self.directory = directory
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -55,6 +63,7 @@ class MlflowServer:
         assert self.proc is None
         self.starts += 1
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no huey workers
+        env.update(self.extra_env)
         env.pop("MLFLOW_TRACKING_URI", None)
         log = open(self.directory / f"server-{self.starts}.log", "wb")  # noqa: SIM115
         with log:
@@ -72,6 +81,7 @@ class MlflowServer:
                     str(self.port),
                     "--workers",
                     "1",
+                    *self.extra_args,
                 ],
                 cwd=self.directory,
                 env=env,

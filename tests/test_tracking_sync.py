@@ -37,10 +37,19 @@ def test_unsent_metrics_survive_and_sync_later(workdir: Path) -> None:
     assert "records not sent yet" in proc.stdout + proc.stderr
     record = json.loads((run_dir / "job.json").read_text())
     assert record["mlflow_run_id"] is None and record["state"] == "COMPLETED"
+    # The end says plainly that the metrics are not in MLflow yet, and how to send them.
+    final = proc.stderr.strip().splitlines()[-1]
+    assert "COMPLETED" in final and "metrics not in MLflow yet" in final, final
+    assert f"send them with `hpc sync {run_dir}`" in final
+    note = record["extra"]["tracking"]
+    assert note["state"] == "unsent" and note["unsent"] > 0
+    assert f"hpc sync {run_dir}" in note["message"]
     store = f"sqlite:///{workdir / 'mlflow.db'}"
     synced = hpc(["sync", str(run_dir)], workdir, MLFLOW_TRACKING_URI=store)
     assert synced.returncode == 0, synced.stderr
-    run_id = json.loads((run_dir / "job.json").read_text())["mlflow_run_id"]
+    synced_record = json.loads((run_dir / "job.json").read_text())
+    assert synced_record["extra"]["tracking"]["state"] == "sent"
+    run_id = synced_record["mlflow_run_id"]
     client = MlflowClient(tracking_uri=store)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["job.epochs"] == "2"

@@ -155,10 +155,22 @@ def follow(handle, name: str) -> int:  # type: ignore[no-untyped-def]
             signal.signal(signum, handler)
     message = getattr(handle, "message", None)
     if code == 0:
-        err(f"{handle.job_id}: COMPLETED ({handle.run_dir})")
+        err(f"{handle.job_id}: COMPLETED ({handle.run_dir}){_tracking_note(handle.run_dir)}")
     else:
         err(f"{handle.job_id}: {handle.status()}: {message or f'exit code {code}'}")
     return code
+
+
+def _tracking_note(run_dir) -> str:  # type: ignore[no-untyped-def]
+    """``; metrics not in MLflow yet ...`` when the run's metrics could not be sent."""
+    from hpc import records
+    from hpc.runtime.tracking import unsent_message
+
+    try:
+        message = unsent_message(records.load(run_dir))
+    except (FileNotFoundError, ValueError):
+        return ""
+    return f"; {message}" if message else ""
 
 
 if __name__ == "__main__":

@@ -36,7 +36,13 @@ from hpc.runtime.environment import ClusterEnvironment, RankInfo
 from hpc.runtime.node import NodeAccounting, place_rank, summarize_run
 from hpc.runtime.preemption import StopSignals
 from hpc.runtime.rank_discovery import from_env
-from hpc.runtime.tracking import MlflowTracker, Tracker, flatten, sweep_parent_run
+from hpc.runtime.tracking import (
+    MlflowTracker,
+    Tracker,
+    flatten,
+    record_unsent,
+    sweep_parent_run,
+)
 
 log = logging.getLogger(__name__)
 FINISHED_MARKER = "FINISHED"
@@ -332,6 +338,7 @@ class Session:
             run_name=name,
             parent_run_id=parent,
             on_run=remember,
+            on_unsent=lambda left, reason: record_unsent(self.run_dir, left, reason),
         )
         if not run_id:
             tracker.log_params(flatten(self.cfg))

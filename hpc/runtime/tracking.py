@@ -16,16 +16,18 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from hpc.credentials import looks_secret, redact, split_uri
 from hpc.runtime.spool import MetricSpool
+from hpc.runtime.store import store_init_lock
 
 log = logging.getLogger(__name__)
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
 MAX_PARAM_LEN = 6000
-_SECRET_KEY = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.I)
+_AUTH_FAILED = re.compile(r"\b(401|403)\b|UNAUTHENTICATED|PERMISSION_DENIED|Unauthorized", re.I)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -33,35 +35,13 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if _SECRET_KEY.search(str(key)):
+        if looks_secret(key):
             continue
         if isinstance(value, Mapping):
             out.update(flatten(value, prefix=f"{name}."))
         else:
             out[name] = str(value)[:MAX_PARAM_LEN]
     return out
-
-
-@contextlib.contextmanager
-def store_init_lock(uri: str) -> Iterator[None]:
-    """Serialise first contact with a SQLite store across processes.
-
-    MLflow creates and migrates a new SQLite database on first use; several jobs of
-    a sweep doing that at once leave a broken schema (alembic's temp tables).
-    """
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    path = uri[len("sqlite:///") :].split("?", 1)[0]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(f"{path}.init-lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def ensure_experiment(client: Any, experiment: str) -> str:
@@ -118,11 +98,17 @@ class MlflowTracker(Tracker):
         parent_run_id: Callable[[], str | None] | None = None,
         on_run: Callable[[str], None] | None = None,
         send_interval_s: float = 1.0,
+        on_unsent: Callable[[int, str], None] | None = None,
     ) -> None:
         # Our own retry loop runs in the sender; keep MLflow's per-request retries short.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        self.uri = uri
+        # Credentials travel as MLflow's own variables, never inside a URI it may print.
+        self.uri, credentials = split_uri(uri)
+        for key, value in credentials.items():
+            os.environ.setdefault(key, value)
+        self.on_unsent = on_unsent
+        self.auth_failed = False
         self.experiment = experiment
         self.run_id = run_id
         self.run_name = run_name
@@ -180,11 +166,22 @@ class MlflowTracker(Tracker):
                     return
             except Exception as exc:  # never into training: count, back off, retry
                 self.errors += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning(
-                    "MLflow unreachable (%s); metrics kept on disk, retrying",
-                    self.last_error.splitlines()[0][:200],
-                )
+                self.last_error = redact(f"{type(exc).__name__}: {exc}").splitlines()[0][:200]
+                if _AUTH_FAILED.search(self.last_error):
+                    if not self.auth_failed:
+                        log.warning(
+                            "MLflow: authentication failed at %s (%s): metrics are NOT being"
+                            " sent; check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD",
+                            redact(self.uri),
+                            self.last_error,
+                        )
+                    self.auth_failed = True
+                    if draining:  # retrying cannot help: the spool keeps everything
+                        return
+                else:
+                    log.warning(
+                        "MLflow unreachable (%s); metrics kept on disk, retrying", self.last_error
+                    )
                 delay = min(max(delay * 2, 1.0), 30.0)
             if self._stop.is_set():
                 return
@@ -257,17 +254,61 @@ class MlflowTracker(Tracker):
         self._thread.join(timeout=timeout_s)
         if self._thread.is_alive():  # server still down: the spool keeps the rest
             self._stop.set()
-            left = self.unsent()
-            log.warning("MLflow: %d records not sent yet; they stay in %s", left, self.spool.path)
+        left = self.unsent()
+        if left:
+            reason = (
+                "authentication failed"
+                if self.auth_failed
+                else "MLflow unreachable"
+                if self.errors
+                else f"MLflow did not answer within {timeout_s:g} s"
+            )
+            log.warning(
+                "MLflow: %d records not sent yet (%s); they stay in %s: send them with"
+                " `hpc sync %s`",
+                left,
+                reason,
+                self.spool.path,
+                os.path.dirname(os.path.abspath(self.spool.directory)),
+            )
+            if self.on_unsent:
+                self.on_unsent(left, reason)
             self.spool.close()
             return left
+        if self.on_unsent:
+            self.on_unsent(0, "")
         if status and self.run_id and self._client is not None:
             try:
                 self._client.set_terminated(self.run_id, status=status)
             except Exception as exc:
-                log.warning("MLflow: could not mark run %s %s: %s", self.run_id, status, exc)
+                log.warning(
+                    "MLflow: could not mark run %s %s: %s", self.run_id, status, redact(str(exc))
+                )
         self.spool.close()
         return 0
+
+
+def record_unsent(run_dir: str | os.PathLike[str], left: int, reason: str) -> None:
+    """Say in job.json whether the run's metrics are in MLflow (``extra.tracking``)."""
+    from hpc import records
+
+    if left:
+        note = {
+            "state": "unauthenticated" if reason == "authentication failed" else "unsent",
+            "unsent": left,
+            "message": f"metrics not in MLflow yet ({left} records not sent: {reason});"
+            f" send them with `hpc sync {os.path.abspath(run_dir)}`",
+        }
+    else:
+        note = {"state": "sent", "unsent": 0, "message": None}
+    with contextlib.suppress(FileNotFoundError, ValueError):  # a run without a record
+        records.update(run_dir, extra={"tracking": note})
+
+
+def unsent_message(record: Mapping[str, Any]) -> str | None:
+    """The run's "metrics not in MLflow yet" line, if any (for final lines)."""
+    note = (record.get("extra") or {}).get("tracking") or {}
+    return note.get("message") if note.get("unsent") else None
 
 
 def sweep_parent_run(client_uri: str, experiment: str, sweep_dir: str, name: str) -> str:
@@ -307,8 +348,10 @@ def sync_run(
     Returns the number of records still unsent (0 when everything went through).
     """
     from hpc import records
+    from hpc.credentials import load_run_secrets
 
     record = records.load(run_dir)
+    load_run_secrets(run_dir)  # the credentials the run was started with
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or record.get("tracking_uri")
     if not uri:
         raise ValueError(f"{run_dir}: no tracking URI (set MLFLOW_TRACKING_URI)")
@@ -326,5 +369,6 @@ def sync_run(
         run_id=record.get("mlflow_run_id"),
         run_name=os.path.basename(os.path.normpath(run_dir)),
         on_run=remember,
+        on_unsent=lambda left, reason: record_unsent(run_dir, left, reason),
     )
     return tracker.finish("FINISHED" if finished else None, timeout_s=timeout_s)

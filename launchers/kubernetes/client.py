@@ -8,13 +8,13 @@ in-cluster service account. The namespace always comes from ``cluster.namespace`
 Requests (group ``kubeflow.org``, version ``v2beta1``, plural ``mpijobs``):
 
 =========  ==========================================================================
-submit     POST /api/v1/namespaces/NS/configmaps, POST /apis/kubeflow.org/v2beta1/
-           namespaces/NS/mpijobs, then PATCH the ConfigMap's ownerReferences to the
-           MPIJob (deleting the MPIJob garbage-collects the ConfigMap)
+submit     POST /api/v1/namespaces/NS/configmaps (and .../secrets: the run's secrets,
+           never printed), POST /apis/kubeflow.org/v2beta1/namespaces/NS/mpijobs, then
+           PATCH their ownerReferences to the MPIJob (deleting it garbage-collects them)
 status     GET .../mpijobs/NAME (status.conditions); while pending, GET pods
            (labelSelector hpc-launch/mpijob=NAME) for image-pull/scheduling problems
 logs       GET pods (role launcher), GET /api/v1/namespaces/NS/pods/POD/log
-cancel     DELETE .../mpijobs/NAME (propagationPolicy Background), DELETE the ConfigMap
+cancel     DELETE .../mpijobs/NAME (propagationPolicy Background), the ConfigMap, Secret
 =========  ==========================================================================
 """
 
@@ -33,6 +33,7 @@ import yaml
 
 from hpc import records
 from hpc.config import ConfigError
+from hpc.credentials import ENV_FILE, write_env_file
 from hpc.jobspec import redact_uri
 from hpc.launchers.base import JobHandle, Plan
 from hpc.launchers.kubernetes import manifest
@@ -163,7 +164,11 @@ def submit(plan: Plan) -> KubernetesJob:
         namespace,
         configmap,
     )
+    secret = manifest.render_secret(spec, name)
+    secret_name = manifest.secret_name(name)
     try:
+        if secret:
+            _call(api, "create secrets", core.create_namespaced_secret, namespace, secret)
         created = _call(
             api,
             f"create {PLURAL}/{name}",
@@ -183,6 +188,9 @@ def submit(plan: Plan) -> KubernetesJob:
                 configmap["metadata"]["name"],
                 namespace,
             )
+        if secret:
+            with contextlib.suppress(KubernetesError):
+                _call(api, "delete secret", core.delete_namespaced_secret, secret_name, namespace)
         raise
     uid = (created.get("metadata") or {}).get("uid")
     if uid:
@@ -193,28 +201,29 @@ def submit(plan: Plan) -> KubernetesJob:
             "uid": uid,
             "blockOwnerDeletion": False,
         }
-        try:
-            _call(
-                api,
-                "set the ConfigMap's owner",
-                core.patch_namespaced_config_map,
-                configmap["metadata"]["name"],
-                namespace,
-                {"metadata": {"ownerReferences": [owner]}},
-            )
-        except KubernetesError as exc:  # the job runs anyway; cancel deletes it explicitly
-            log.warning("%s", exc)
+        owned = [("ConfigMap", core.patch_namespaced_config_map, configmap["metadata"]["name"])]
+        if secret:
+            owned.append(("Secret", core.patch_namespaced_secret, secret_name))
+        for kind, patch, object_name in owned:
+            try:
+                body = {"metadata": {"ownerReferences": [owner]}}
+                _call(api, f"set the {kind}'s owner", patch, object_name, namespace, body)
+            except KubernetesError as exc:  # the job runs anyway; cancel deletes it explicitly
+                log.warning("%s", exc)
 
     run_dir = spec.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     for file_name, content in plan.files.items():
         records.write_atomic(run_dir / file_name, content)
+    if spec.secrets:  # kept for a resume (mode 0600)
+        write_env_file(run_dir / ENV_FILE, spec.secrets)
     pod_run_dir, pod_ckpt = manifest.pod_paths(spec)
     extra = {
         "namespace": namespace,
         "context": cluster.get("context"),
         "mpijob": name,
         "configmap": configmap["metadata"]["name"],
+        "secret": secret_name if secret else None,
         "uid": uid,
         "pod_run_dir": pod_run_dir,
         "checkpoint_pvc": cluster.get("checkpoint_pvc"),
@@ -379,7 +388,10 @@ class KubernetesJob(JobHandle):
 
         self._cancelled = True
         options = client.V1DeleteOptions(propagation_policy="Background")
-        for what, func, args in (
+        secret = None
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            secret = (records.load(self.run_dir).get("extra") or {}).get("secret")
+        deletions = [
             (
                 f"delete {PLURAL}/{self.job_id}",
                 self.custom.delete_namespaced_custom_object,
@@ -390,7 +402,16 @@ class KubernetesJob(JobHandle):
                 self.core.delete_namespaced_config_map,
                 (f"{self.job_id}-config", self.namespace),
             ),
-        ):
+        ]
+        if secret:
+            deletions.append(
+                (
+                    f"delete secrets/{secret}",
+                    self.core.delete_namespaced_secret,
+                    (secret, self.namespace),
+                )
+            )
+        for what, func, args in deletions:
             try:
                 _call(self.api, what, func, *args, body=options)
             except _ApiError as exc:

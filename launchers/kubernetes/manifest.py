@@ -176,16 +176,21 @@ def mpirun_command(spec: JobSpec, name: str) -> list[str]:
     impl = str(cluster["mpi_implementation"])
     env = env_for_ranks(spec, name)
     rank_command = [*map(str, cluster["command"]), f"{CONFIG_DIR}/{CONFIG_KEY}"]
+    secrets = sorted(spec.secrets)  # passed by name from the launcher pod's Secret env
     if impl == "OpenMPI":
         cmd = ["mpirun", "--allow-run-as-root", "-np", str(spec.world_size)]
         cmd += ["--map-by", f"ppr:{per_node}:node", "--bind-to", "none"]
         for key, value in env.items():
             cmd += ["-x", f"{key}={value}"]
+        for key in secrets:
+            cmd += ["-x", key]
     else:  # Intel MPI and MPICH share Hydra's options
         cmd = ["mpirun", "-n", str(spec.world_size), "-ppn", str(per_node)]
         cmd += ["-genv", "I_MPI_PIN", "off"] if impl == "Intel" else ["-bind-to", "none"]
         for key, value in env.items():
             cmd += ["-genv", key, value]
+        if secrets:
+            cmd += ["-genvlist", ",".join(secrets)]
     return [*cmd, *rank_command]
 
 
@@ -217,6 +222,23 @@ def render_configmap(spec: JobSpec, name: str) -> dict[str, Any]:
         "kind": "ConfigMap",
         "metadata": _metadata(spec, f"{name}-config", str(cluster["namespace"])),
         "data": {CONFIG_KEY: pod_spec(spec).config_yaml()},
+    }
+
+
+def secret_name(name: str) -> str:
+    return f"{name}-secrets"
+
+
+def render_secret(spec: JobSpec, name: str) -> dict[str, Any] | None:
+    """The run's secrets as a Secret: created by the client, never printed (None if none)."""
+    if not spec.secrets:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(spec, secret_name(name), str(spec.config["cluster"]["namespace"])),
+        "type": "Opaque",
+        "stringData": dict(sorted(spec.secrets.items())),
     }
 
 
@@ -263,6 +285,11 @@ def render_mpijob(spec: JobSpec, name: str) -> dict[str, Any]:
         "command": mpirun_command(spec, name),
         "resources": copy.deepcopy(LAUNCHER_RESOURCES),
     }
+    if spec.secrets:
+        launcher_container["env"] = [
+            {"name": k, "valueFrom": {"secretKeyRef": {"name": secret_name(name), "key": k}}}
+            for k in sorted(spec.secrets)
+        ]
 
     def pod(role: str, container: dict[str, Any], volumes: list[dict[str, Any]]) -> dict[str, Any]:
         body: dict[str, Any] = {"terminationGracePeriodSeconds": grace}
@@ -351,6 +378,12 @@ def header(spec: JobSpec, name: str) -> list[str]:
         lines.append(
             "tracking URI holds credentials: not passed to the pods (give them MLflow's own"
             " MLFLOW_TRACKING_* variables)"
+        )
+    if spec.secrets:
+        lines.append(
+            f"Secret {cluster['namespace']}/{secret_name(name)} (keys"
+            f" {' '.join(sorted(spec.secrets))}) is created at submit, not shown: with kubectl,"
+            " create it first"
         )
     lines.append(
         f"apply: kubectl apply -f <this file>   (rank command: {shell_join(cluster['command'])})"

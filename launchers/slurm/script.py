@@ -2,8 +2,8 @@
 
 Values in ``#SBATCH`` lines are checked against a conservative character set
 (sbatch parses those lines itself, not a shell); everything in the script body
-is shell-quoted. Secrets never enter the script: a tracking URI holding
-credentials reaches the job through sbatch's exported environment instead.
+is shell-quoted. Secrets never enter the script: they are sourced from the run's
+mode-0600 ``secrets.env`` (written at submit, see :mod:`hpc.credentials`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from hpc.config import ConfigError
+from hpc.credentials import ENV_FILE
 from hpc.exitcodes import PREEMPTED
-from hpc.jobspec import JobSpec, redact_uri
+from hpc.jobspec import JobSpec
 from hpc.quoting import shell_join, shell_word
 
 # What may appear in a #SBATCH value: no whitespace, quotes, `$` or newlines.
@@ -66,9 +67,8 @@ def job_environment(spec: JobSpec, *, run_paths: bool = True) -> dict[str, str]:
     if run_paths:
         env["HPC_RUN_DIR"] = str(spec.run_dir)
         env["HPC_CONFIG_FILE"] = str(spec.config_file)
-    uri = spec.tracking_uri
-    if uri and redact_uri(uri) == uri:  # no credentials inside: safe to write down
-        env["MLFLOW_TRACKING_URI"] = uri
+    if spec.tracking_uri:  # never holds credentials (they are in secrets.env)
+        env["MLFLOW_TRACKING_URI"] = spec.tracking_uri
     return env
 
 
@@ -122,6 +122,9 @@ def render_script(
         out.append("# cluster.setup (verbatim)")
         out += [str(line) for line in setup]
     out += prepare or []
+    if spec.secrets:  # names only here; the values stay in the owner-only file
+        out.append(f"# secrets: {' '.join(sorted(spec.secrets))}")
+        out.append(f'. "$HPC_RUN_DIR"/{ENV_FILE}')
     py = shell_word(python)
     out += [
         'if [ -e "$HPC_RUN_DIR/FINISHED" ]; then  # a finished run that got requeued',

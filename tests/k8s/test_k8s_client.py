@@ -303,3 +303,51 @@ def test_cli_follows_the_job_with_wait(
     assert proc.stderr.strip().splitlines()[-1] == f"hpc-launch: {NAME}: FAILED: launcher failed"
     record = records.load(workdir / "run-1")
     assert record["state"] == "FAILED" and record["exit_code"] == 3
+
+
+def test_secrets_are_sent_as_a_secret_never_in_the_manifest(
+    server: FakeApiServer, kubeconfig: Path, workdir: Path
+) -> None:
+    """Secret-looking env values and the URI's password go into a Secret the launcher
+    pod reads by name; the printed manifest, config.yaml and job.json never hold them."""
+    secrets = [
+        "+cluster.env.DB_PASSWORD=pw-db-123",
+        "+nccl.env.NCCL_API_TOKEN=tok-nccl-456",
+        "+cluster.env.PLAIN_SETTING=visible",
+        "tracking.uri=https://bob:pw-mlflow-789@mlflow.example/",
+    ]
+    args = ["cluster=k8s", f"cluster.namespace={NS}", "wait=false", f"run_dir={workdir}/run-1"]
+    dry = hpc_launch([*args, *secrets, "dry_run=true"], workdir)
+    assert dry.returncode == 0, dry.stderr
+    proc = submit(workdir, kubeconfig, *secrets)
+    assert proc.returncode == 0, proc.stderr
+    values = ("pw-db-123", "tok-nccl-456", "pw-mlflow-789")
+    assert not [v for v in values if v in dry.stdout + dry.stderr + proc.stdout + proc.stderr]
+    assert server.calls() == [
+        ("POST", CONFIGMAPS),
+        ("POST", f"/api/v1/namespaces/{NS}/secrets"),
+        ("POST", MPIJOBS),
+        ("PATCH", f"{CONFIGMAPS}/{NAME}-config"),
+        ("PATCH", f"/api/v1/namespaces/{NS}/secrets/{NAME}-secrets"),
+    ]
+    cm_req, secret_req, job_req = server.requests[:3]
+    planned = [d for d in yaml.safe_load_all(dry.stdout) if d]
+    assert cm_req.body == planned[0] and job_req.body == planned[1]
+    assert secret_req.body["metadata"]["name"] == f"{NAME}-secrets"
+    assert secret_req.body["stringData"] == {
+        "DB_PASSWORD": "pw-db-123",
+        "MLFLOW_TRACKING_PASSWORD": "pw-mlflow-789",
+        "MLFLOW_TRACKING_USERNAME": "bob",
+        "NCCL_API_TOKEN": "tok-nccl-456",
+    }
+    assert not [v for v in values if v in json.dumps(cm_req.body) + json.dumps(job_req.body)]
+    launcher = job_req.body["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in launcher["containers"][0]["env"]}
+    assert set(env) == set(secret_req.body["stringData"])
+    assert all(ref["name"] == f"{NAME}-secrets" for ref in env.values())
+    command = launcher["containers"][0]["command"]
+    assert "PLAIN_SETTING=visible" in command and "DB_PASSWORD" in command  # -x by name
+    run = workdir / "run-1"
+    for name in ("config.yaml", "job.json", "mpijob.yaml"):
+        assert not [v for v in values if v in (run / name).read_text()], name
+    assert (run / "secrets.env").stat().st_mode & 0o777 == 0o600

@@ -154,8 +154,16 @@ def test_credentials_never_reach_the_manifest(workdir: Path) -> None:
     text = plan_text(workdir, ["cluster=k8s", "tracking.uri=https://alice:s3cret@mlflow.example/"])
     assert "s3cret" not in text
     job = [d for d in yaml.safe_load_all(text) if d][1]
-    assert "MLFLOW_TRACKING_URI" not in str(job)
-    assert "credentials" in text.splitlines()[3]  # said so in the header comment
+    launcher = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
+    # The URI without userinfo; the credentials come from the run's Secret, by name.
+    assert "MLFLOW_TRACKING_URI=https://mlflow.example/" in launcher["command"]
+    assert "MLFLOW_TRACKING_PASSWORD" in launcher["command"]  # mpirun -x NAME
+    ref = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in launcher["env"]}
+    assert ref["MLFLOW_TRACKING_PASSWORD"] == {
+        "name": f"{job['metadata']['name']}-secrets",
+        "key": "MLFLOW_TRACKING_PASSWORD",
+    }
+    assert "Secret" in text.splitlines()[3]  # said so in the header comment
 
 
 def test_dry_run_imports_no_kubernetes_client(workdir: Path) -> None:

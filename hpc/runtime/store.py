@@ -1,0 +1,95 @@
+"""First contact with a SQLite MLflow store, done once.
+
+MLflow creates and migrates a new SQLite database on first use; several jobs doing
+that at once leave a broken schema, so first contact is serialised with a file lock.
+Once the store is complete a ``<db>.ready`` marker (naming the database's inode)
+lets every later job skip the lock: concurrent runs then never queue behind each
+other. The launcher prepares the store before the workers start, in a subprocess
+(``python -m hpc.runtime.store URI EXPERIMENT``), so submitting never imports mlflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+SQLITE = "sqlite:///"
+
+
+def sqlite_path(uri: str) -> str | None:
+    return uri[len(SQLITE) :].split("?", 1)[0] if uri.startswith(SQLITE) else None
+
+
+def store_ready(path: str) -> bool:
+    """The database exists and was completed by a first contact (not replaced since)."""
+    try:
+        with open(f"{path}.ready", encoding="utf-8") as fh:
+            return fh.read().strip() == str(os.stat(path).st_ino)
+    except (OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def store_init_lock(uri: str) -> Iterator[None]:
+    """Serialise first contact with a new SQLite store across processes; a no-op after."""
+    path = sqlite_path(uri)
+    if path is None or store_ready(path):
+        yield
+        return
+    import fcntl
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(f"{path}.init-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+            if os.path.exists(path) and not store_ready(path):
+                with open(f"{path}.ready", "w", encoding="utf-8") as fh:
+                    fh.write(f"{os.stat(path).st_ino}\n")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def prepare_store(uri: str, experiment: str, timeout_s: float = 300.0) -> str | None:
+    """Create a new SQLite store and its experiment before the workers start.
+
+    Returns None when done (or nothing to do), else why it could not (the workers
+    then retry on their own).
+    """
+    path = sqlite_path(uri)
+    if path is None or store_ready(path):
+        return None
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "hpc.runtime.store", uri, experiment],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout or "").strip().splitlines()
+        return lines[-1] if lines else f"exit code {done.returncode}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    uri, experiment = (argv if argv is not None else sys.argv[1:])[:2]
+    path = sqlite_path(uri)
+    with store_init_lock(uri):
+        if path is not None and store_ready(path):  # another launcher got there first
+            return 0
+        from mlflow.tracking import MlflowClient
+
+        from hpc.runtime.tracking import ensure_experiment
+
+        ensure_experiment(MlflowClient(tracking_uri=uri), experiment)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
