@@ -148,18 +148,39 @@ def _check_value(cfg: Any, override: str) -> None:
             OmegaConf.update(target, key, old, merge=False)
 
 
+SECRET_OVERRIDES_FILE = "secret-overrides.json"
+
+
+def is_secret_override(override: str) -> bool:
+    """An override whose value must not be written in clear: a secret-looking key, or a
+    URI holding ``user:password@``."""
+    from hpc.credentials import looks_secret, split_uri
+
+    key, _, value = override.lstrip("+~").partition("=")
+    return looks_secret(key.rsplit(".", 1)[-1]) or bool(split_uri(value.strip("'\""))[1])
+
+
 def sweep_record(plan: SweepPlan, name: str, launcher: str) -> dict[str, Any]:
+    """The sweep's record (sweep.json). Secret overrides are kept apart: ``write_record``
+    puts them into a mode-0600 file beside it, which each task reads when it starts."""
+    secrets = {
+        "base": [o for o in plan.base_overrides if is_secret_override(o)],
+        "tasks": {
+            str(t.index): [o for o in t.overrides if is_secret_override(o)] for t in plan.tasks
+        },
+    }
     return {
+        "_secrets": secrets,
         "name": name,
         "launcher": launcher,
         "sweep_dir": str(plan.sweep_dir),
-        "base_overrides": plan.base_overrides,
+        "base_overrides": [o for o in plan.base_overrides if not is_secret_override(o)],
         "created": time.time(),
         "arrays": [],
         "tasks": [
             {
                 "index": t.index,
-                "overrides": t.overrides,
+                "overrides": [o for o in t.overrides if not is_secret_override(o)],
                 "run_dir": t.run_dir,
                 "array_id": t.array_id,
                 "array_index": t.array_index,
@@ -169,10 +190,27 @@ def sweep_record(plan: SweepPlan, name: str, launcher: str) -> dict[str, Any]:
     }
 
 
+def read_secret_overrides(sweep_dir: Path, index: int) -> list[str]:
+    """The secret overrides of task ``index`` (base ones first); none without the file."""
+    try:
+        secrets = json.loads((sweep_dir / SECRET_OVERRIDES_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    return [*secrets["base"], *secrets["tasks"].get(str(index), [])]
+
+
 def write_record(sweep_dir: Path, record: dict[str, Any]) -> Path:
     from hpc.records import write_atomic
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    secrets = record.pop("_secrets", None)
+    if secrets and (secrets["base"] or any(secrets["tasks"].values())):
+        fd = os.open(
+            sweep_dir / SECRET_OVERRIDES_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+        )
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            json.dump(secrets, fh)
     path = sweep_dir / SWEEP_FILE
     write_atomic(path, json.dumps(record, indent=2) + "\n")
     return path

@@ -14,16 +14,20 @@ from pathlib import Path
 
 from hpc import records
 from hpc.config import ConfigError
+from hpc.credentials import ENV_FILE, write_env_file
 from hpc.jobspec import load_spec, redact_uri
-from hpc.sweep import SWEEP_FILE
+from hpc.sweep import SWEEP_FILE, read_secret_overrides
 
 
 def prepare(sweep_dir: Path, index: int) -> Path:
     sweep = json.loads((sweep_dir / SWEEP_FILE).read_text(encoding="utf-8"))
     task = sweep["tasks"][index]
     run_dir = Path(task["run_dir"])
-    spec = load_spec([*sweep["base_overrides"], *task["overrides"], f"run_dir={run_dir}"])
+    secret = read_secret_overrides(sweep_dir, index)
+    spec = load_spec([*sweep["base_overrides"], *task["overrides"], *secret, f"run_dir={run_dir}"])
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    if spec.secrets:  # the batch script sources it before starting the workers
+        write_env_file(run_dir / ENV_FILE, spec.secrets)
     records.write_atomic(spec.config_file, spec.config_yaml())
     job_id = records.slurm_job_id(os.environ)
     extra = {
