@@ -44,10 +44,15 @@ def parse_scontrol_job(text: str) -> dict[str, str]:
     return fields
 
 
-def parse_attempt_states(text: str) -> list[str]:
-    """States of ``sacct -D -X -n -P -o State`` lines, oldest first (``CANCELLED by 0``
+def parse_attempt_states(text: str, sep: str = "|", column: int = 0) -> list[str]:
+    """The state column of ``sacct -D -X -n -P`` lines, oldest first (``CANCELLED by 0``
     → ``CANCELLED``; a ``+`` suffix dropped)."""
-    return [line.split()[0].rstrip("+") for line in text.splitlines() if line.strip()]
+    states = []
+    for line in text.splitlines():
+        fields = line.split(sep)
+        if len(fields) > column and fields[column].strip():
+            states.append(fields[column].split()[0].rstrip("+"))
+    return states
 
 
 def previous_attempt_state(states: list[str]) -> str | None:
@@ -72,7 +77,12 @@ def restart_reason(job_id: str, recorded: str | None) -> str | None:
     """On a restart: why the previous attempt ended, from sacct (``recorded`` is what the
     batch shell wrote for that attempt, if it got to; Slurm's own cause wins)."""
     out = _run(["sacct", "-D", "-X", "-n", "-P", "-j", job_id, "-o", "State"])
-    state = previous_attempt_state(parse_attempt_states(out or ""))
+    return reason_for(previous_attempt_state(parse_attempt_states(out or "")), recorded)
+
+
+def reason_for(state: str | None, recorded: str | None) -> str | None:
+    """The previous attempt's end state (None: unknown) and the batch shell's own record
+    → ``last_interruption``."""
     if state in STATE_REASONS:
         return STATE_REASONS[state]
     if state == "REQUEUED":
