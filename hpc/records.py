@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 RECORD_NAME = "job.json"
+FINISHED_MARKER = "FINISHED"  # rank 0 writes it when the job's main() returned normally
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED"})
 
 
@@ -42,6 +43,11 @@ class RunRecord:
 
 def record_path(run_dir: str | os.PathLike[str]) -> Path:
     return Path(run_dir) / RECORD_NAME
+
+
+def finished(run_dir: str | os.PathLike[str]) -> bool:
+    """The run finished: it is COMPLETED, whatever signal or requeue came afterwards."""
+    return (Path(run_dir) / FINISHED_MARKER).exists()
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
@@ -201,19 +207,27 @@ def _main(command: str, run_dir: Path, rest: list[str]) -> int:
     env = os.environ
     if command == "start":
         job_id = slurm_job_id(env)
-        update(
-            run_dir,
-            state="RUNNING",
-            job_id=job_id,
-            extra={
-                "nodes": env.get("SLURM_JOB_NODELIST"),
-                "restart_count": int(env.get("SLURM_RESTART_COUNT", "0") or 0),
-            },
-        )
+        restarts = int(env.get("SLURM_RESTART_COUNT", "0") or 0)
+        extra: dict[str, Any] = {"nodes": env.get("SLURM_JOB_NODELIST"), "restart_count": restarts}
+        if restarts and job_id:  # why the previous attempt ended, in Slurm's words
+            from hpc.slurm_reason import restart_reason
+
+            before = load(run_dir).get("extra") or {}
+            ours = before.get("interrupted_attempt") == restarts - 1
+            reason = restart_reason(job_id, before.get("last_interruption") if ours else None)
+            if reason:
+                extra["last_interruption"] = reason
+        update(run_dir, state="RUNNING", job_id=job_id, extra=extra)
         return 0
     code = int(rest[0]) if rest else 0
-    current = load(run_dir).get("state")
-    if code == 75 and current in ("PREEMPTED", "FAILED"):  # decided by hpc.requeue
+    record = load(run_dir)
+    current = record.get("state")
+    if finished(run_dir):  # a stop signal or requeue after the end changes nothing
+        if (current, record.get("exit_code")) != ("COMPLETED", 0):
+            update(run_dir, state="COMPLETED", exit_code=0)
+        return 0
+    by_slurm = current == "REQUEUED" and (record.get("extra") or {}).get("requeued_by") == "slurm"
+    if code == 75 and (current in ("PREEMPTED", "FAILED") or by_slurm):  # see hpc.requeue
         update(run_dir, exit_code=code)
         return 0
     update(run_dir, state="COMPLETED" if code == 0 else "FAILED", exit_code=code)

@@ -6,7 +6,9 @@ job.json (``restart_count``, ``last_interruption``). Rules: requeue only when
 ``preemption.requeue`` is on, and stop after ``max_restarts_without_progress``
 restarts in a row that did not move the newest checkpoint forward (a requeue
 loop). The reason is ``time_limit`` when the job was near its end (the
-lead-time signal, or SIGTERM at the limit), else ``preemption``.
+lead-time signal, or SIGTERM at the limit), else ``preemption``; when Slurm is
+already requeueing the job (``scontrol requeue`` by hand, a node failure) the
+job does not requeue itself and records Slurm's reason (:mod:`hpc.slurm_reason`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import yaml
 
 from hpc import records
 from hpc.runtime.checkpoint import latest_step
+from hpc.slurm_reason import requeued_by_slurm
 
 
 def seconds_left(job_id: str) -> int | None:
@@ -54,6 +57,21 @@ def decide(run_dir: Path, signal_name: str) -> bool:
         signal_name, seconds_left(job_id) if job_id else None, int(pre.get("lead_s", 120))
     )
     step = latest_step(Path(record["checkpoint_dir"]))
+    attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    by_slurm = requeued_by_slurm(job_id, attempt) if job_id else None
+    if by_slurm:  # scontrol requeue by hand, a node failure: Slurm requeues it already
+        records.update(
+            run_dir,
+            state="REQUEUED",
+            extra={
+                "last_interruption": by_slurm,
+                "interrupted_attempt": attempt,
+                "requeued_by": "slurm",
+            },
+            message=f"{by_slurm} at step {step}: requeued by Slurm",
+        )
+        print(f"hpc-launch: {by_slurm} at step {step}: Slurm requeues the job", flush=True)
+        return False
     idle = int(extra.get("idle_restarts", 0))
     idle = idle + 1 if step <= int(extra.get("restart_step", -1)) else 0
     restarts = int(extra.get("restart_count", 0))
@@ -82,6 +100,8 @@ def decide(run_dir: Path, signal_name: str) -> bool:
             "last_interruption": reason,
             "restart_step": step,
             "idle_restarts": idle,
+            "interrupted_attempt": attempt,
+            "requeued_by": "job",
         },
         message=f"{reason} at step {step}: requeued",
     )

@@ -82,6 +82,12 @@ def main(cfg: dict[str, Any]) -> int:
                 "batches_done_in_epoch": step - epoch * steps_per_epoch,
             }
 
+        def checkpoint(epoch: int) -> bool:
+            """Checkpoint when due; True when the job should stop (a stop signal)."""
+            if s.should_checkpoint(step):
+                s.save_checkpoint(step, state(epoch))
+            return s.stop_requested
+
         start = time.monotonic()
         for epoch in range(step // steps_per_epoch, epochs):
             sampler.set_epoch(epoch)
@@ -97,10 +103,9 @@ def main(cfg: dict[str, Any]) -> int:
                 opt.step()
                 step += 1
                 s.log_metrics({"loss": loss.item()}, step)
-                if s.should_checkpoint(step):
-                    s.save_checkpoint(step, state(epoch))
-                    if s.stop_requested:
-                        return 0  # the session exits with the "preempted" code
+                # The epoch's last step checkpoints after the epoch-end work (below).
+                if i + 1 < steps_per_epoch and checkpoint(epoch):
+                    return 0  # the session exits with the "preempted" code
                 slowest = max(slowest, time.monotonic() - began)
             if s.is_main:
                 accuracy = evaluate(model, test, s.device)
@@ -115,6 +120,8 @@ def main(cfg: dict[str, Any]) -> int:
                     slowest,
                     time.monotonic() - start,
                 )
+            if checkpoint(epoch):  # covers the epoch's accuracy: a resume starts the next epoch
+                return 0
         if not s.checkpoints.checkpoints() or step % s.every_steps:
             s.save_checkpoint(step, state(epochs - 1))  # the final state, for comparison
         if s.is_main:

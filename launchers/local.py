@@ -249,6 +249,9 @@ class LocalJob(JobHandle):
         return [proc.returncode for proc in self.procs]
 
     def _finish(self, codes: list[int]) -> int:
+        if records.finished(self.run_dir):  # a signal after the end changes nothing
+            self._failed_rank = self._stop_signal = self._give_up = None
+            codes = [0] * len(codes)
         message = None
         if self._failed_rank is not None:
             code = _shell_code(codes[self._failed_rank])

@@ -64,6 +64,9 @@ def refresh_states(runs: list[dict[str, Any]]) -> None:
             handle = _k8s_handle(run)
             if handle is not None:
                 run["state"] = handle.status()
+        finished = run.get("run_dir") and records.finished(run["run_dir"])
+        if finished and run.get("state") not in ACTIVE:  # whatever came after the end
+            run["state"], run["exit_code"] = "COMPLETED", 0
 
 
 def _k8s_handle(run: dict[str, Any]) -> Any:

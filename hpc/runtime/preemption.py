@@ -65,6 +65,20 @@ class StopSignals:
             signal.signal(signum, handler)  # type: ignore[arg-type]
         self._previous.clear()
 
+    def ignore(self) -> None:
+        """Ignore stop signals from now until the process exits (the job is done).
+
+        Restoring the previous handlers is not enough: Python resets its own handlers
+        to the default action while the interpreter shuts down, so a signal arriving
+        then (a requeue or preemption just after FINISHED) would kill the process.
+        Only SIG_IGN survives shutdown.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in {self.preemption, signal.SIGTERM, signal.SIGINT}:
+            signal.signal(signum, signal.SIG_IGN)
+        self._previous.clear()
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:
             self.received = signum

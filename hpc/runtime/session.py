@@ -10,6 +10,12 @@
                 if s.stop_requested:
                     break                               # the session exits with PREEMPTED
 
+Epoch-end work (an evaluation, per-epoch metrics) goes before the checkpoint of
+the epoch's last step, as in ``hpc.jobs.digits``: that checkpoint then covers it,
+and a run resumed from it starts the next epoch with nothing pending. A crash
+before that checkpoint rewinds the epoch-end metrics with the rest, so the
+resumed run logs them again exactly once.
+
 It hides which launcher started the job: it discovers ranks, initialises
 torch.distributed (gloo on CPU, NCCL on GPU), opens (or resumes) the MLflow run
 on rank 0 and records its id in job.json, turns stop signals into one
@@ -45,7 +51,7 @@ from hpc.runtime.tracking import (
 )
 
 log = logging.getLogger(__name__)
-FINISHED_MARKER = "FINISHED"
+FINISHED_MARKER = records.FINISHED_MARKER
 PREEMPTED_MARKER = "PREEMPTED"
 
 
@@ -195,7 +201,10 @@ class Session:
             if exc_type is None:
                 dist.barrier()
             dist.destroy_process_group()
-        self.signals.uninstall()
+        if exc_type is None:  # finished or checkpointed: a later stop signal changes nothing
+            self.signals.ignore()
+        else:
+            self.signals.uninstall()
         if preempted:
             raise SystemExit(PREEMPTED)
 

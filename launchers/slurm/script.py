@@ -128,7 +128,8 @@ def render_script(
     py = shell_word(python)
     out += [
         'if [ -e "$HPC_RUN_DIR/FINISHED" ]; then  # a finished run that got requeued',
-        '  echo "hpc-launch: $HPC_RUN_DIR already finished; nothing to do"; exit 0',
+        '  echo "hpc-launch: $HPC_RUN_DIR already finished; nothing to do"',
+        f'  {py} -m hpc.records finish "$HPC_RUN_DIR" 0; exit 0',
         "fi",
         "",
         'echo "hpc-launch: job ${SLURM_JOB_ID} on ${SLURM_JOB_NODELIST}'
@@ -146,6 +147,7 @@ def render_script(
         "  done",
         "fi",
         'echo "hpc-launch: step exited with code $rc"',
+        '[ -e "$HPC_RUN_DIR/FINISHED" ] && rc=0  # finished: a signal after the end is no failure',
         "# Checkpointed after a stop signal (exit code, or the marker rank 0 leaves when",
         "# srun reports another rank's kill instead): requeue unless hpc.requeue says no.",
         f'if {{ [ "$rc" = {PREEMPTED} ] || [ -e "$HPC_RUN_DIR/PREEMPTED" ]; }} && \\',

@@ -1,0 +1,90 @@
+"""Why Slurm interrupted a job: its own words, for ``last_interruption``.
+
+Two views, both read the same way on Slurm 22.05 and 24.11:
+
+- while the batch shell handles a stop signal, ``scontrol show job -o`` tells
+  whether Slurm itself is already requeueing the job (``Restarts`` is past this
+  run's ``SLURM_RESTART_COUNT``: ``scontrol requeue`` by hand, a node failure);
+- when a requeued job starts again, ``sacct --duplicates`` holds the state the
+  previous attempt ended in (``NODE_FAIL``, ``PREEMPTED``, ``TIMEOUT``, or
+  ``REQUEUED`` for a requeue by the job itself or by hand).
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+# Slurm job states that name their cause → the value recorded in last_interruption.
+STATE_REASONS = {
+    "NODE_FAIL": "node_fail",
+    "BOOT_FAIL": "node_fail",
+    "PREEMPTED": "preemption",
+    "TIMEOUT": "time_limit",
+    "DEADLINE": "time_limit",
+}
+MANUAL_REQUEUE = "manual_requeue"  # requeued by someone, not by the job's own batch shell
+_UNFINISHED = frozenset({"RUNNING", "PENDING", "REQUEUED_HOLD", "REQUEUE_FED", "SUSPENDED"})
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def parse_scontrol_job(text: str) -> dict[str, str]:
+    """``Key=Value`` fields of ``scontrol show job [-o]`` output (first job only)."""
+    fields: dict[str, str] = {}
+    for token in text.split():
+        key, sep, value = token.partition("=")
+        if sep and key not in fields:
+            fields[key] = value
+    return fields
+
+
+def parse_attempt_states(text: str, sep: str = "|", column: int = 0) -> list[str]:
+    """The state column of ``sacct -D -X -n -P`` lines, oldest first (``CANCELLED by 0``
+    → ``CANCELLED``; a ``+`` suffix dropped)."""
+    states = []
+    for line in text.splitlines():
+        fields = line.split(sep)
+        if len(fields) > column and fields[column].strip():
+            states.append(fields[column].split()[0].rstrip("+"))
+    return states
+
+
+def previous_attempt_state(states: list[str]) -> str | None:
+    """The end state of the attempt before the current one (which is still unfinished)."""
+    ended = list(states)
+    while ended and ended[-1] in _UNFINISHED:
+        ended.pop()
+    return ended[-1] if ended else None
+
+
+def requeued_by_slurm(job_id: str, restart_count: int) -> str | None:
+    """While handling a stop: the reason when Slurm is already requeueing this job."""
+    out = _run(["scontrol", "show", "job", "-o", job_id])
+    fields = parse_scontrol_job(out or "")
+    restarts = fields.get("Restarts", "")
+    if not restarts.isdigit() or int(restarts) <= restart_count:
+        return None
+    return STATE_REASONS.get(fields.get("JobState", ""), MANUAL_REQUEUE)
+
+
+def restart_reason(job_id: str, recorded: str | None) -> str | None:
+    """On a restart: why the previous attempt ended, from sacct (``recorded`` is what the
+    batch shell wrote for that attempt, if it got to; Slurm's own cause wins)."""
+    out = _run(["sacct", "-D", "-X", "-n", "-P", "-j", job_id, "-o", "State"])
+    return reason_for(previous_attempt_state(parse_attempt_states(out or "")), recorded)
+
+
+def reason_for(state: str | None, recorded: str | None) -> str | None:
+    """The previous attempt's end state (None: unknown) and the batch shell's own record
+    → ``last_interruption``."""
+    if state in STATE_REASONS:
+        return STATE_REASONS[state]
+    if state == "REQUEUED":
+        return recorded or MANUAL_REQUEUE
+    return recorded
