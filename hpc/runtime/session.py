@@ -32,6 +32,7 @@ import yaml
 
 from hpc import records
 from hpc.exitcodes import PREEMPTED
+from hpc.runtime import failures
 from hpc.runtime.checkpoint import CheckpointManager, LoadedCheckpoint
 from hpc.runtime.environment import ClusterEnvironment, RankInfo, from_env
 from hpc.runtime.node import NodeAccounting, place_rank, summarize_run
@@ -168,6 +169,8 @@ class Session:
         import torch.distributed as dist
 
         preempted = exc_type is None and self.stop_requested
+        if exc is not None and not isinstance(exc, KeyboardInterrupt | SystemExit):
+            failures.record(self.run_dir, self.rank, exc)  # who failed first, for the launcher
         self.accounting.stop()
         if self.is_main:
             self._record_accounting()
