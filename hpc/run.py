@@ -7,10 +7,16 @@ job's entry point: ``package.module:function`` gets the config dict;
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import importlib
+import logging
 import os
 import runpy
+import signal
 import sys
+import traceback
+from typing import NoReturn
 
 from hpc.runtime.preemption import install_early
 from hpc.runtime.session import load_config
@@ -36,5 +42,37 @@ def main(argv: list[str] | None = None) -> int:
     return int(result) if isinstance(result, int) else 0
 
 
+def exit_without_teardown(code: int) -> NoReturn:
+    """Run atexit handlers, flush, then ``os._exit``: skip the interpreter's teardown.
+
+    Teardown frees torch.distributed process groups that user code or torch still
+    references; ``~ProcessGroupGloo`` then joins gloo threads that wait for the GIL
+    the finalizer holds, and the rank never exits (seen 1 in 10 resumes). The job's
+    own work, the session's flush and the records are all done by now.
+    """
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def run_and_exit(argv: list[str] | None = None) -> NoReturn:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # the session's PREEMPTED exit, a script's sys.exit()
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = 128 + signal.SIGINT
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    exit_without_teardown(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_exit()

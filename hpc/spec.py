@@ -53,6 +53,9 @@ class LocalClusterConfig:
     master_addr: str = "127.0.0.1"
     # Seconds between SIGTERM and SIGKILL when workers are stopped.
     kill_grace_s: float = 10.0
+    # Seconds the other workers may take to exit once one has exited normally; then
+    # they are killed and named (a rank hung at exit), and the job fails.
+    exit_grace_s: float = 60.0
 
 
 @dataclass
@@ -63,6 +66,8 @@ class SlurmClusterConfig:
     sbatch_args: list[str] = field(default_factory=list)  # extra raw sbatch options
     array_parallelism: int | None = None  # the % in --array=0-N%P
     submit_retries: int = 5
+    # srun --wait: seconds the other tasks may run once one has exited (0: no limit).
+    exit_grace_s: float = 60.0
 
 
 @dataclass

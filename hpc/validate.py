@@ -114,6 +114,9 @@ def validate(cfg: dict[str, Any]) -> None:
     _positive(cfg, "checkpoint.every_steps")
     _at_least(cfg, "checkpoint.keep", 1)
     _validate_tracking(cfg["tracking"])
+    grace = cfg["cluster"].get("exit_grace_s")
+    if grace is not None and not 1 <= grace <= 86400:  # NaN fails too
+        raise ConfigError("cluster.exit_grace_s", f"must be 1 to 86400 seconds, got {grace!r}")
     for key in ("output_root",):
         if not str(cfg[key]).strip():
             raise ConfigError(key, "must not be empty")

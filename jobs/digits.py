@@ -17,7 +17,6 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from hpc import records
@@ -57,7 +56,7 @@ def main(cfg: dict[str, Any]) -> int:
     with Session.from_env(cfg) as s:
         train, test = make_data(int(job["seed"]))
         model = make_model(int(job["hidden"])).to(s.device)
-        ddp = DistributedDataParallel(model) if s.world_size > 1 else model
+        ddp = s.wrap_model(model)  # bitwise resume at any world size; see its docstring
         opt = torch.optim.SGD(ddp.parameters(), lr=float(job["lr"]), momentum=0.9)
         sampler = DistributedSampler(
             train, num_replicas=s.world_size, rank=s.rank, shuffle=True, seed=int(job["seed"])

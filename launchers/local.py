@@ -3,7 +3,10 @@
 Each worker gets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and
 MASTER_PORT. Workers run in their own process groups; the launcher forwards
 Ctrl-C/SIGTERM to all of them, reaps them, and fails the job with the exit code
-of the first worker that fails, naming its rank.
+of the first worker that fails, naming the rank that failed for its own reason
+(:mod:`hpc.runtime.failures`). Once one worker has exited normally, the others
+get ``cluster.exit_grace_s`` seconds to follow; a worker still running then is
+killed and named, and the job fails (a rank hung at exit must not hang the launcher).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from hpc.exitcodes import PREEMPTED
 from hpc.jobspec import JobSpec, redact_uri
 from hpc.launchers.base import JobHandle, Launcher, Plan, prepare_run
 from hpc.quoting import shell_join, shell_word
+from hpc.runtime import failures
 from hpc.runtime.checkpoint import latest_step
 from hpc.runtime.preemption import signal_number
 
@@ -106,6 +110,8 @@ class LocalJob(JobHandle):
         self._stop_signal: int | None = None
         self._restart_requested = False
         self._failed_rank: int | None = None
+        self._failed_order: list[int] = []  # ranks that failed, in the order seen
+        self._hung: tuple[list[int], int] | None = None  # (ranks still running, rank done)
         preemption = plan.spec.config.get("preemption") or {}
         self._preempt_signum = signal_number(str(preemption.get("signal", "USR2")))
         self._max_idle_restarts = int(preemption.get("max_restarts_without_progress", 3))
@@ -113,6 +119,7 @@ class LocalJob(JobHandle):
         self._give_up: str | None = None
         self._exit_code: int | None = None
         self._grace = float(plan.spec.config["cluster"].get("kill_grace_s", 10.0))
+        self._exit_grace = float(plan.spec.config["cluster"].get("exit_grace_s", 60.0))
         self.last_line = ""
         self.message: str | None = None
         self.on_line: Callable[[str], None] | None = None
@@ -127,6 +134,7 @@ class LocalJob(JobHandle):
         env.update(self.plan.spec.secrets)  # never in the plan: also in secrets.env (0600)
         env["MASTER_PORT"] = str(free_port(env["MASTER_ADDR"]))
         env["HPC_JOB_ID"] = self.job_id
+        failures.clear(self.run_dir)
         for rank, command in enumerate(self.plan.commands):
             rank_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank))
             log = open(self.log_path(rank), "ab")  # noqa: SIM115 - closed by the reader/after exit
@@ -225,16 +233,23 @@ class LocalJob(JobHandle):
     def _supervise(self) -> list[int]:
         """Wait for every worker of one attempt to exit; return their exit codes."""
         deadline: float | None = None
+        first_exit: tuple[float, int] | None = None  # when and which rank exited normally
         while True:
             codes = [proc.poll() for proc in self.procs]
-            if all(code is not None for code in codes):
-                break
-            for rank, code in enumerate(codes):
+            for rank, code in enumerate(codes):  # also when all exited since the last poll
                 failed = code not in (None, 0, PREEMPTED)
+                if failed and rank not in self._failed_order and not self._stop_signal:
+                    self._failed_order.append(rank)
                 if failed and self._failed_rank is None and not self._stop_signal:
                     self._failed_rank = rank
                     for other in self.procs:
                         _signal_group(other, signal.SIGTERM)
+                if code in (0, PREEMPTED) and first_exit is None:
+                    first_exit = (time.monotonic(), rank)
+            if all(code is not None for code in codes):
+                break
+            if first_exit and time.monotonic() > first_exit[0] + self._exit_grace:
+                self._kill_hung(codes, first_exit[1])
             stopping = self._stop_signal or self._restart_requested
             if (self._failed_rank is not None or stopping) and deadline is None:
                 deadline = time.monotonic() + self._grace
@@ -248,17 +263,39 @@ class LocalJob(JobHandle):
             self._reader.join(timeout=5)
         return [proc.returncode for proc in self.procs]
 
+    def _kill_hung(self, codes: list[int | None], done: int) -> None:
+        """Kill the workers still running past the exit grace; remember them for the error."""
+        if self._hung is None and self._failed_rank is None:
+            self._hung = ([rank for rank, code in enumerate(codes) if code is None], done)
+            for rank in self._hung[0]:
+                _signal_group(self.procs[rank], signal.SIGKILL)
+
     def _finish(self, codes: list[int]) -> int:
-        if records.finished(self.run_dir):  # a signal after the end changes nothing
+        finished = records.finished(self.run_dir)
+        if finished:  # a signal after the end changes nothing
             self._failed_rank = self._stop_signal = self._give_up = None
             codes = [0] * len(codes)
         message = None
-        if self._failed_rank is not None:
-            code = _shell_code(codes[self._failed_rank])
-            message = f"rank {self._failed_rank} failed with exit code {code}"
-            if codes[self._failed_rank] < 0:
-                signame = signal.Signals(-codes[self._failed_rank]).name
-                message = f"rank {self._failed_rank} was killed by {signame}"
+        if self._hung is not None:
+            hung, done = self._hung
+            # A run that wrote FINISHED is COMPLETED; the hung rank is named as a warning.
+            code = 0 if finished else EXIT_HUNG
+            names = ", ".join(map(str, hung))
+            message = (
+                f"rank{'s' if len(hung) > 1 else ''} {names} did not exit within "
+                f"{self._exit_grace:g}s (cluster.exit_grace_s) after rank {done} had: "
+                "hung at exit, killed"
+            )
+        elif self._failed_rank is not None:
+            rank, account = self._failed_rank, None
+            if self._failed_order and not self._give_up:
+                rank, account = failures.blame(self.run_dir, self._failed_order)
+            code = _shell_code(codes[rank])
+            message = f"rank {rank} failed with exit code {code}"
+            if codes[rank] < 0:
+                message = f"rank {rank} was killed by {signal.Signals(-codes[rank]).name}"
+            if account is not None:
+                message += f": {account.error}"
         elif self._stop_signal is not None:
             code = 128 + self._stop_signal
             message = f"stopped by {signal.Signals(self._stop_signal).name}"
@@ -270,6 +307,9 @@ class LocalJob(JobHandle):
         self.message = self._give_up or message
         records.update(self.run_dir, state=self.status(), exit_code=code, message=message)
         return code
+
+
+EXIT_HUNG = 1  # a worker hung after another had exited normally
 
 
 def _shell_code(returncode: int) -> int:

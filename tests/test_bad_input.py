@@ -60,6 +60,8 @@ CASES: list[tuple[list[str], str]] = [
     (["placement.topo_file=/no/such/topo.txt"], "placement.topo_file"),
     (["placement.link_layer=Token-Ring"], "placement.link_layer"),
     (["accounting.interval_s=0"], "accounting.interval_s"),
+    (["cluster.exit_grace_s=0"], "cluster.exit_grace_s"),
+    (["cluster.exit_grace_s=inf"], "cluster.exit_grace_s"),
     (["job.lr=0.1,0.2"], "job.lr"),
     # Directory keys: each must be, or be creatable as, a directory.
     (["run_dir=/dev/null"], "run_dir"),

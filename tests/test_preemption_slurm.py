@@ -181,6 +181,29 @@ def test_preempted_two_node_job_requeues_and_resumes_bitwise_equal(
     assert losses == ref_losses
 
 
+# 2 nodes x 2 ranks: 12 steps per epoch. From 3 ranks on a resume used to drift by an ulp.
+FOUR_RANKS = ["job.epochs=40", "checkpoint.every_steps=100000", "tracking.enabled=false"]
+
+
+def test_two_by_two_ranks_preempted_resume_bitwise_equal(
+    tmp_path_factory: pytest.TempPathFactory, workdir: Path, jobs: list[str]
+) -> None:
+    ref_dir = tmp_path_factory.mktemp("four-rank-reference")
+    ref = hpc_launch([*FOUR_RANKS, "resources.tasks_per_node=4"], ref_dir, timeout=600)
+    assert ref.returncode == 0, ref.stderr
+    two_by_two = ["cluster=slurm", "resources.nodes=2", "resources.tasks_per_node=2"]
+    job_id, run_dir = submit(workdir, [*two_by_two, *FOUR_RANKS], jobs)
+    log = Path(record(run_dir)["extra"]["log_file"])
+    wait_for_line(log, r"^epoch 2/40 ")
+    preempt(job_id)
+    assert wait_for_requeue_or_end(job_id) == "requeued"
+    release(job_id)
+    assert wait_for_job(job_id, timeout=300) == "COMPLETED"
+    text = log.read_text()
+    assert "resumed from step-" in text and "world size 4" in text, text[-2000:]
+    assert_bitwise_equal(final_model(run_dir), final_model(only_run_dir(ref_dir)))
+
+
 def test_time_limit_signal_requeues_until_done_bitwise_equal(
     tmp_path_factory: pytest.TempPathFactory, workdir: Path, jobs: list[str]
 ) -> None:

@@ -155,7 +155,9 @@ def follow(handle, name: str) -> int:  # type: ignore[no-untyped-def]
             signal.signal(signum, handler)
     message = getattr(handle, "message", None)
     if code == 0:
-        err(f"{handle.job_id}: COMPLETED ({handle.run_dir}){_tracking_note(handle.run_dir)}")
+        warning = f"; warning: {message}" if message else ""
+        note = _tracking_note(handle.run_dir)
+        err(f"{handle.job_id}: COMPLETED ({handle.run_dir}){warning}{note}")
     else:
         err(f"{handle.job_id}: {handle.status()}: {message or f'exit code {code}'}")
     return code

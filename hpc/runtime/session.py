@@ -37,6 +37,7 @@ import yaml
 
 from hpc import records
 from hpc.exitcodes import PREEMPTED
+from hpc.runtime import failures
 from hpc.runtime.checkpoint import CheckpointManager, LoadedCheckpoint
 from hpc.runtime.environment import ClusterEnvironment, RankInfo
 from hpc.runtime.node import NodeAccounting, place_rank, summarize_run
@@ -75,6 +76,7 @@ class Session:
         self.every_steps = int(cfg["checkpoint"].get("every_steps", 50))
         self.signals = StopSignals(str((cfg.get("preemption") or {}).get("signal", "USR2")))
         self.stop_requested = False
+        self._wrapped: list[Any] = []  # DDP wrappers from wrap_model(), released on exit
         self.config_hash = records.config_hash(cfg.get("job", {}))
         self.checkpoints = CheckpointManager(
             cfg["checkpoint"].get("dir") or self.run_dir / "checkpoints",
@@ -177,6 +179,8 @@ class Session:
         import torch.distributed as dist
 
         preempted = exc_type is None and self.stop_requested
+        if exc is not None and not isinstance(exc, KeyboardInterrupt | SystemExit):
+            failures.record(self.run_dir, self.rank, exc)  # who failed first, for the launcher
         self.accounting.stop()
         if self.is_main:
             self._record_accounting()
@@ -200,6 +204,7 @@ class Session:
         if dist.is_available() and dist.is_initialized():
             if exc_type is None:
                 dist.barrier()
+            self._release_wrapped()
             dist.destroy_process_group()
         if exc_type is None:  # finished or checkpointed: a later stop signal changes nothing
             self.signals.ignore()
@@ -207,6 +212,52 @@ class Session:
             self.signals.uninstall()
         if preempted:
             raise SystemExit(PREEMPTED)
+
+    # -- the model -------------------------------------------------------------------------
+    def wrap_model(self, model: Any, **ddp_options: Any) -> Any:
+        """``model`` in DistributedDataParallel (``model`` itself at world size 1).
+
+        Wrap with this rather than constructing DDP yourself; it makes two promises
+        hold for any model:
+
+        * Bitwise resume at any world size. DDP re-buckets the gradients after its
+          first iteration; a resumed process would start with the initial layout,
+          and from 3 ranks on the all-reduce sums an element in an order that depends
+          on its position in the bucket, so the resumed run drifts by an ulp. With
+          ``find_unused_parameters=True`` DDP never re-buckets: every process, fresh
+          or resumed, reduces with the same layout at every step. Cost: one autograd
+          graph traversal and one tiny all-reduce (a flag per parameter) per iteration,
+          and a one-time DDP warning about the flag. ``static_graph`` re-buckets, so
+          it is refused.
+        * Deterministic teardown: when the ``with`` block ends, the session releases
+          the wrapper's reducer and then destroys the process group, instead of
+          leaving it to whenever the interpreter frees the wrapper. Do not use the
+          wrapper after the block.
+        """
+        if self.world_size <= 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        if ddp_options.get("static_graph") or ddp_options.get("find_unused_parameters") is False:
+            raise ValueError(
+                "wrap_model: static_graph / find_unused_parameters=False re-bucket "
+                "gradients after the first step, which breaks bitwise resume"
+            )
+        ddp_options["find_unused_parameters"] = True
+        if self.device is not None and self.device.type == "cuda":
+            ddp_options.setdefault("device_ids", [self.local_rank])
+        wrapped = DistributedDataParallel(model, **ddp_options)
+        self._wrapped.append(wrapped)
+        return wrapped
+
+    def _release_wrapped(self) -> None:
+        """Free the wrappers' reducers (they hold the process group) while the group lives."""
+        for wrapped in self._wrapped:
+            for name in ("reducer", "logger"):
+                with contextlib.suppress(AttributeError):
+                    delattr(wrapped, name)
+            wrapped.process_group = None
+        self._wrapped.clear()
 
     def _flush_timeout(self) -> float:
         return float((self.cfg.get("tracking") or {}).get("flush_timeout_s", 60.0))

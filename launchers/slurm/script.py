@@ -8,6 +8,7 @@ mode-0600 ``secrets.env`` (written at submit, see :mod:`hpc.credentials`).
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import sys
@@ -74,9 +75,13 @@ def job_environment(spec: JobSpec, *, run_paths: bool = True) -> dict[str, str]:
 
 def srun_command(spec: JobSpec, worker: Iterable[str]) -> list[str]:
     res = spec.resources
+    # --wait: once one task has exited, the others get cluster.exit_grace_s to follow
+    # (a rank hung at exit would otherwise hold the allocation until the time limit).
+    grace = math.ceil(float(spec.config["cluster"].get("exit_grace_s", 60.0)))
     return [
         "srun",
         "--kill-on-bad-exit=1",
+        f"--wait={grace}",
         f"--ntasks-per-node={res['tasks_per_node']}",
         f"--cpus-per-task={res['cpus_per_task']}",
         "--cpu-bind=none",  # the runtime binds each rank next to its GPU
