@@ -16,7 +16,6 @@ import datetime as _dt
 import itertools
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -214,38 +213,3 @@ def write_record(sweep_dir: Path, record: dict[str, Any]) -> Path:
     path = sweep_dir / SWEEP_FILE
     write_atomic(path, json.dumps(record, indent=2) + "\n")
     return path
-
-
-def run_sweep(overrides: Sequence[str]) -> int:
-    """``hpc-launch -m``: plan, then submit arrays (Slurm) or run tasks in turn (local)."""
-    try:
-        plan = plan_sweep(overrides)
-    except ConfigError as exc:
-        print(f"hpc-launch: error: {exc}", file=sys.stderr)
-        return 2
-    first = next(iter(plan.shapes.values()))
-    if first.launcher == "slurm":
-        from hpc.launchers.slurm.sweep import submit_sweep
-
-        return submit_sweep(plan, dry_run=bool(first.config.get("dry_run")))
-    if first.launcher == "local":
-        return _run_local(plan, first)
-    print(
-        f"hpc-launch: error: cluster: sweeps are not supported on {first.launcher}", file=sys.stderr
-    )
-    return 2
-
-
-def _run_local(plan: SweepPlan, first: Any) -> int:
-    from hpc.cli.launch import launch
-
-    if first.config.get("dry_run"):
-        for task in plan.tasks:
-            print(" ".join([*plan.base_overrides, *task.overrides]))
-        return 0
-    write_record(plan.sweep_dir, sweep_record(plan, first.name, "local"))
-    worst = 0
-    for task in plan.tasks:
-        code = launch([*plan.base_overrides, *task.overrides, f"run_dir={task.run_dir}"])
-        worst = worst or code
-    return worst

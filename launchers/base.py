@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,20 @@ class JobHandle(abc.ABC):
 
     job_id: str
     run_dir: Path
+    # What a follower (``hpc-launch``'s progress display) reads: the job's newest output
+    # line, a callback for each new line (handles that stream output call it), and the
+    # final message once the job ended (why it failed, or a warning).
+    last_line: str = ""
+    on_line: Callable[[str], None] | None = None
+    message: str | None = None
+
+    def forward(self, signum: int) -> None:
+        """Deliver ``signum`` to the job; a backend that cannot deliver signals cancels it."""
+        self.cancel()
+
+    def restart_signal(self) -> int | None:
+        """The signal that means "checkpoint and restart" for this handle, if it has one."""
+        return None
 
     @abc.abstractmethod
     def status(self) -> str:

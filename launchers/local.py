@@ -186,6 +186,9 @@ class LocalJob(JobHandle):
     def logs(self, follow: bool = False) -> Iterator[str]:
         yield from follow_file(self.log_path(0), follow=follow, done=self.done)
 
+    def restart_signal(self) -> int | None:
+        return self._preempt_signum
+
     def forward(self, signum: int) -> None:
         """Send ``signum`` to every live worker's process group.
 

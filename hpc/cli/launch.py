@@ -9,8 +9,15 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hpc.config import ConfigError
+from hpc.sweep import SweepPlan, is_secret_override, plan_sweep, sweep_record, write_record
+
+if TYPE_CHECKING:  # the launchers load lazily: the CLI stays light
+    from hpc.jobspec import JobSpec
+    from hpc.launchers.base import JobHandle
 
 USAGE = """\
 usage: hpc-launch [-m|--multirun] [--cfg] [key=value ...]
@@ -50,8 +57,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             overrides.append(arg)
     if multirun:
-        from hpc.sweep import run_sweep
-
         return run_sweep(overrides)
     return launch(overrides, show_cfg=show_cfg)
 
@@ -93,7 +98,7 @@ def launch(overrides: Sequence[str], show_cfg: bool = False) -> int:
     return follow(handle, spec.name)
 
 
-def show_placement(spec) -> None:  # type: ignore[no-untyped-def]
+def show_placement(spec: JobSpec) -> None:
     """On stderr (stdout holds the plan alone): where each rank will be bound."""
     placement = spec.config.get("placement") or {}
     if not placement.get("enabled", True):
@@ -122,7 +127,7 @@ def show_placement(spec) -> None:  # type: ignore[no-untyped-def]
         )
 
 
-def follow(handle, name: str) -> int:  # type: ignore[no-untyped-def]
+def follow(handle: JobHandle, name: str) -> int:
     """Wait for the job with a progress display; forward Ctrl-C/SIGTERM to it."""
     from hpc.cli.progress import Progress
 
@@ -132,13 +137,13 @@ def follow(handle, name: str) -> int:  # type: ignore[no-untyped-def]
         nonlocal interrupts
         interrupts += 1
         if interrupts > 1 and signum == signal.SIGINT:
-            handle.forward(signal.SIGKILL) if hasattr(handle, "forward") else handle.cancel()
+            handle.forward(signal.SIGKILL)
             return
         err(f"{signal.Signals(signum).name}: stopping {handle.job_id}")
-        handle.forward(signum) if hasattr(handle, "forward") else handle.cancel()
+        handle.forward(signum)
 
-    watched = {signal.SIGINT, signal.SIGTERM}
-    preempt = getattr(handle, "_preempt_signum", None)
+    watched: set[int] = {signal.SIGINT, signal.SIGTERM}
+    preempt = handle.restart_signal()
     if preempt:
         watched.add(preempt)
 
@@ -153,7 +158,7 @@ def follow(handle, name: str) -> int:  # type: ignore[no-untyped-def]
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    message = getattr(handle, "message", None)
+    message = handle.message
     if code == 0:
         warning = f"; warning: {message}" if message else ""
         note = _tracking_note(handle.run_dir)
@@ -163,7 +168,7 @@ def follow(handle, name: str) -> int:  # type: ignore[no-untyped-def]
     return code
 
 
-def _tracking_note(run_dir) -> str:  # type: ignore[no-untyped-def]
+def _tracking_note(run_dir: Path) -> str:
     """``; metrics not in MLflow yet ...`` when the run's metrics could not be sent."""
     from hpc import records
     from hpc.runtime.tracking import unsent_message
@@ -173,6 +178,45 @@ def _tracking_note(run_dir) -> str:  # type: ignore[no-untyped-def]
     except (FileNotFoundError, ValueError):
         return ""
     return f"; {message}" if message else ""
+
+
+def _hide_secret(override: str) -> str:
+    return f"{override.partition('=')[0]}=***" if is_secret_override(override) else override
+
+
+def run_sweep(overrides: Sequence[str]) -> int:
+    """``hpc-launch -m``: plan, then submit arrays (Slurm) or run tasks in turn (local)."""
+    try:
+        plan = plan_sweep(overrides)
+    except ConfigError as exc:
+        print(f"hpc-launch: error: {exc}", file=sys.stderr)
+        return 2
+    first = next(iter(plan.shapes.values()))
+    if first.launcher == "slurm":
+        from hpc.launchers.slurm.sweep import submit_sweep
+
+        return submit_sweep(plan, dry_run=bool(first.config.get("dry_run")))
+    if first.launcher == "local":
+        return _run_local(plan, first)
+    print(
+        f"hpc-launch: error: cluster: sweeps are not supported on {first.launcher}", file=sys.stderr
+    )
+    return 2
+
+
+def _run_local(plan: SweepPlan, first: Any) -> int:
+    """Local sweeps run their tasks one after another, each a normal launch."""
+    if first.config.get("dry_run"):
+        for task in plan.tasks:
+            shown = [_hide_secret(o) for o in [*plan.base_overrides, *task.overrides]]
+            print(" ".join(shown))
+        return 0
+    write_record(plan.sweep_dir, sweep_record(plan, first.name, "local"))
+    worst = 0
+    for task in plan.tasks:
+        code = launch([*plan.base_overrides, *task.overrides, f"run_dir={task.run_dir}"])
+        worst = worst or code
+    return worst
 
 
 if __name__ == "__main__":

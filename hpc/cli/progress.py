@@ -10,15 +10,16 @@ from __future__ import annotations
 import sys
 import time
 from types import TracebackType
-from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from hpc.launchers.base import JobHandle
+
 
 class Progress:
-    def __init__(self, handle: Any, name: str) -> None:
+    def __init__(self, handle: JobHandle, name: str) -> None:
         self.handle = handle
         self.name = name
         self.start = time.monotonic()
@@ -27,7 +28,7 @@ class Progress:
 
     def __rich__(self) -> Text:
         elapsed = int(time.monotonic() - self.start)
-        last = (getattr(self.handle, "last_line", "") or "")[-80:]
+        last = (self.handle.last_line or "")[-80:]
         return Text.assemble(
             (f"{self.name} ", "bold"),
             (f"{self.handle.status()} ", "cyan"),
@@ -42,8 +43,7 @@ class Progress:
             print(line, flush=True)
 
     def __enter__(self) -> Progress:
-        if hasattr(self.handle, "on_line"):
-            self.handle.on_line = self._line
+        self.handle.on_line = self._line
         if self.interactive:
             self.live = Live(
                 self,

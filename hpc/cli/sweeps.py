@@ -175,12 +175,12 @@ class SweepStatus:
                 for pair in array_keys(key):
                     found.setdefault(pair, state)
         for task in self.tasks:
-            state = None
+            slurm_state = None
             if task.job_id:
                 array_id, _, index = task.job_id.partition("_")
-                state = found.get((array_id, int(index)))
-            if state is not None:
-                task.state = state.state
+                slurm_state = found.get((array_id, int(index)))
+            if slurm_state is not None:
+                task.state = slurm_state.state
                 task.reason = state.reason if state.reason not in ("None", "(null)") else ""
             elif task.record.get("state"):
                 task.state = str(task.record["state"])

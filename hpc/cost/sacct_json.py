@@ -21,6 +21,11 @@ from typing import Any
 from hpc.cost.model import PENDING_STATES, RUNNING_STATES, AllocationSet, CostInputError
 
 
+def _int_or_none(value: Any) -> int | None:
+    number = num(value)
+    return None if number is None else int(number)
+
+
 def num(value: Any) -> float | int | None:
     """A number, or the number inside a 23.02+ ``{set, infinite, number}`` wrapper."""
     if isinstance(value, dict) and "number" in value:
@@ -171,15 +176,15 @@ def _row(job: dict[str, Any], index: int, source: str) -> dict[str, Any]:
         "submit": _time(t.get("submission")),
         "start": _time(t.get("start")),
         "end": _time(t.get("end")),
-        "elapsed_s": None if num(t.get("elapsed")) is None else int(num(t.get("elapsed"))),
+        "elapsed_s": _int_or_none(t.get("elapsed")),
         **res,
         "line": index,
         "file": source,
     }
-    if row["ncpus"] is None and num(required.get("CPUs")) is not None:
-        row["ncpus"] = int(num(required.get("CPUs")))
-    if row["nodes"] is None and num(job.get("allocation_nodes")) is not None:
-        row["nodes"] = int(num(job.get("allocation_nodes")))
+    if row["ncpus"] is None:
+        row["ncpus"] = _int_or_none(required.get("CPUs"))
+    if row["nodes"] is None:
+        row["nodes"] = _int_or_none(job.get("allocation_nodes"))
     if state not in PENDING_STATES:
         _fill_from_steps(row, res["gpus"] is None, _steps(job))
     row["gpus"] = row["gpus"] or 0

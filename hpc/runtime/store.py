@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 SQLITE = "sqlite:///"
 
@@ -77,6 +78,20 @@ def prepare_store(uri: str, experiment: str, timeout_s: float = 300.0) -> str | 
     return None
 
 
+def ensure_experiment(client: Any, experiment: str) -> str:
+    """The experiment's id, creating it if needed (tolerates a concurrent creator)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return str(exp.experiment_id)
+    try:
+        return str(client.create_experiment(experiment))
+    except Exception:  # created concurrently by another job
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise
+        return str(exp.experiment_id)
+
+
 def main(argv: list[str] | None = None) -> int:
     uri, experiment = (argv if argv is not None else sys.argv[1:])[:2]
     path = sqlite_path(uri)
@@ -84,8 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         if path is not None and store_ready(path):  # another launcher got there first
             return 0
         from mlflow.tracking import MlflowClient
-
-        from hpc.runtime.tracking import ensure_experiment
 
         ensure_experiment(MlflowClient(tracking_uri=uri), experiment)
     return 0

@@ -21,7 +21,7 @@ from typing import Any
 
 from hpc.credentials import looks_secret, redact, split_uri
 from hpc.runtime.spool import MetricSpool
-from hpc.runtime.store import store_init_lock
+from hpc.runtime.store import ensure_experiment, store_init_lock
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +42,6 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[name] = str(value)[:MAX_PARAM_LEN]
     return out
-
-
-def ensure_experiment(client: Any, experiment: str) -> str:
-    """The experiment's id, creating it if needed (tolerates a concurrent creator)."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is not None:
-        return str(exp.experiment_id)
-    try:
-        return str(client.create_experiment(experiment))
-    except Exception:  # created concurrently by another job
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            raise
-        return str(exp.experiment_id)
 
 
 class Tracker:
@@ -292,6 +278,7 @@ def record_unsent(run_dir: str | os.PathLike[str], left: int, reason: str) -> No
     """Say in job.json whether the run's metrics are in MLflow (``extra.tracking``)."""
     from hpc import records
 
+    note: dict[str, Any]
     if left:
         note = {
             "state": "unauthenticated" if reason == "authentication failed" else "unsent",

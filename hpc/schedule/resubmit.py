@@ -13,6 +13,7 @@ import datetime as _dt
 import os
 import pwd
 import shlex
+from pathlib import Path
 
 from hpc import records
 from hpc.launchers.slurm import client
@@ -25,7 +26,7 @@ NAME = "resubmit"
 SCHED_TIME = "00:15:00"  # the schedule's own job only submits; the sweep is separate
 
 
-def script_path(schedule: Schedule):  # type: ignore[no-untyped-def]
+def script_path(schedule: Schedule) -> Path:
     return store.directory() / f"{schedule.name}.sbatch"
 
 

@@ -120,7 +120,7 @@ class _HpcLauncherBase(Launcher):
     def _hydra_overrides(self) -> list[str]:
         assert self.config is not None
         given = OmegaConf.to_container(self.config.hydra.overrides.hydra, resolve=False)
-        return [o for o in (given or []) if not _DROPPED_HYDRA.match(str(o))]
+        return [str(o) for o in (given or []) if not _DROPPED_HYDRA.match(str(o))]
 
     def _write_sweep(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
@@ -349,9 +349,9 @@ class HpcSlurmLauncher(_HpcLauncherBase):
                 if i in finals:
                     continue
                 task = _task(record, i)
-                state = found.get((str(task["array_id"]), int(task["array_index"])))
-                if state is not None and state.state in TERMINAL:
-                    finals[i] = (state.state, state.exit_code)
+                known = found.get((str(task["array_id"]), int(task["array_index"])))
+                if known is not None and known.state in TERMINAL:
+                    finals[i] = (known.state, known.exit_code)
             if len(finals) < len(indices):
                 time.sleep(self.poll_s)
         return finals

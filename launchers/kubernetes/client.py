@@ -98,7 +98,7 @@ def api_client(context: str | None = None) -> Any:
     return client.ApiClient(configuration)
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException | str) -> str:
     text = " ".join(str(exc).split())
     return text[:300]
 
@@ -336,7 +336,9 @@ class KubernetesJob(JobHandle):
             if state not in TERMINAL:
                 state, self.message = "CANCELLED", "the MPIJob no longer exists"
         else:
-            state, message = state_from_conditions((obj.get("status") or {}).get("conditions"))
+            state, message = state_from_conditions(
+                (obj.get("status") or {}).get("conditions") or []
+            )
             self.message = message
             if state == "PENDING":
                 self.message = self._pod_problem() or message

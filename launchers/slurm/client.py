@@ -146,9 +146,9 @@ def states(job_ids: Sequence[str], *, retries: int = 3) -> dict[str, JobState]:
         except SlurmError as exc:  # accounting off: ask the controller, one job at a time
             log.debug("sacct unavailable (%s): falling back to scontrol", exc)
             for job_id in missing:
-                state = _scontrol_state(job_id)
-                if state:
-                    found[job_id] = state
+                known = _scontrol_state(job_id)
+                if known:
+                    found[job_id] = known
     return found
 
 
@@ -201,7 +201,7 @@ def slurm_version() -> str | None:
 @functools.lru_cache(maxsize=1)
 def _pyslurm_usable() -> bool:
     try:
-        import pyslurm  # type: ignore[import-not-found]
+        import pyslurm
     except Exception:
         return False
     built_for = re.search(r"(\d+\.\d+)", str(getattr(pyslurm, "__version__", "")))
@@ -210,7 +210,7 @@ def _pyslurm_usable() -> bool:
 
 def _submit_pyslurm(script_path: str, token: str) -> str:
     """Submit through libslurm (pyslurm >= 23 API); options come from the #SBATCH lines."""
-    import pyslurm  # type: ignore[import-not-found]
+    import pyslurm
 
     with open(script_path, encoding="utf-8") as fh:
         desc = pyslurm.JobSubmitDescription(script=fh.read(), comment=token)

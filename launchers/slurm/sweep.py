@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
 
 from hpc import records
 from hpc.jobspec import JobSpec
 from hpc.launchers.slurm import client
 from hpc.launchers.slurm.script import job_environment, python_for, render_script, sbatch_directives
 from hpc.quoting import shell_word
-from hpc.sweep import SweepPlan, Task, sweep_record, write_record
+from hpc.sweep import SweepPlan, sweep_record, write_record
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default: indices 0..1000
 
@@ -44,9 +45,16 @@ def max_array_size() -> int:
     return int(value) if value and value.isdigit() else DEFAULT_MAX_ARRAY_SIZE
 
 
-def chunks(tasks: list[Task], size: int) -> list[list[Task]]:
+class HasIndex(Protocol):
+    index: int
+
+
+Indexed = TypeVar("Indexed", bound=HasIndex)
+
+
+def chunks(tasks: Sequence[Indexed], size: int) -> list[list[Indexed]]:
     """Groups whose indices span less than ``size`` (an array's largest index is size-1)."""
-    groups: list[list[Task]] = []
+    groups: list[list[Indexed]] = []
     for task in tasks:
         if not groups or task.index - groups[-1][0].index >= size:
             groups.append([])
