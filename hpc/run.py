@@ -51,6 +51,11 @@ def exit_without_teardown(code: int) -> NoReturn:
     own work, the session's flush and the records are all done by now.
     """
     atexit._run_exitfuncs()
+    mpi = sys.modules.get("mpi4py.MPI")  # mpi4py finalizes at interpreter teardown, skipped here
+    if mpi is not None:
+        with contextlib.suppress(Exception):
+            if mpi.Is_initialized() and not mpi.Is_finalized():
+                mpi.Finalize()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

@@ -1,14 +1,15 @@
-"""A job that finishes through the Session, then holds its interpreter's shutdown.
+"""A job that finishes through the Session, then holds its process's exit.
 
-After the session has written FINISHED and closed, an object freed while the
-interpreter shuts down (Python has reset its own signal handlers by then) writes
-``exiting.<rank>`` (holding its pid) into the run directory and waits, up to 60 s,
-for a ``release`` file there. Tests send their stop signal in that window: the
-moment a signal "just after the end" kills a process that does not ignore it.
+After the session has written FINISHED and closed, an exit handler (the workers
+leave through ``hpc.run.exit_without_teardown``, which runs atexit handlers last,
+just before ``os._exit``) writes ``exiting.<rank>`` (holding its pid) into the run
+directory and waits, up to 60 s, for a ``release`` file there. Tests send their
+stop signal in that window: the moment a signal "just after the end" kills a
+process that does not ignore it.
 """
 
+import atexit
 import os
-import sys
 import time
 
 from hpc.runtime.session import Session
@@ -24,7 +25,7 @@ class HoldShutdown:
         self.pid = os.getpid()
         self.flags = os.O_CREAT | os.O_WRONLY | os.O_TRUNC
 
-    def __del__(self) -> None:
+    def __call__(self) -> None:
         fd = self.os_open(self.marker, self.flags, 0o644)
         self.os_write(fd, str(self.pid).encode())
         self.os_close(fd)
@@ -36,5 +37,4 @@ class HoldShutdown:
 with Session.from_env() as s:
     s.save_checkpoint(1, {"step": 1})
     print(f"rank {s.rank} done", flush=True)
-# sys.modules entries are dropped during interpreter shutdown, after the signal reset.
-sys.modules["_hold_shutdown"] = HoldShutdown(str(s.run_dir), s.rank)  # type: ignore[assignment]
+atexit.register(HoldShutdown(str(s.run_dir), s.rank))
