@@ -261,7 +261,9 @@ def run_until_done_after_time_limits(job_id: str, run_dir: Path) -> None:
         rec = record(run_dir)
         assert rec["extra"]["last_interruption"] == "time_limit", rec
         assert rec["extra"]["restart_count"] == requeues
-        assert requeues <= 4, "no end in sight"
+        # wrap_model's DDP (no re-bucketing, for bitwise resume) makes the tiny digits step
+        # ~1.3x slower: 1800 epochs now take a 5th attempt on this 2-core cluster.
+        assert requeues <= 6, "no end in sight"
         release(job_id)
         wait_for_line(log, rf"\(restart {requeues}\)")
     assert outcome == "COMPLETED", log.read_text()[-3000:]
