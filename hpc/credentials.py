@@ -64,14 +64,21 @@ def redact_uri(uri: str | None) -> str | None:
     return redact(uri) if uri else uri
 
 
-def write_env_file(path: Path, env: Mapping[str, str]) -> None:
-    """``export NAME='value'`` lines (bash-sourceable), readable by the owner only."""
+def write_private(path: Path, text: str) -> None:
+    """``text`` into ``path`` (temp file, then rename), readable by the owner only."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         os.fchmod(fh.fileno(), 0o600)
-        fh.write("".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in sorted(env.items())))
+        fh.write(text)
     os.replace(tmp, path)
+
+
+def write_env_file(path: Path, env: Mapping[str, str]) -> None:
+    """``export NAME='value'`` lines (bash-sourceable), readable by the owner only."""
+    write_private(
+        path, "".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in sorted(env.items()))
+    )
 
 
 def read_env_file(path: Path) -> dict[str, str]:

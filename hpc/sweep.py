@@ -204,12 +204,9 @@ def write_record(sweep_dir: Path, record: dict[str, Any]) -> Path:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     secrets = record.pop("_secrets", None)
     if secrets and (secrets["base"] or any(secrets["tasks"].values())):
-        fd = os.open(
-            sweep_dir / SECRET_OVERRIDES_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
-        )
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            json.dump(secrets, fh)
+        from hpc.credentials import write_private
+
+        write_private(sweep_dir / SECRET_OVERRIDES_FILE, json.dumps(secrets))
     path = sweep_dir / SWEEP_FILE
     write_atomic(path, json.dumps(record, indent=2) + "\n")
     return path
