@@ -16,8 +16,7 @@ import shlex
 from pathlib import Path
 
 from hpc import records
-from hpc.launchers.slurm import client
-from hpc.launchers.slurm import render
+from hpc.launchers.slurm import client, render
 from hpc.quoting import one_line, shell_join, shell_word
 from hpc.schedule import cron, store
 from hpc.schedule.store import Schedule

@@ -19,6 +19,7 @@ from hpc.jobspec import JobSpec
 from hpc.launchers.slurm import render
 from hpc.quoting import shell_join, shell_word
 
+
 def sbatch_directives(spec: JobSpec, *, output: str | None = None) -> list[str]:
     """The ``#SBATCH`` options as ``--name=value`` strings, in a stable order."""
     res = spec.resources
@@ -98,5 +99,7 @@ def render_script(
         exports="\n".join(f"export {k}={shell_word(v)}" for k, v in exports.items()),
         before_step=render.block(before),
         python=shell_word(python),
-        **render.step_parts(shlex.quote(str(pre["signal"])), shell_join(srun_command(spec, worker))),
+        **render.step_parts(
+            shlex.quote(str(pre["signal"])), shell_join(srun_command(spec, worker))
+        ),
     )
