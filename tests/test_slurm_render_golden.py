@@ -29,11 +29,11 @@ def test_hydra_array_script_golden() -> None:
     check_golden("hydra_array.sbatch", launcher._script(Path(FIXED) / "sweep", record))
 
 
-def test_schedule_job_golden(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_schedule_job_golden(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from hpc.schedule import resubmit
     from hpc.schedule.store import Schedule
 
-    monkeypatch.setenv("HPC_STATE_DIR", f"{FIXED}/state")
+    monkeypatch.setenv("HPC_STATE_DIR", str(tmp_path))
     schedule = Schedule(
         name="nightly",
         cron="0 3 * * *",
@@ -42,8 +42,9 @@ def test_schedule_job_golden(monkeypatch: pytest.MonkeyPatch) -> None:
         multirun=True,
         workdir=FIXED,
         python="/usr/bin/python3",
-        state_dir=f"{FIXED}/state",
+        state_dir=str(tmp_path),
         mechanism="resubmit",
         sbatch={"time": "00:07:00"},
     )
-    check_golden("schedule_resubmit.sbatch", resubmit.script_text(schedule))
+    text = resubmit.script_text(schedule).replace(str(tmp_path), f"{FIXED}/state")
+    check_golden("schedule_resubmit.sbatch", text)
