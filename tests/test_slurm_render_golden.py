@@ -45,6 +45,7 @@ def test_schedule_job_golden(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         state_dir=str(tmp_path),
         mechanism="resubmit",
         sbatch={"time": "00:07:00"},
+        id="s0",
     )
     text = resubmit.script_text(schedule).replace(str(tmp_path), f"{FIXED}/state")
     check_golden("schedule_resubmit.sbatch", text)
