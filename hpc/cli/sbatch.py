@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from hpc.launchers.slurm import render
 from hpc.quoting import shell_join, shell_word
 
 # sbatch options that take a separate value (`-p debug`, `--partition debug`).
@@ -103,7 +104,7 @@ LONG_WITH_VALUE = {
     "wckey",
     "wrap",
 }
-DEFAULT_DIRECTIVES = ["--signal=B:USR2@120", "--requeue", "--open-mode=append"]
+DEFAULT_DIRECTIVES = [f"--signal={render.signal_value()}", "--requeue", "--open-mode=append"]
 
 
 class UsageError(ValueError):
@@ -190,48 +191,30 @@ def wrap(original: bytes, args: list[str], origin: str) -> bytes:
         )
         if part
     )
-    head = [
-        "#!/bin/bash",
-        f"# hpc-sbatch: wrapper around {shell_word(origin)}; the original runs unchanged",
-    ]
-    head += [f"#SBATCH {d}" for d in DEFAULT_DIRECTIVES]
-    tail = [
-        "",
-        "# --- hpc-launch preamble ---",
-        "export HPC_LAUNCHER=hpc-sbatch",
-        'export MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST"'
-        ' | head -n 1)}"',
-        'export MASTER_PORT="${MASTER_PORT:-$(( 10000 + ${SLURM_JOB_ID:-0} % 20000 ))}"',
-        'original="${TMPDIR:-/tmp}/hpc-sbatch-${SLURM_JOB_ID:-$$}.orig"',
-        f"cat > \"$original\" <<'{delimiter}'",
-    ]
-    body = original if original.endswith(b"\n") else original + b"\n"
-    after = [delimiter]
-    if not original.endswith(b"\n"):
-        after.append('truncate -s -1 "$original"  # the original has no final newline')
-    after += [
-        'chmod +x "$original"',
-        "# The original runs in its own process group so that the preemption signal",
-        "# (USR2) or SIGTERM reaches it and every step it started.",
-        f"{command} &",
-        "child=$!",
-        "interrupted=0",
-        'forward() { interrupted=1; kill -s "$1" -- "-$child" 2>/dev/null || true; }',
-        "trap 'forward USR2' USR2",
-        "trap 'forward TERM' TERM",
-        "while :; do",
-        '  interrupted=0; wait "$child"; rc=$?',
-        '  [ "$interrupted" = 1 ] || break',
-        "done",
-        'rm -f "$original"',
-        'exit "$rc"',
-    ]
+    # The template is text; the user's lines and script are bytes (any encoding), so
+    # they go in at two markers that no template holds (NUL).
+    marks = ("\0user\0", "\0original\0")
+    text = render.render(
+        "sbatch-wrapper.sh",
+        origin=shell_word(origin),
+        directives=render.sbatch_block(DEFAULT_DIRECTIVES),
+        user_directives=marks[0],
+        master_port=render.MASTER_PORT,
+        delimiter=delimiter,
+        original=marks[1],
+        truncate=render.block(
+            []
+            if original.endswith(b"\n")
+            else ['truncate -s -1 "$original"  # the original has no final newline']
+        ),
+        signal=render.SIGNAL,
+        command=command,
+    )
+    head, rest = text.split(marks[0])
+    middle, tail = rest.split(marks[1])
     user = b"".join(line + b"\n" for line in sbatch_lines(original))
-    return _lines(head) + user + _lines(tail) + body + _lines(after)
-
-
-def _lines(lines: list[str]) -> bytes:
-    return "".join(line + "\n" for line in lines).encode()
+    body = original if original.endswith(b"\n") else original + b"\n"
+    return head.encode() + user + middle.encode() + body + tail.encode()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,7 @@ import shlex
 from pathlib import Path
 
 from hpc import records
-from hpc.launchers.slurm import client
-from hpc.launchers.slurm.script import directive_value
+from hpc.launchers.slurm import client, render
 from hpc.quoting import one_line, shell_join, shell_word
 from hpc.schedule import cron, store
 from hpc.schedule.store import Schedule
@@ -46,7 +45,7 @@ def sbatch_directives(schedule: Schedule) -> list[str]:
     for key in ("partition", "account", "qos", "mem"):
         if schedule.sbatch.get(key):
             opts.append((key, schedule.sbatch[key]))
-    return [f"--{k}={directive_value(f'--{k}', v)}" for k, v in opts]
+    return render.directives((k, f"--{k}", v) for k, v in opts)
 
 
 def fire_command(schedule: Schedule) -> str:
@@ -64,18 +63,16 @@ def fire_command(schedule: Schedule) -> str:
 
 
 def script_text(schedule: Schedule) -> str:
-    lines = [
-        "#!/bin/bash",
-        f"# hpc-launch schedule {shell_word(schedule.name)}: {shell_word(schedule.cron)}"
-        f" ({shell_word(schedule.zone)})",
-        f"# launches: hpc-launch {'-m ' if schedule.multirun else ''}"
-        + shell_join(schedule.overrides),
-        *[f"#SBATCH {d}" for d in sbatch_directives(schedule)],
-        "#SBATCH --no-requeue",
-        "",
-        fire_command(schedule),
-    ]
-    return "\n".join(lines) + "\n"
+    """The schedule's own job (``slurm/templates/schedule.sbatch``)."""
+    return render.render(
+        "schedule.sbatch",
+        name=shell_word(schedule.name),
+        cron=shell_word(schedule.cron),
+        zone=shell_word(schedule.zone),
+        launches=("-m " if schedule.multirun else "") + shell_join(schedule.overrides),
+        directives=render.sbatch_block(sbatch_directives(schedule)),
+        fire=fire_command(schedule),
+    )
 
 
 def install(schedule: Schedule, retries: int = 5) -> None:

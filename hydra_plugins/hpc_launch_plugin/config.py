@@ -36,6 +36,12 @@ class HpcSlurmLauncherConf(HpcLocalLauncherConf):
     submit_retries: int = 5
     setup: list[str] = field(default_factory=list)  # shell lines before the task
     sbatch_args: list[str] = field(default_factory=list)  # extra options, e.g. --exclusive
+    # Preemption: Slurm sends `signal` to the batch shell `lead_s` seconds before the time
+    # limit; the shell passes it to the task, and a task that exits 75 is requeued.
+    # Defaults (None): hpc.launchers.slurm.render.SIGNAL / LEAD_S.
+    signal: Any = None
+    lead_s: Any = None
+    requeue: bool = True
 
 
 ConfigStore.instance().store(

@@ -245,13 +245,15 @@ class HpcSlurmLauncher(_HpcLauncherBase):
     poll_s = 2.0
 
     def _script(self, sweep_dir: Path, record: dict[str, Any]) -> str:
-        from hpc.launchers.slurm.script import directive_value
-        from hpc.quoting import shell_word
+        """The array's batch script (``slurm/templates/hydra-array.sbatch``)."""
+        from hpc.launchers.slurm import render
+        from hpc.quoting import shell_join, shell_word
 
         p = self.params
-        name = p.get("job_name") or record["name"]
+        signal = p.get("signal") or render.SIGNAL
+        lead_s = render.LEAD_S if p.get("lead_s") is None else p["lead_s"]
         opts: list[tuple[str, Any]] = [
-            ("job-name", name),
+            ("job-name", p.get("job_name") or record["name"]),
             ("nodes", p.get("nodes", 1)),
             ("ntasks-per-node", p.get("tasks_per_node", 1)),
             ("cpus-per-task", p.get("cpus_per_task", 1)),
@@ -265,30 +267,27 @@ class HpcSlurmLauncher(_HpcLauncherBase):
             ("output", f"{sweep_dir}/logs/slurm-%A_%a.out"),
             ("open-mode", "append"),
             ("chdir", record["cwd"]),
+            ("signal", render.signal_value(signal, lead_s)),
         ]
-        shown = f"{shell_word(record['name'])} (sweep dir {shell_word(sweep_dir)})"
-        lines = [
-            "#!/bin/bash",
-            f"# hpc-launch: Hydra sweep of {shown}",
-            *[f"#SBATCH --{k}={directive_value(f'hydra.launcher.{k}', v)}" for k, v in opts],
-        ]
-        for i, extra in enumerate(p.get("sbatch_args") or []):
-            if not str(extra).startswith("-"):
-                raise ValueError(f"hydra.launcher.sbatch_args[{i}]: {extra!r} is not an option")
-            lines.append(f"#SBATCH {directive_value(f'hydra.launcher.sbatch_args[{i}]', extra)}")
-        lines += ["", "export PYTHONUNBUFFERED=1"]
-        lines += [str(line) for line in p.get("setup") or []]
-        python = shell_word(record["python"])
-        target = shell_word(sweep_dir)
-        runner = f'{python} -m hydra_plugins.hpc_launch_plugin._task {target} "$index"'
-        ranks = int(p.get("nodes", 1)) * int(p.get("tasks_per_node", 1))
-        if ranks > 1:
-            runner = (
-                f"srun --kill-on-bad-exit=1 --ntasks-per-node={int(p.get('tasks_per_node', 1))} "
-                f"--cpus-per-task={int(p.get('cpus_per_task', 1))} {runner}"
-            )
-        lines += ["index=$(( ${1:-0} + SLURM_ARRAY_TASK_ID ))", f"exec {runner}"]
-        return "\n".join(lines) + "\n"
+        directives = render.directives(
+            ((name, f"hydra.launcher.{name}", value) for name, value in opts),
+            requeue=p.get("requeue") is not False,
+            extra=p.get("sbatch_args") or [],
+            extra_key="hydra.launcher.sbatch_args",
+        )
+        words = [record["python"], "-m", "hydra_plugins.hpc_launch_plugin._task", str(sweep_dir)]
+        runner = f'{shell_join(words)} "$index"'
+        tasks, cpus = int(p.get("tasks_per_node", 1)), int(p.get("cpus_per_task", 1))
+        if int(p.get("nodes", 1)) * tasks > 1:
+            srun = render.srun_words(tasks, cpus, render.EXIT_GRACE_S, bind=False)
+            runner = f"{shell_join(srun)} {runner}"
+        return render.render(
+            "hydra-array.sbatch",
+            header=f"{shell_word(record['name'])} (sweep dir {shell_word(sweep_dir)})",
+            directives=render.sbatch_block(directives),
+            setup=render.block(str(line) for line in p.get("setup") or []),
+            **render.step_parts(shell_word(signal), runner),
+        )
 
     def _start(self, sweep_dir: Path, record: dict[str, Any], indices: list[int]) -> dict[int, str]:
         from hpc import records
