@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from importlib.resources import files
 from importlib.metadata import EntryPoint, distributions
 
 from hydra.core.config_store import ConfigStore
@@ -57,7 +58,8 @@ def get_launcher(name: str) -> Launcher:
 def register_schemas(names: Iterable[str]) -> None:
     """Store the cluster schemas of these backends as schema/cluster/<name> (once each).
 
-    Unknown names are skipped: composition then reports the missing config group option."""
+    A backend without a YAML file under configs/cluster/ also becomes the option
+    ``cluster=<name>``. Unknown names are skipped: composition then reports the missing config group option."""
     cs = ConfigStore.instance()
     for name in names:
         if f"{name}.yaml" in cs.repo.get("schema", {}).get("cluster", {}):
@@ -67,3 +69,6 @@ def register_schemas(names: Iterable[str]) -> None:
         except KeyError:
             continue
         cs.store(group="schema/cluster", name=name, node=schema)
+        if not (files("hpc.configs") / "cluster" / f"{name}.yaml").is_file():
+            # A backend from another package: its schema is the option `cluster=<name>`.
+            cs.store(group="cluster", name=name, node=schema)
