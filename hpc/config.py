@@ -61,7 +61,9 @@ def cluster_choices(overrides: Sequence[str]) -> list[str]:
 
 
 def _default_cluster() -> str:
-    defaults = OmegaConf.load(files(CONFIG_MODULE) / f"{CONFIG_NAME}.yaml").get("defaults", [])
+    text = (files(CONFIG_MODULE) / f"{CONFIG_NAME}.yaml").read_text()
+    loaded = OmegaConf.create(text)
+    defaults = loaded.get("defaults", []) if isinstance(loaded, DictConfig) else []
     for entry in defaults:
         if isinstance(entry, DictConfig) and "cluster" in entry:
             return str(entry["cluster"])

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from importlib.resources import files
 from importlib.metadata import EntryPoint, distributions
+from importlib.resources import files
 
 from hydra.core.config_store import ConfigStore
 
@@ -59,7 +59,8 @@ def register_schemas(names: Iterable[str]) -> None:
     """Store the cluster schemas of these backends as schema/cluster/<name> (once each).
 
     A backend without a YAML file under configs/cluster/ also becomes the option
-    ``cluster=<name>``. Unknown names are skipped: composition then reports the missing config group option."""
+    ``cluster=<name>``. Unknown names are skipped: composition then names the missing
+    config group option."""
     cs = ConfigStore.instance()
     for name in names:
         if f"{name}.yaml" in cs.repo.get("schema", {}).get("cluster", {}):
