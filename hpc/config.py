@@ -28,8 +28,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     from hpc.spec import register_configs
 
     check_override_syntax(overrides)
-    register_configs()
-    registry.register_schemas(cluster_choices(overrides))
+    register_configs(cluster_choices(overrides))
     try:
         cfg = hydra_internals.compose(CONFIG_MODULE, CONFIG_NAME, list(overrides))
     except ConfigError:

@@ -8,11 +8,14 @@ time limits, GPUs available) live in :mod:`hpc.validate`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from hpc import registry
 
 
 @dataclass
@@ -125,8 +128,10 @@ class Config:
     resume_allow_changes: list[str] = field(default_factory=list)
 
 
-def register_configs() -> None:
-    """Register the schema and the structured bases the YAML groups extend."""
+def register_configs(clusters: Iterable[str] | None = None) -> None:
+    """Register the schema and the structured bases the YAML groups extend, with the
+    cluster schemas of these backends (None: every installed one)."""
+    registry.register_schemas(registry.available() if clusters is None else clusters)
     cs = ConfigStore.instance()
     if "hpc_schema.yaml" in cs.repo:  # once per process (Hydra 1.4 warns on re-registration)
         return
