@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
+from importlib.resources import files
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hpc import hydra_internals
+from hpc import hydra_internals, registry
 from hpc.errors import ConfigError
 from hpc.hydra_internals import override_parser
 
@@ -27,7 +28,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     from hpc.spec import register_configs
 
     check_override_syntax(overrides)
-    register_configs()
+    register_configs(cluster_choices(overrides))
     try:
         cfg = hydra_internals.compose(CONFIG_MODULE, CONFIG_NAME, list(overrides))
     except ConfigError:
@@ -41,6 +42,31 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     check_declared_keys(cfg)
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def cluster_choices(overrides: Sequence[str]) -> list[str]:
+    """The backends a composition may select: those named by ``cluster=`` overrides
+    (comma lists of a sweep too), else config.yaml's default; every installed one when
+    an override selects by a pattern. Only their schemas (and modules) are loaded."""
+    named: list[str] = []
+    for text in overrides:
+        key, _, value = text.lstrip("+").partition("=")
+        if key.split("@")[0] != "cluster":
+            continue
+        if any(mark in value for mark in "()[]*"):
+            return registry.available()
+        named.extend(v.strip() for v in value.split(","))
+    return named or [_default_cluster()]
+
+
+def _default_cluster() -> str:
+    text = (files(CONFIG_MODULE) / f"{CONFIG_NAME}.yaml").read_text()
+    loaded = OmegaConf.create(text)
+    defaults = loaded.get("defaults", []) if isinstance(loaded, DictConfig) else []
+    for entry in defaults:
+        if isinstance(entry, DictConfig) and "cluster" in entry:
+            return str(entry["cluster"])
+    return ""
 
 
 def check_declared_keys(node: Any, prefix: str = "") -> None:

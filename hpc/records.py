@@ -17,9 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpc.states import TERMINAL
+
 RECORD_NAME = "job.json"
 FINISHED_MARKER = "FINISHED"  # rank 0 writes it when the job's main() returned normally
-TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED"})
+TERMINAL_STATES = TERMINAL  # hpc.states
 
 
 @dataclass

@@ -1,17 +1,21 @@
 """The job spec: structured configs registered in Hydra's ConfigStore.
 
 These dataclasses are the schema every composed config is checked against
-(types, unknown keys). Value rules that types cannot express (positive counts,
+(types, unknown keys); each backend brings the schema of its ``cluster`` node
+(:mod:`hpc.backend`). Value rules that types cannot express (positive counts,
 time limits, GPUs available) live in :mod:`hpc.validate`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from hpc import registry
 
 
 @dataclass
@@ -45,66 +49,6 @@ class ResourcesConfig:
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-
-
-@dataclass
-class LocalClusterConfig:
-    kind: str = "local"
-    master_addr: str = "127.0.0.1"
-    # Seconds between SIGTERM and SIGKILL when workers are stopped.
-    kill_grace_s: float = 10.0
-    # Seconds the other workers may take to exit once one has exited normally; then
-    # they are killed and named (a rank hung at exit), and the job fails.
-    exit_grace_s: float = 60.0
-
-
-@dataclass
-class SlurmClusterConfig:
-    kind: str = "slurm"
-    python: str | None = None  # interpreter on the nodes; default: the submitting one
-    setup: list[str] = field(default_factory=list)  # shell lines run before srun
-    sbatch_args: list[str] = field(default_factory=list)  # extra raw sbatch options
-    array_parallelism: int | None = None  # the % in --array=0-N%P
-    submit_retries: int = 5
-    # srun --wait: seconds the other tasks may run once one has exited (0: no limit).
-    exit_grace_s: float = 60.0
-
-
-@dataclass
-class K8sClusterConfig:
-    """A Kubeflow MPIJob (kubeflow.org/v2beta1): one launcher pod runs mpirun, one worker
-    pod per node runs the ranks. Checked by ``hpc.launchers.kubernetes.validate``."""
-
-    kind: str = "k8s"
-    image: str = "ghcr.io/hpc-launch/hpc-launch:latest"
-    image_pull_policy: str | None = None  # Always, IfNotPresent, Never; None: cluster default
-    # What each rank runs; the path of the job's config file is appended.
-    command: list[str] = field(default_factory=lambda: ["python", "-m", "hpc.run"])
-    # Worker container command (the sshd that mpirun reaches); empty: the image's entrypoint.
-    worker_command: list[str] = field(default_factory=list)
-    namespace: str = "default"
-    context: str | None = None  # kubeconfig context; None: the current one (or in-cluster)
-    service_account: str | None = None
-    # Shared volume for the run directory and checkpoints; required for more than one node.
-    checkpoint_pvc: str | None = None
-    checkpoint_mount: str = "/checkpoints"  # where the volume is mounted in the workers
-    mpi_implementation: str = "OpenMPI"  # OpenMPI, Intel or MPICH
-    master_port: int = 29500  # torch.distributed rendezvous port on worker 0
-    env: dict[str, str] = field(default_factory=dict)  # extra variables for every rank
-    clean_pod_policy: str = "Running"  # None, Running or All
-    backoff_limit: int = 3
-    ttl_seconds_after_finished: int | None = 86400
-    # terminationGracePeriodSeconds; must cover preemption.lead_s where that is set.
-    grace_period_s: int = 120
-
-
-@dataclass
-class MpiClusterConfig:
-    """Local ``mpirun`` (Open MPI): ranks discover each other through MPI."""
-
-    kind: str = "mpi"
-    mpirun: str = "mpirun"
-    extra_args: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -184,16 +128,10 @@ class Config:
     resume_allow_changes: list[str] = field(default_factory=list)
 
 
-CLUSTER_SCHEMAS: dict[str, type] = {
-    "local": LocalClusterConfig,
-    "slurm": SlurmClusterConfig,
-    "k8s": K8sClusterConfig,
-    "mpi": MpiClusterConfig,
-}
-
-
-def register_configs() -> None:
-    """Register the schema and the structured bases the YAML groups extend."""
+def register_configs(clusters: Iterable[str] | None = None) -> None:
+    """Register the schema and the structured bases the YAML groups extend, with the
+    cluster schemas of these backends (None: every installed one)."""
+    registry.register_schemas(registry.available() if clusters is None else clusters)
     cs = ConfigStore.instance()
     if "hpc_schema.yaml" in cs.repo:  # once per process (Hydra 1.4 warns on re-registration)
         return
@@ -202,8 +140,7 @@ def register_configs() -> None:
     # up as choices; the YAML files extend them with `- /schema/<group>/<name>@_here_`.
     cs.store(group="schema/job", name="digits", node=DigitsJobConfig)
     cs.store(group="schema/job", name="base", node=JobConfig)
-    for kind, schema in CLUSTER_SCHEMAS.items():
-        cs.store(group="schema/cluster", name=kind, node=schema)
+    # schema/cluster/<name> comes from each backend (hpc.registry.register_schemas).
     for group, schema in (
         ("preemption", PreemptionConfig),
         ("placement", PlacementConfig),

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from hpc import registry
 from hpc.config import ConfigError
-from hpc.spec import CLUSTER_SCHEMAS
 
 _TIME_RE = re.compile(
     r"^(?:(?P<days>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
@@ -107,7 +107,7 @@ def validate(cfg: dict[str, Any]) -> None:
     _validate_job(cfg["job"])
     _validate_resources(cfg["resources"])
     kind = cfg["cluster"].get("kind")
-    if kind not in CLUSTER_SCHEMAS:
+    if kind not in registry.available():
         raise ConfigError("cluster.kind", f"unknown launcher {kind!r} (one of {_names()})")
     _validate_preemption(cfg)
     _validate_node_setup(cfg)
@@ -129,8 +129,11 @@ def validate(cfg: dict[str, Any]) -> None:
         if not (resume / "job.json").is_file():
             raise ConfigError("resume", f"{str(resume)!r} is not a run directory (no job.json)")
     _validate_allow_changes(cfg)
-    if kind == "local":
-        _validate_local(cfg)
+    try:
+        launcher = registry.launcher_class(kind)
+    except KeyError as exc:
+        raise ConfigError("cluster.kind", str(exc.args[0])) from None
+    launcher().validate(cfg)
 
 
 def is_config_key(key: str) -> bool:
@@ -225,7 +228,7 @@ def _filesystem_type(path: Path) -> str | None:
 
 
 def _names() -> str:
-    return ", ".join(sorted(CLUSTER_SCHEMAS))
+    return ", ".join(registry.available())
 
 
 def _get(cfg: dict[str, Any], dotted: str) -> Any:
@@ -352,22 +355,3 @@ def _validate_tracking(tracking: dict[str, Any]) -> None:
         raise ConfigError("tracking.uri", f"{uri!r} is not a URI or path")
     if not str(tracking.get("experiment") or "").strip():
         raise ConfigError("tracking.experiment", "must not be empty")
-
-
-def _validate_local(cfg: dict[str, Any]) -> None:
-    res = cfg["resources"]
-    if res["nodes"] != 1:
-        raise ConfigError("resources.nodes", f"the local launcher runs 1 node, got {res['nodes']}")
-    if res["gpus_per_node"]:
-        have = local_gpu_count()
-        if res["gpus_per_node"] > have:
-            raise ConfigError(
-                "resources.gpus_per_node",
-                f"asks for {res['gpus_per_node']} GPUs but this machine has {have}",
-            )
-    cpus = len(os.sched_getaffinity(0))
-    if res["tasks_per_node"] > max(64, 4 * cpus):
-        raise ConfigError(
-            "resources.tasks_per_node",
-            f"{res['tasks_per_node']} local workers on {cpus} CPUs is not sensible",
-        )

@@ -1,82 +1,24 @@
-"""The launcher interface: ``plan(spec) -> Plan`` (pure), ``submit(plan) -> JobHandle``.
+"""What every backend shares when it submits: the run directory and its job.json.
 
-Modelled on torchx's dry run → inspectable plan → schedule: a plan holds
-everything that would run and can be printed (``dry_run=true``) and tested as
-text before anything is submitted.
+The interface itself (Launcher, Plan, JobHandle, SubmitError) lives in the core,
+:mod:`hpc.backend`; it is re-exported here for the backends' convenience.
 """
 
 from __future__ import annotations
 
-import abc
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
+from hpc.backend import JobHandle, Launcher, Plan, SubmitError
 from hpc.jobspec import JobSpec
 
-
-class SubmitError(RuntimeError):
-    """The backend refused or could not take the job; ``str()`` is its own message."""
-
-
-@dataclass
-class Plan:
-    """What a launcher would do. ``text`` is the printable artifact (script/manifest)."""
-
-    launcher: str
-    spec: JobSpec
-    text: str
-    commands: list[list[str]] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    # Files written into the run directory at submit: relative name -> content.
-    files: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def run_dir(self) -> Path:
-        return self.spec.run_dir
-
-    def __str__(self) -> str:
-        return self.text
-
-
-class JobHandle(abc.ABC):
-    """A submitted job, concurrent.futures-like (after submitit's Job)."""
-
-    job_id: str
-    run_dir: Path
-    # What a follower (``hpc-launch``'s progress display) reads: the job's newest output
-    # line, a callback for each new line (handles that stream output call it), and the
-    # final message once the job ended (why it failed, or a warning).
-    last_line: str = ""
-    on_line: Callable[[str], None] | None = None
-    message: str | None = None
-
-    def forward(self, signum: int) -> None:
-        """Deliver ``signum`` to the job; a backend that cannot deliver signals cancels it."""
-        self.cancel()
-
-    def restart_signal(self) -> int | None:
-        """The signal that means "checkpoint and restart" for this handle, if it has one."""
-        return None
-
-    @abc.abstractmethod
-    def status(self) -> str:
-        """Slurm-style state: PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, ..."""
-
-    @abc.abstractmethod
-    def cancel(self) -> None: ...
-
-    @abc.abstractmethod
-    def logs(self, follow: bool = False) -> Iterator[str]:
-        """Lines of the job's main log; with ``follow`` keep reading until it ends."""
-
-    @abc.abstractmethod
-    def wait(self) -> int:
-        """Block until the job ends; return its exit code."""
-
-    def done(self) -> bool:
-        return self.status() in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED"}
+__all__ = [
+    "JobHandle",
+    "Launcher",
+    "Plan",
+    "SubmitError",
+    "prepare_run",
+    "record_resume_changes",
+]
 
 
 def prepare_run(plan: Plan, job_id: str | None, state: str = "PENDING") -> None:
@@ -130,15 +72,3 @@ def record_resume_changes(spec: JobSpec) -> None:
     }
     history = [*extra.get("resume_changes", []), entry]
     records.update(spec.run_dir, extra={"resume_changes": history})
-
-
-class Launcher(abc.ABC):
-    name: str
-
-    @abc.abstractmethod
-    def plan(self, spec: JobSpec) -> Plan:
-        """Everything that would run, as data. Must not touch the filesystem or network."""
-
-    @abc.abstractmethod
-    def submit(self, plan: Plan) -> JobHandle:
-        """Write the plan's files into the run directory and start the job."""

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from hpc import records
@@ -35,7 +36,19 @@ WORKER_MODULE = "hpc.run"
 PORT_PLACEHOLDER = "auto"
 
 
+@dataclass
+class LocalClusterConfig:
+    kind: str = "local"
+    master_addr: str = "127.0.0.1"
+    # Seconds between SIGTERM and SIGKILL when workers are stopped.
+    kill_grace_s: float = 10.0
+    # Seconds the other workers may take to exit once one has exited normally; then
+    # they are killed and named (a rank hung at exit), and the job fails.
+    exit_grace_s: float = 60.0
+
+
 class LocalLauncher(Launcher):
+    schema = LocalClusterConfig
     name = "local"
 
     def plan(self, spec: JobSpec) -> Plan:

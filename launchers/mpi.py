@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import IO
 
 from hpc import records
@@ -41,7 +42,17 @@ def is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
+@dataclass
+class MpiClusterConfig:
+    """Local ``mpirun`` (Open MPI): ranks discover each other through MPI."""
+
+    kind: str = "mpi"
+    mpirun: str = "mpirun"
+    extra_args: list[str] = field(default_factory=list)
+
+
 class MpiLauncher(Launcher):
+    schema = MpiClusterConfig
     name = "mpi"
 
     def plan(self, spec: JobSpec) -> Plan:

@@ -10,14 +10,16 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from hpc.backend import NotSupported, SubmitError
 from hpc.config import ConfigError
-from hpc.sweep import SweepPlan, is_secret_override, plan_sweep, sweep_record, write_record
+from hpc.registry import get_launcher
+from hpc.sweep import plan_sweep
 
-if TYPE_CHECKING:  # the launchers load lazily: the CLI stays light
+if TYPE_CHECKING:
+    from hpc.backend import JobHandle
     from hpc.jobspec import JobSpec
-    from hpc.launchers.base import JobHandle
 
 USAGE = """\
 usage: hpc-launch [-m|--multirun] [--cfg] [key=value ...]
@@ -63,7 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def launch(overrides: Sequence[str], show_cfg: bool = False) -> int:
     from hpc.jobspec import load_spec
-    from hpc.launchers import get_launcher
 
     try:
         spec = load_spec(overrides)
@@ -80,10 +81,8 @@ def launch(overrides: Sequence[str], show_cfg: bool = False) -> int:
         return 0
     if spec.config.get("dry_run"):
         sys.stdout.write(plan.text)
-        show_placement(spec)
+        show_placement(spec, launcher.follows_by_default)
         return 0
-    from hpc.launchers.base import SubmitError
-
     try:
         handle = launcher.submit(plan)
     except ConfigError as exc:
@@ -93,18 +92,18 @@ def launch(overrides: Sequence[str], show_cfg: bool = False) -> int:
         err(f"error: {spec.launcher} rejected the job: {exc}")
         return 1
     err(f"{handle.job_id}: started, run directory {handle.run_dir}")
-    if spec.launcher not in ("local", "mpi") and not spec.config.get("wait"):
+    if not launcher.follows_by_default and not spec.config.get("wait"):
         return 0
     return follow(handle, spec.name)
 
 
-def show_placement(spec: JobSpec) -> None:
+def show_placement(spec: JobSpec, on_this_machine: bool) -> None:
     """On stderr (stdout holds the plan alone): where each rank will be bound."""
     placement = spec.config.get("placement") or {}
     if not placement.get("enabled", True):
         return
     ranks = int(spec.resources["tasks_per_node"])
-    if spec.launcher not in ("local", "mpi") and not placement.get("topo_file"):
+    if not on_this_machine and not placement.get("topo_file"):
         return  # computed on each node at start (`hpc topo plan` shows it for a node)
     import logging
 
@@ -180,43 +179,24 @@ def _tracking_note(run_dir: Path) -> str:
     return f"; {message}" if message else ""
 
 
-def _hide_secret(override: str) -> str:
-    return f"{override.partition('=')[0]}=***" if is_secret_override(override) else override
-
-
 def run_sweep(overrides: Sequence[str]) -> int:
-    """``hpc-launch -m``: plan, then submit arrays (Slurm) or run tasks in turn (local)."""
+    """``hpc-launch -m``: plan, then let the backend submit it (Slurm arrays, local tasks
+    in turn); a backend without sweeps is a one-line error, exit 2."""
     try:
         plan = plan_sweep(overrides)
+        first = next(iter(plan.shapes.values()))
+        launcher = get_launcher(first.launcher)
     except ConfigError as exc:
-        print(f"hpc-launch: error: {exc}", file=sys.stderr)
+        err(f"error: {exc}")
         return 2
-    first = next(iter(plan.shapes.values()))
-    if first.launcher == "slurm":
-        from hpc.launchers.slurm.sweep import submit_sweep
-
-        return submit_sweep(plan, dry_run=bool(first.config.get("dry_run")))
-    if first.launcher == "local":
-        return _run_local(plan, first)
-    print(
-        f"hpc-launch: error: cluster: sweeps are not supported on {first.launcher}", file=sys.stderr
-    )
-    return 2
-
-
-def _run_local(plan: SweepPlan, first: Any) -> int:
-    """Local sweeps run their tasks one after another, each a normal launch."""
-    if first.config.get("dry_run"):
-        for task in plan.tasks:
-            shown = [_hide_secret(o) for o in [*plan.base_overrides, *task.overrides]]
-            print(" ".join(shown))
-        return 0
-    write_record(plan.sweep_dir, sweep_record(plan, first.name, "local"))
-    worst = 0
-    for task in plan.tasks:
-        code = launch([*plan.base_overrides, *task.overrides, f"run_dir={task.run_dir}"])
-        worst = worst or code
-    return worst
+    except KeyError as exc:
+        err(f"error: cluster: {exc.args[0]}")
+        return 2
+    try:
+        return launcher.submit_sweep(plan, bool(first.config.get("dry_run")), launch)
+    except NotSupported as exc:
+        err(f"error: cluster: {exc}")
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,13 +9,16 @@ only there: dry runs never load it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from hpc.config import ConfigError
 from hpc.jobspec import JobSpec
-from hpc.launchers.base import Launcher, Plan
+from hpc.launchers.base import JobHandle, Launcher, Plan
 from hpc.launchers.kubernetes import manifest
 from hpc.launchers.kubernetes.validate import check_config, check_mpijob
+from hpc.states import ACTIVE
 
 if TYPE_CHECKING:
     from hpc.launchers.kubernetes.client import KubernetesJob
@@ -23,8 +26,56 @@ if TYPE_CHECKING:
 MANIFEST_FILE = "mpijob.yaml"
 
 
+@dataclass
+class K8sClusterConfig:
+    """A Kubeflow MPIJob (kubeflow.org/v2beta1): one launcher pod runs mpirun, one worker
+    pod per node runs the ranks. Checked by ``hpc.launchers.kubernetes.validate``."""
+
+    kind: str = "k8s"
+    image: str = "ghcr.io/hpc-launch/hpc-launch:latest"
+    image_pull_policy: str | None = None  # Always, IfNotPresent, Never; None: cluster default
+    # What each rank runs; the path of the job's config file is appended.
+    command: list[str] = field(default_factory=lambda: ["python", "-m", "hpc.run"])
+    # Worker container command (the sshd that mpirun reaches); empty: the image's entrypoint.
+    worker_command: list[str] = field(default_factory=list)
+    namespace: str = "default"
+    context: str | None = None  # kubeconfig context; None: the current one (or in-cluster)
+    service_account: str | None = None
+    # Shared volume for the run directory and checkpoints; required for more than one node.
+    checkpoint_pvc: str | None = None
+    checkpoint_mount: str = "/checkpoints"  # where the volume is mounted in the workers
+    mpi_implementation: str = "OpenMPI"  # OpenMPI, Intel or MPICH
+    master_port: int = 29500  # torch.distributed rendezvous port on worker 0
+    env: dict[str, str] = field(default_factory=dict)  # extra variables for every rank
+    clean_pod_policy: str = "Running"  # None, Running or All
+    backoff_limit: int = 3
+    ttl_seconds_after_finished: int | None = 86400
+    # terminationGracePeriodSeconds; must cover preemption.lead_s where that is set.
+    grace_period_s: int = 120
+
+
 class KubernetesLauncher(Launcher):
+    schema = K8sClusterConfig
     name = "k8s"
+
+    def attach(self, record: dict[str, Any]) -> JobHandle:
+        from hpc.launchers.kubernetes.client import handle_from_record  # loads kubernetes
+
+        try:
+            return handle_from_record(record["run_dir"])
+        except ConfigError as exc:
+            raise LookupError(
+                f"{record['run_dir']}: cannot reach its Kubernetes cluster ({exc})"
+            ) from None
+
+    def refresh_states(self, runs: list[dict[str, Any]]) -> None:
+        for run in runs:
+            if run.get("state") not in ACTIVE:
+                continue
+            try:
+                run["state"] = self.attach(run).status()
+            except LookupError as exc:
+                print(f"hpc: warning: {exc}; states may be stale", file=sys.stderr)
 
     def plan(self, spec: JobSpec) -> Plan:
         check_config(spec.config)

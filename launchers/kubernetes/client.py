@@ -37,12 +37,12 @@ from hpc.credentials import ENV_FILE, write_env_file
 from hpc.jobspec import redact_uri
 from hpc.launchers.base import JobHandle, Plan
 from hpc.launchers.kubernetes import manifest
+from hpc.states import TERMINAL
 
 log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v2beta1", "mpijobs"
 TIMEOUT = (10, 60)  # connect, read (seconds) for every request but followed logs
-TERMINAL = records.TERMINAL_STATES
 _POD_PROBLEMS = {
     "ErrImagePull",
     "ImagePullBackOff",
@@ -385,6 +385,9 @@ class KubernetesJob(JobHandle):
         return None
 
     # -- JobHandle -----------------------------------------------------------------------------
+    def describe_cancel(self) -> str:
+        return f"deleted MPIJob of {self.run_dir}"
+
     def cancel(self) -> None:
         from kubernetes import client
 

@@ -4,30 +4,37 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hpc import records
+from hpc.backend import LaunchTask
 from hpc.jobspec import JobSpec
 from hpc.launchers.base import JobHandle, Launcher, Plan, prepare_run
 from hpc.launchers.local import follow_file
-from hpc.launchers.slurm import client
+from hpc.launchers.slurm import client, runs
 from hpc.launchers.slurm.script import job_environment, render_script, sbatch_directives
+from hpc.states import TERMINAL
+from hpc.sweep import SweepPlan
 
 SCRIPT_NAME = "job.sbatch"
-TERMINAL = {
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "PREEMPTED",
-    "NODE_FAIL",
-    "OUT_OF_MEMORY",
-    "BOOT_FAIL",
-    "DEADLINE",
-}
+
+
+@dataclass
+class SlurmClusterConfig:
+    kind: str = "slurm"
+    python: str | None = None  # interpreter on the nodes; default: the submitting one
+    setup: list[str] = field(default_factory=list)  # shell lines run before srun
+    sbatch_args: list[str] = field(default_factory=list)  # extra raw sbatch options
+    array_parallelism: int | None = None  # the % in --array=0-N%P
+    submit_retries: int = 5
+    # srun --wait: seconds the other tasks may run once one has exited (0: no limit).
+    exit_grace_s: float = 60.0
 
 
 class SlurmLauncher(Launcher):
+    schema = SlurmClusterConfig
     name = "slurm"
 
     def plan(self, spec: JobSpec) -> Plan:
@@ -58,6 +65,19 @@ class SlurmLauncher(Launcher):
         )
         return SlurmJob(job_id, spec.run_dir)
 
+    def attach(self, record: dict[str, Any]) -> SlurmJob:
+        if not record.get("job_id"):
+            raise LookupError(f"{record.get('run_dir')}: no Slurm job id recorded")
+        return SlurmJob(str(record["job_id"]), Path(record["run_dir"]), runs.log_file(record))
+
+    def refresh_states(self, records: list[dict[str, Any]]) -> None:
+        runs.refresh_states(records)
+
+    def submit_sweep(self, plan: SweepPlan, dry_run: bool, launch_task: LaunchTask) -> int:
+        from hpc.launchers.slurm.sweep import submit_sweep  # imports this package
+
+        return submit_sweep(plan, dry_run=dry_run)
+
 
 class SlurmJob(JobHandle):
     """A submitted Slurm job (or one array task: ``123_4``)."""
@@ -83,6 +103,9 @@ class SlurmJob(JobHandle):
 
     def cancel(self) -> None:
         client.cancel(self.job_id)
+
+    def describe_cancel(self) -> str:
+        return f"scancel {self.job_id}"
 
     def forward(self, signum: int) -> None:
         """Ctrl-C while following a Slurm job cancels it."""
