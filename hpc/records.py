@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpc.exitcodes import PREEMPTED
+
 RECORD_NAME = "job.json"
 FINISHED_MARKER = "FINISHED"  # rank 0 writes it when the job's main() returned normally
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED"})
@@ -227,7 +229,7 @@ def _main(command: str, run_dir: Path, rest: list[str]) -> int:
             update(run_dir, state="COMPLETED", exit_code=0)
         return 0
     by_slurm = current == "REQUEUED" and (record.get("extra") or {}).get("requeued_by") == "slurm"
-    if code == 75 and (current in ("PREEMPTED", "FAILED") or by_slurm):  # see hpc.requeue
+    if code == PREEMPTED and (current in ("PREEMPTED", "FAILED") or by_slurm):  # see hpc.requeue
         update(run_dir, exit_code=code)
         return 0
     update(run_dir, state="COMPLETED" if code == 0 else "FAILED", exit_code=code)
