@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpc.exitcodes import PREEMPTED
 from hpc.states import TERMINAL
 
 RECORD_NAME = "job.json"
@@ -229,7 +230,7 @@ def _main(command: str, run_dir: Path, rest: list[str]) -> int:
             update(run_dir, state="COMPLETED", exit_code=0)
         return 0
     by_slurm = current == "REQUEUED" and (record.get("extra") or {}).get("requeued_by") == "slurm"
-    if code == 75 and (current in ("PREEMPTED", "FAILED") or by_slurm):  # see hpc.requeue
+    if code == PREEMPTED and (current in ("PREEMPTED", "FAILED") or by_slurm):  # see hpc.requeue
         update(run_dir, exit_code=code)
         return 0
     update(run_dir, state="COMPLETED" if code == 0 else "FAILED", exit_code=code)

@@ -3,13 +3,16 @@
 These dataclasses are the schema every composed config is checked against
 (types, unknown keys); each backend brings the schema of its ``cluster`` node
 (:mod:`hpc.backend`). Value rules that types cannot express (positive counts,
-time limits, GPUs available) live in :mod:`hpc.validate`.
+time limits, GPUs available) live in :mod:`hpc.validate`; a job's own rules live with
+its schema under ``hpc.jobs`` (:class:`JobConfig.check`).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -20,21 +23,44 @@ from hpc import registry
 
 @dataclass
 class JobConfig:
-    """Any job: what to run. Jobs with their own knobs extend this."""
+    """Any job: what to run. Jobs with their own knobs extend this.
+
+    A job's schema lives with the job, in a ``hpc.jobs.<module>_config`` module whose
+    ``SCHEMAS`` maps a name to the schema (stored as ``schema/job/<name>``); its
+    :meth:`check` holds the job's own value rules.
+    """
 
     name: str = MISSING
     entrypoint: str = MISSING  # "package.module:function" or "path/to/script.py"
     seed: int = 0
 
+    @classmethod
+    def check(cls, job: dict[str, Any]) -> None:
+        """The job's own value rules on its composed section; raise ConfigError."""
 
-@dataclass
-class DigitsJobConfig(JobConfig):
-    name: str = "digits"
-    entrypoint: str = "hpc.jobs.digits:main"
-    lr: float = 0.05
-    epochs: int = 8
-    batch_size: int = 32
-    hidden: int = 64
+
+JOB_SCHEMA_PACKAGE = "hpc.jobs"
+
+
+def job_schemas() -> dict[str, type[JobConfig]]:
+    """Every job schema: ``SCHEMAS`` of each ``hpc.jobs.*_config`` module."""
+    package = importlib.import_module(JOB_SCHEMA_PACKAGE)
+    found: dict[str, type[JobConfig]] = {}
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if info.name.endswith("_config"):
+            module = importlib.import_module(f"{JOB_SCHEMA_PACKAGE}.{info.name}")
+            found.update(getattr(module, "SCHEMAS", {}))
+    return found
+
+
+def job_schema_for(job: dict[str, Any]) -> type[JobConfig]:
+    """The most specific schema whose fields the composed ``job`` section all has."""
+    best: type[JobConfig] = JobConfig
+    for schema in job_schemas().values():
+        names = {f.name for f in fields(schema)}
+        if names <= job.keys() and len(names) > len(fields(best)):
+            best = schema
+    return best
 
 
 @dataclass
@@ -138,7 +164,8 @@ def register_configs(clusters: Iterable[str] | None = None) -> None:
     cs.store(name="hpc_schema", node=Config)
     # Schemas live in their own groups (schema/<group>/<name>) so they do not show
     # up as choices; the YAML files extend them with `- /schema/<group>/<name>@_here_`.
-    cs.store(group="schema/job", name="digits", node=DigitsJobConfig)
+    for name, schema in job_schemas().items():
+        cs.store(group="schema/job", name=name, node=schema)
     cs.store(group="schema/job", name="base", node=JobConfig)
     # schema/cluster/<name> comes from each backend (hpc.registry.register_schemas).
     for group, schema in (

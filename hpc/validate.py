@@ -15,6 +15,7 @@ from typing import Any
 
 from hpc import registry
 from hpc.config import ConfigError
+from hpc.spec import job_schema_for
 
 _TIME_RE = re.compile(
     r"^(?:(?P<days>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
@@ -249,18 +250,13 @@ def _at_least(cfg: dict[str, Any], key: str, minimum: int) -> None:
 
 
 def _validate_job(job: dict[str, Any]) -> None:
-    cfg = {"job": job}
     for key in ("name", "entrypoint"):
         if not str(job.get(key) or "").strip():
             raise ConfigError(f"job.{key}", "is missing")
     if not _NAME_RE.match(job["name"]):
         raise ConfigError("job.name", f"{job['name']!r} must match {_NAME_RE.pattern}")
     _validate_entrypoint(job["entrypoint"])
-    for key in ("epochs", "batch_size", "hidden"):
-        if key in job:
-            _positive(cfg, f"job.{key}")
-    if "lr" in job and not job["lr"] > 0:
-        raise ConfigError("job.lr", f"must be > 0, got {job['lr']!r}")
+    job_schema_for(job).check(job)  # the job's own rules, declared with its schema
 
 
 def _validate_entrypoint(entrypoint: str) -> None:
