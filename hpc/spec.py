@@ -164,8 +164,8 @@ def register_configs(clusters: Iterable[str] | None = None) -> None:
     cs.store(name="hpc_schema", node=Config)
     # Schemas live in their own groups (schema/<group>/<name>) so they do not show
     # up as choices; the YAML files extend them with `- /schema/<group>/<name>@_here_`.
-    for name, schema in job_schemas().items():
-        cs.store(group="schema/job", name=name, node=schema)
+    for name, job_schema in job_schemas().items():
+        cs.store(group="schema/job", name=name, node=job_schema)
     cs.store(group="schema/job", name="base", node=JobConfig)
     # schema/cluster/<name> comes from each backend (hpc.registry.register_schemas).
     for group, schema in (
