@@ -125,18 +125,21 @@ class Launcher(abc.ABC):
         Raise LookupError with a one-line reason when the job cannot be reached."""
         raise LookupError(f"{record.get('run_dir')}: {self.name} cannot re-attach to its jobs")
 
-    def refresh_states(self, runs: list[dict[str, Any]]) -> None:
+    def refresh_states(self, runs: list[dict[str, Any]]) -> list[str]:
         """Set ``state`` (and ``reason``) of these runs of this backend from the backend.
 
-        One handle per active run by default; backends that can ask for many jobs at
-        once (one ``squeue``) override it."""
+        Returns one-line warnings (the backend could not be asked). One handle per
+        active run by default; backends that can ask for many jobs at once (one
+        ``squeue``) override it."""
+        warnings = []
         for run in runs:
             if run.get("state") not in ACTIVE:
                 continue
             try:
                 run["state"] = self.attach(run).status()
-            except LookupError:
-                continue
+            except LookupError as exc:
+                warnings.append(f"{exc}; states may be stale")
+        return warnings
 
     def submit_sweep(self, plan: SweepPlan, dry_run: bool, launch_task: LaunchTask) -> int:
         """Submit (or with ``dry_run`` print) a planned sweep; return the exit code."""

@@ -118,8 +118,9 @@ class LocalBackend(LocalLauncher):
     def attach(self, record: dict[str, Any]) -> JobHandle:
         return LocalRun(record)
 
-    def refresh_states(self, runs: list[dict[str, Any]]) -> None:
+    def refresh_states(self, runs: list[dict[str, Any]]) -> list[str]:
         refresh_local(runs)
+        return []
 
     def submit_sweep(self, plan: SweepPlan, dry_run: bool, launch_task: LaunchTask) -> int:
         return run_local_sweep(plan, dry_run, launch_task)
@@ -133,5 +134,6 @@ class MpiBackend(MpiLauncher):
     def attach(self, record: dict[str, Any]) -> JobHandle:
         return LocalRun(record)
 
-    def refresh_states(self, runs: list[dict[str, Any]]) -> None:
+    def refresh_states(self, runs: list[dict[str, Any]]) -> list[str]:
         refresh_local(runs)
+        return []

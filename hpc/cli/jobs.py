@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,22 +33,26 @@ def attach(run: dict[str, Any]) -> JobHandle:
     return launcher_of(run).attach(run)
 
 
-def refresh_states(runs: list[dict[str, Any]]) -> None:
-    """Current states: each backend refreshes its own runs (Slurm in one query)."""
+def refresh_states(runs: list[dict[str, Any]]) -> list[str]:
+    """Current states: each backend refreshes its own runs (one query where it can).
+
+    Returns one-line warnings: backends that could not be asked."""
     by_launcher: dict[str, list[dict[str, Any]]] = {}
+    warnings: list[str] = []
     for run in runs:
         by_launcher.setdefault(str(run.get("launcher")), []).append(run)
     for name, group in by_launcher.items():
         try:
             launcher = registry.get_launcher(name)
         except KeyError as exc:
-            print(f"hpc: warning: {exc.args[0]}; states may be stale", file=sys.stderr)
+            warnings.append(f"{exc.args[0]}; states may be stale")
             continue
-        launcher.refresh_states(group)
+        warnings += launcher.refresh_states(group)
     for run in runs:
         finished = run.get("run_dir") and records.finished(run["run_dir"])
         if finished and run.get("state") not in ACTIVE:  # whatever came after the end
             run["state"], run["exit_code"] = JobState.COMPLETED.value, 0
+    return warnings
 
 
 def follow_logs(run: dict[str, Any], follow: bool) -> Iterator[str]:

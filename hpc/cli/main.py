@@ -122,7 +122,8 @@ def cmd_status(limit: int, as_json: bool) -> int:
         print("hpc: error: --limit: must be >= 1", file=sys.stderr)
         return 2
     runs = records.recent_runs(limit)
-    refresh_states(runs)
+    for warning in refresh_states(runs):
+        print(f"hpc: warning: {warning}", file=sys.stderr)
     if as_json:
         print(json.dumps(runs, indent=2))
         return 0

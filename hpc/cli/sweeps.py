@@ -1,8 +1,8 @@
 """``hpc status SWEEP_DIR_OR_ARRAY_ID``: one sweep's tasks, progress, metrics and best task.
 
-States come from ONE batched Slurm query per refresh
-(:func:`hpc.launchers.slurm.client.states` on the sweep's array ids: squeue, then
-sacct for what squeue no longer shows), falling back to each task's ``job.json``.
+States come from the sweep's backend, asked once per refresh for all tasks
+(:meth:`hpc.backend.Launcher.refresh_states`: on Slurm one squeue/sacct query of the
+sweep's arrays), falling back to each task's ``job.json``.
 Metrics come from MLflow (imported here only, lazily): the sweep's parent run
 (``mlflow_parent.json``) gives all child runs with their latest metrics in one
 search; tasks without a parent are read one run at a time. Finished tasks'
@@ -12,7 +12,6 @@ metrics are cached between ``--watch`` refreshes.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc import records
+from hpc.cli.jobs import refresh_states
 
 SWEEP_FILE = "sweep.json"
 PENDING = {
@@ -108,22 +108,6 @@ def _indexed_sweeps() -> list[Path]:
     return seen
 
 
-def array_keys(key: str) -> list[tuple[str, int]]:
-    """``123_4`` -> [(123, 4)]; ``123_[0-3,7%2]`` -> [(123, 0) ... (123, 3), (123, 7)]."""
-    match = re.fullmatch(r"(\d+)_(\d+)", key)
-    if match:
-        return [(match.group(1), int(match.group(2)))]
-    match = re.fullmatch(r"(\d+)_\[([^\]]+)\]", key)
-    if not match:
-        return []
-    out = []
-    for part in match.group(2).split("%")[0].split(","):
-        low, _, high = part.partition("-")
-        if low.isdigit() and (not high or high.isdigit()):
-            out += [(match.group(1), i) for i in range(int(low), int(high or low) + 1)]
-    return out
-
-
 class SweepStatus:
     """Loads a sweep and refreshes its tasks' states and metrics."""
 
@@ -161,31 +145,21 @@ class SweepStatus:
                 task.metrics = {**task.metrics, self.metric: float(value)}
 
     def _refresh_states(self) -> None:
-        arrays = [str(a["array_id"]) for a in self.sweep.get("arrays", []) if a.get("array_id")]
-        found: dict[tuple[str, int], Any] = {}
-        if arrays:
-            from hpc.launchers.slurm import client
-
-            try:
-                states = client.states(arrays, retries=1)
-            except client.SlurmError as exc:
-                self.warnings.append(f"Slurm not reachable ({exc}); states from job.json")
-                states = {}
-            for key, state in states.items():
-                for pair in array_keys(key):
-                    found.setdefault(pair, state)
-        for task in self.tasks:
-            slurm_state = None
-            if task.job_id:
-                array_id, _, index = task.job_id.partition("_")
-                slurm_state = found.get((array_id, int(index)))
-            if slurm_state is not None:
-                task.state = slurm_state.state
-                task.reason = state.reason if state.reason not in ("None", "(null)") else ""
-            elif task.record.get("state"):
-                task.state = str(task.record["state"])
-            else:
-                task.state = "PENDING" if self.sweep.get("arrays") else "UNKNOWN"
+        """Each task's state from its backend (one query for a Slurm sweep's arrays)."""
+        pending = "PENDING" if self.sweep.get("arrays") else "UNKNOWN"
+        runs = [
+            {
+                **task.record,
+                "launcher": task.record.get("launcher") or self.sweep.get("launcher"),
+                "run_dir": task.run_dir,
+                "job_id": task.job_id or task.record.get("job_id"),
+                "state": str(task.record.get("state") or pending),
+            }
+            for task in self.tasks
+        ]
+        self.warnings += refresh_states(runs)
+        for task, run in zip(self.tasks, runs, strict=True):
+            task.state, task.reason = run["state"], str(run.get("reason") or "")
 
     def _client(self, uri: str) -> Any:
         if uri not in self._clients:

@@ -329,8 +329,8 @@ class HpcSlurmLauncher(_HpcLauncherBase):
     def _wait(
         self, sweep_dir: Path, record: dict[str, Any], indices: list[int]
     ) -> dict[int, tuple[str, int | None]]:
-        from hpc.cli.sweeps import array_keys
         from hpc.launchers.slurm import TERMINAL, client
+        from hpc.launchers.slurm.runs import array_tasks
 
         arrays = sorted({str(_task(record, i)["array_id"]) for i in indices})
         finals: dict[int, tuple[str, int | None]] = {}
@@ -340,15 +340,15 @@ class HpcSlurmLauncher(_HpcLauncherBase):
             except client.SlurmError as exc:
                 log.warning(f"hpc_slurm: {exc}; asking again")
                 states = {}
-            found: dict[tuple[str, int], Any] = {}
+            found: dict[str, Any] = {}
             for key, state in states.items():
-                for pair in array_keys(key):
-                    found.setdefault(pair, state)
+                for array_task in array_tasks(key):
+                    found.setdefault(array_task, state)
             for i in indices:
                 if i in finals:
                     continue
                 task = _task(record, i)
-                known = found.get((str(task["array_id"]), int(task["array_index"])))
+                known = found.get(f"{task['array_id']}_{task['array_index']}")
                 if known is not None and known.state in TERMINAL:
                     finals[i] = (known.state, known.exit_code)
             if len(finals) < len(indices):

@@ -9,7 +9,6 @@ only there: dry runs never load it.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,6 @@ from hpc.jobspec import JobSpec
 from hpc.launchers.base import JobHandle, Launcher, Plan
 from hpc.launchers.kubernetes import manifest
 from hpc.launchers.kubernetes.validate import check_config, check_mpijob
-from hpc.states import ACTIVE
 
 if TYPE_CHECKING:
     from hpc.launchers.kubernetes.client import KubernetesJob
@@ -67,15 +65,6 @@ class KubernetesLauncher(Launcher):
             raise LookupError(
                 f"{record['run_dir']}: cannot reach its Kubernetes cluster ({exc})"
             ) from None
-
-    def refresh_states(self, runs: list[dict[str, Any]]) -> None:
-        for run in runs:
-            if run.get("state") not in ACTIVE:
-                continue
-            try:
-                run["state"] = self.attach(run).status()
-            except LookupError as exc:
-                print(f"hpc: warning: {exc}; states may be stale", file=sys.stderr)
 
     def plan(self, spec: JobSpec) -> Plan:
         check_config(spec.config)

@@ -70,8 +70,8 @@ class SlurmLauncher(Launcher):
             raise LookupError(f"{record.get('run_dir')}: no Slurm job id recorded")
         return SlurmJob(str(record["job_id"]), Path(record["run_dir"]), runs.log_file(record))
 
-    def refresh_states(self, records: list[dict[str, Any]]) -> None:
-        runs.refresh_states(records)
+    def refresh_states(self, records: list[dict[str, Any]]) -> list[str]:
+        return runs.refresh_states(records)
 
     def submit_sweep(self, plan: SweepPlan, dry_run: bool, launch_task: LaunchTask) -> int:
         from hpc.launchers.slurm.sweep import submit_sweep  # imports this package
