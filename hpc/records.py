@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpc.exitcodes import PREEMPTED
 from hpc.states import TERMINAL
 
 RECORD_NAME = "job.json"
@@ -183,59 +182,3 @@ def recent_runs(limit: int = 20) -> list[dict[str, Any]]:
         if len(records) >= limit:
             break
     return records
-
-
-def slurm_job_id(env: dict[str, str] | os._Environ[str]) -> str | None:
-    """``ARRAYID_TASK`` for an array task, else ``SLURM_JOB_ID`` (None outside Slurm)."""
-    array = env.get("SLURM_ARRAY_JOB_ID")
-    return f"{array}_{env.get('SLURM_ARRAY_TASK_ID')}" if array else env.get("SLURM_JOB_ID")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m hpc.records start|finish RUN_DIR [EXIT_CODE]``: used by batch scripts."""
-    import sys
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) < 2 or args[0] not in ("start", "finish"):
-        print("usage: python -m hpc.records start|finish RUN_DIR [EXIT_CODE]", file=sys.stderr)
-        return 2
-    try:
-        return _main(args[0], Path(args[1]), args[2:])
-    except (OSError, ValueError) as exc:
-        print(f"hpc-launch: could not update the run record: {exc}", file=sys.stderr)
-        return 1
-
-
-def _main(command: str, run_dir: Path, rest: list[str]) -> int:
-    env = os.environ
-    if command == "start":
-        job_id = slurm_job_id(env)
-        restarts = int(env.get("SLURM_RESTART_COUNT", "0") or 0)
-        extra: dict[str, Any] = {"nodes": env.get("SLURM_JOB_NODELIST"), "restart_count": restarts}
-        if restarts and job_id:  # why the previous attempt ended, in Slurm's words
-            from hpc.slurm_reason import restart_reason
-
-            before = load(run_dir).get("extra") or {}
-            ours = before.get("interrupted_attempt") == restarts - 1
-            reason = restart_reason(job_id, before.get("last_interruption") if ours else None)
-            if reason:
-                extra["last_interruption"] = reason
-        update(run_dir, state="RUNNING", job_id=job_id, extra=extra)
-        return 0
-    code = int(rest[0]) if rest else 0
-    record = load(run_dir)
-    current = record.get("state")
-    if finished(run_dir):  # a stop signal or requeue after the end changes nothing
-        if (current, record.get("exit_code")) != ("COMPLETED", 0):
-            update(run_dir, state="COMPLETED", exit_code=0)
-        return 0
-    by_slurm = current == "REQUEUED" and (record.get("extra") or {}).get("requeued_by") == "slurm"
-    if code == PREEMPTED and (current in ("PREEMPTED", "FAILED") or by_slurm):  # see hpc.requeue
-        update(run_dir, exit_code=code)
-        return 0
-    update(run_dir, state="COMPLETED" if code == 0 else "FAILED", exit_code=code)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

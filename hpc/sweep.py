@@ -6,7 +6,7 @@ keys that shape the batch script (config groups, ``resources.*``, ``cluster.*``,
 ``preemption.*``), checks every distinct value of every swept key against the
 schema and the value rules, writes ``sweep.json`` (one entry per task), and
 submits ONE array per script shape (split at the cluster's MaxArraySize). Each
-array task composes its own config when it starts (:mod:`hpc.sweep_task`).
+array task composes its own config when it starts (:mod:`hpc.launchers.slurm.sweep_task`).
 With the local launcher the tasks run one after another.
 """
 

@@ -247,7 +247,7 @@ def test_batch_script(
         assert step and step[0][-4:] == [python_path, "-m", "hpc.run", str(spec.config_file)]
         records = [c[1:3] for c in calls if c[0] == python_path]
         if "cluster__python" in changes:
-            assert records and records[0] == ["-m", "hpc.records"]
+            assert records and records[0] == ["-m", "hpc.launchers.slurm.job_steps"]
 
 
 @EXAMPLES
@@ -271,9 +271,15 @@ def test_sweep_array_script(python: str, sweep_dir: str, tmp_path: Path) -> None
         assert_one_line_each(text, array_script(plain, SweepPlan([], [], tmp_path / "sweep")))
         assert "--signal=B:USR2@120" in sbatch_block(text)
         calls = run(text, tmp_path)
-        task = [c for c in calls if c[1:3] == ["-m", "hpc.sweep_task"]]
+        task = [c for c in calls if c[1:3] == ["-m", "hpc.launchers.slurm.sweep_task"]]
         assert task == [
-            [spec.config["cluster"]["python"], "-m", "hpc.sweep_task", str(directory), "0"]
+            [
+                spec.config["cluster"]["python"],
+                "-m",
+                "hpc.launchers.slurm.sweep_task",
+                str(directory),
+                "0",
+            ]
         ]
 
 

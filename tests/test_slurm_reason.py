@@ -6,7 +6,7 @@ the cluster tests are in test_interruption_slurm.py.
 
 from __future__ import annotations
 
-from hpc.slurm_reason import (
+from hpc.launchers.slurm.reason import (
     MANUAL_REQUEUE,
     parse_attempt_states,
     parse_scontrol_job,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from hpc.credentials import ENV_FILE, read_env_file
+from hpc.launchers.slurm.sweep_task import prepare
 from hpc.sweep import SECRET_OVERRIDES_FILE, SWEEP_FILE, plan_sweep, sweep_record, write_record
-from hpc.sweep_task import prepare
 
 SECRET = "s3cr3t-Value-42"
 

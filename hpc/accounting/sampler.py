@@ -255,8 +255,8 @@ class Sampler:
                 else self.config.root_pid or os.getpid(),
                 "pids": None if self.config.pids is None else sorted(self.config.pids),
                 "interval_s": self.config.interval_s,
-                "job_id": self.config.job_id or os.environ.get("SLURM_JOB_ID"),
-                "restart_count": _int_env("SLURM_RESTART_COUNT"),
+                "job_id": self.config.job_id or os.environ.get("HPC_JOB_ID"),
+                "restart_count": _int_env("HPC_RESTART_COUNT"),
             }
         )
         self._fsync()

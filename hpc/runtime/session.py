@@ -367,7 +367,7 @@ class Session:
 
     # -- tracking --------------------------------------------------------------------------
     def job_id(self) -> str | None:
-        return os.environ.get("HPC_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+        return os.environ.get("HPC_JOB_ID") or None  # set by every launcher's job script
 
     def _open_tracker(self) -> Tracker:
         tracking = self.cfg["tracking"]

@@ -16,6 +16,9 @@ from hpc.sweep import SweepPlan, sweep_record, write_record
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default: indices 0..1000
 
 
+TASK_MODULE = "hpc.launchers.slurm.sweep_task"  # composes one task's config
+
+
 def array_script(spec: JobSpec, plan: SweepPlan) -> str:
     """The batch script every array task of one shape runs; ``$1`` is the index offset."""
     sweep_dir = str(plan.sweep_dir)
@@ -25,7 +28,7 @@ def array_script(spec: JobSpec, plan: SweepPlan) -> str:
         'export HPC_RUN_DIR="$HPC_SWEEP_DIR/$index"',
         'export HPC_CONFIG_FILE="$HPC_RUN_DIR/config.yaml"',
         "# Compose this task's config from sweep.json (validated at submit).",
-        f'{shell_word(python_for(spec))} -m hpc.sweep_task "$HPC_SWEEP_DIR" "$index" || exit $?',
+        f'{shell_word(python_for(spec))} -m {TASK_MODULE} "$HPC_SWEEP_DIR" "$index" || exit $?',
     ]
     return render_script(
         spec,

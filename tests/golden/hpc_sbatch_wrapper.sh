@@ -7,6 +7,7 @@
 
 # --- hpc-launch preamble ---
 export HPC_LAUNCHER=hpc-sbatch
+export HPC_JOB_ID="$SLURM_JOB_ID" HPC_RESTART_COUNT="${SLURM_RESTART_COUNT:-0}"
 export MASTER_ADDR="${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}"
 export MASTER_PORT="${MASTER_PORT:-$(( 10000 + ${SLURM_JOB_ID:-0} % 20000 ))}"
 original="${TMPDIR:-/tmp}/hpc-sbatch-${SLURM_JOB_ID:-$$}.orig"

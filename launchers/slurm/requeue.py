@@ -1,6 +1,6 @@
 """After a checkpointed stop under Slurm: requeue or not, and why.
 
-``python -m hpc.requeue RUN_DIR SIGNAL`` exits 0 when the batch script should
+``python -m hpc.launchers.slurm.requeue RUN_DIR SIGNAL`` exits 0 when the batch script should
 run ``scontrol requeue`` and 1 when it should not, and records the decision in
 job.json (``restart_count``, ``last_interruption``). Rules: requeue only when
 ``preemption.requeue`` is on, and stop after ``max_restarts_without_progress``
@@ -8,7 +8,7 @@ restarts in a row that did not move the newest checkpoint forward (a requeue
 loop). The reason is ``time_limit`` when the job was near its end (the
 lead-time signal, or SIGTERM at the limit), else ``preemption``; when Slurm is
 already requeueing the job (``scontrol requeue`` by hand, a node failure) the
-job does not requeue itself and records Slurm's reason (:mod:`hpc.slurm_reason`).
+job does not requeue itself and records Slurm's reason (:mod:`hpc.launchers.slurm.reason`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 import yaml
 
 from hpc import records
+from hpc.launchers.slurm.reason import requeued_by_slurm
 from hpc.runtime.checkpoint import latest_step
-from hpc.slurm_reason import requeued_by_slurm
 
 
 def seconds_left(job_id: str) -> int | None:
@@ -114,7 +114,7 @@ def decide(run_dir: Path, signal_name: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (1, 2):
-        print("usage: python -m hpc.requeue RUN_DIR [SIGNAL]", file=sys.stderr)
+        print("usage: python -m hpc.launchers.slurm.requeue RUN_DIR [SIGNAL]", file=sys.stderr)
         return 2
     try:
         return 0 if decide(Path(args[0]), args[1] if len(args) > 1 else "") else 1

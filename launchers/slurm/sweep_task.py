@@ -1,4 +1,4 @@
-"""The start of one sweep task: ``python -m hpc.sweep_task SWEEP_DIR INDEX``.
+"""The start of one sweep task: ``python -m hpc.launchers.slurm.sweep_task SWEEP_DIR INDEX``.
 
 Composes the task's config from sweep.json (base overrides + the task's own),
 writes its config.yaml and job.json into ``SWEEP_DIR/INDEX``. The batch script
@@ -16,6 +16,7 @@ from hpc import records
 from hpc.config import ConfigError
 from hpc.credentials import ENV_FILE, write_env_file
 from hpc.jobspec import load_spec, redact_uri
+from hpc.launchers.slurm.job_steps import slurm_job_id
 from hpc.sweep import SWEEP_FILE, read_secret_overrides
 
 
@@ -29,7 +30,7 @@ def prepare(sweep_dir: Path, index: int) -> Path:
     if spec.secrets:  # the batch script sources it before starting the workers
         write_env_file(run_dir / ENV_FILE, spec.secrets)
     records.write_atomic(spec.config_file, spec.config_yaml())
-    job_id = records.slurm_job_id(os.environ)
+    job_id = slurm_job_id(os.environ)
     extra = {
         "sweep_dir": str(sweep_dir),
         "sweep_index": index,
@@ -58,7 +59,7 @@ def prepare(sweep_dir: Path, index: int) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or not args[1].isdigit():
-        print("usage: python -m hpc.sweep_task SWEEP_DIR INDEX", file=sys.stderr)
+        print("usage: python -m hpc.launchers.slurm.sweep_task SWEEP_DIR INDEX", file=sys.stderr)
         return 2
     try:
         prepare(Path(args[0]), int(args[1]))
