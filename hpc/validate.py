@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc import registry
-from hpc.config import ConfigError
+from hpc.errors import ConfigError
 from hpc.spec import job_schema_for
 
 _TIME_RE = re.compile(

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from hpc import records
 from hpc.backend import JobHandle, LaunchTask
-from hpc.config import ConfigError
+from hpc.errors import ConfigError
 from hpc.launchers.local import LocalLauncher, follow_file
 from hpc.launchers.mpi import MpiLauncher
 from hpc.states import TERMINAL, JobState

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from hpc import records
-from hpc.config import ConfigError
+from hpc.errors import ConfigError
 from hpc.jobspec import JobSpec
 from hpc.launchers.base import Launcher, Plan, prepare_run
 from hpc.launchers.local import WORKER_MODULE, LocalJob, _shell_code, _signal_group

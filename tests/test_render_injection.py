@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from render_checks import no_raw_control, sbatch_block
 
-from hpc.config import ConfigError
+from hpc.errors import ConfigError
 from hpc.jobspec import JobSpec, load_spec, spec_from_config
-from hpc.launchers import get_launcher
 from hpc.launchers.slurm.script import python_for
+from hpc.registry import get_launcher
 
 PIECES = [*"ab /$`'\";|&()<>{}\\\n\r\t\x0b*?!#~=", "\x85", "\u2028", "é"]
 PIECES += ["$(touch PWNED)", "`touch PWNED`", "\ntouch PWNED\n", "\n#SBATCH --time=1\n"]

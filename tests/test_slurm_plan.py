@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hpc.jobspec import load_spec
-from hpc.launchers import get_launcher
+from hpc.registry import get_launcher
 
 from support import check_golden, hpc_launch
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpc.backend import NotSupported, SubmitError
-from hpc.config import ConfigError
+from hpc.errors import ConfigError
 from hpc.registry import get_launcher
 from hpc.sweep import plan_sweep
 

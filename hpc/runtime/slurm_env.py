@@ -15,14 +15,8 @@ import subprocess
 from collections.abc import Mapping
 
 from hpc.hostlist import first_host
+from hpc.ports import port_for_job
 from hpc.runtime.environment import ClusterEnvironment, EnvironmentError_, RankInfo, checked
-
-PORT_BASE, PORT_SPAN = 10000, 20000
-
-
-def port_for_job(job_id: str) -> int:
-    digits = re.sub(r"\D", "", job_id) or "0"
-    return PORT_BASE + int(digits) % PORT_SPAN
 
 
 def tasks_on_node(spec: str, node_id: int) -> int:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from hpc.config import ConfigError
+from hpc.errors import ConfigError
 
 MECHANISMS = ("auto", "scrontab", "resubmit")
 HISTORY_SHOWN = 3

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc import records
-from hpc.config import ConfigError
+from hpc.errors import ConfigError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 HISTORY_KEEP = 50

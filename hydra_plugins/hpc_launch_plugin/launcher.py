@@ -329,7 +329,8 @@ class HpcSlurmLauncher(_HpcLauncherBase):
     def _wait(
         self, sweep_dir: Path, record: dict[str, Any], indices: list[int]
     ) -> dict[int, tuple[str, int | None]]:
-        from hpc.launchers.slurm import TERMINAL, client
+        from hpc.launchers.slurm import client
+        from hpc.launchers.slurm.launcher import TERMINAL
         from hpc.launchers.slurm.runs import array_tasks
 
         arrays = sorted({str(_task(record, i)["array_id"]) for i in indices})

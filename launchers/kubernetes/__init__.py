@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hpc.config import ConfigError
+from hpc.errors import ConfigError
 from hpc.jobspec import JobSpec
 from hpc.launchers.base import JobHandle, Launcher, Plan
 from hpc.launchers.kubernetes import manifest

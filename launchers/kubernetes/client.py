@@ -32,8 +32,8 @@ from typing import Any
 import yaml
 
 from hpc import records
-from hpc.config import ConfigError
 from hpc.credentials import ENV_FILE, write_env_file
+from hpc.errors import ConfigError
 from hpc.jobspec import redact_uri
 from hpc.launchers.base import JobHandle, Plan
 from hpc.launchers.kubernetes import manifest

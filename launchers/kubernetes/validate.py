@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from hpc.config import ConfigError
+from hpc.errors import ConfigError
 
 CRD_FILE = "mpijob-crd.yaml"
 VERSION = "v2beta1"

@@ -27,9 +27,9 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from hpc.config import ConfigError
+from hpc.errors import ConfigError
 from hpc.exitcodes import PREEMPTED
-from hpc.runtime.slurm_env import PORT_BASE, PORT_SPAN
+from hpc.ports import PORT_BASE, PORT_SPAN
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -37,7 +37,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 SIGNAL = "USR2"  # sent by Slurm (--signal=B:SIGNAL@LEAD_S) before the time limit
 LEAD_S = 120
 EXIT_GRACE_S = 60.0  # srun --wait: how long other tasks may take once one has exited
-# The rendezvous port when none is set: the same formula as hpc.runtime.slurm_env.port_for_job.
+# The rendezvous port when none is set: the same formula as hpc.ports.port_for_job.
 MASTER_PORT = f"$(( {PORT_BASE} + ${{SLURM_JOB_ID:-0}} % {PORT_SPAN} ))"
 
 # What may appear in a #SBATCH value: no whitespace, quotes, `$` or newlines.

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from hpc import records
-from hpc.config import ConfigError
 from hpc.credentials import ENV_FILE, write_env_file
+from hpc.errors import ConfigError
 from hpc.jobspec import load_spec, redact_uri
 from hpc.launchers.slurm.job_steps import slurm_job_id
 from hpc.sweep import SWEEP_FILE, read_secret_overrides

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from k8s_helpers import SCHEMAS, check_golden, hpc_launch
 
-from hpc.config import ConfigError
+from hpc.errors import ConfigError
 from hpc.launchers.kubernetes import manifest
 from hpc.launchers.kubernetes.validate import (
     CRD_FILE,
