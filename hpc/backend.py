@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from hpc.states import ACTIVE, TERMINAL
 
 if TYPE_CHECKING:
-    from hpc.jobspec import JobSpec
-    from hpc.sweep import SweepPlan
+    from hpc.spec.jobspec import JobSpec
+    from hpc.sweeps.plan import SweepPlan
 
 
 class SubmitError(RuntimeError):

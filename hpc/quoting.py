@@ -55,7 +55,7 @@ def shell_join(words: Iterable[object]) -> str:
 
 def one_line(key: str, value: object) -> str:
     """``value`` as text; ConfigError (``key``) when it is not one plain line."""
-    from hpc.errors import ConfigError
+    from hpc.spec.errors import ConfigError
 
     text = str(value)
     if not is_plain(text):

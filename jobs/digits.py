@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from hpc import records
+from hpc.rundir import records
 from hpc.runtime.session import Session
 
 log = logging.getLogger("hpc.jobs.digits")

@@ -1,6 +1,6 @@
 """The digits job's schema and value rules (``configs/job/digits.yaml`` extends it).
 
-Found by :func:`hpc.spec.job_schemas` (every ``hpc.jobs.*_config`` module's ``SCHEMAS``);
+Found by :func:`hpc.spec.schema.job_schemas` (every ``hpc.jobs.*_config`` module's ``SCHEMAS``);
 its :meth:`check` runs in validation for a job section built from it.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hpc.errors import ConfigError
-from hpc.spec import JobConfig
+from hpc.spec.errors import ConfigError
+from hpc.spec.schema import JobConfig
 
 
 @dataclass

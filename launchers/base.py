@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from hpc.backend import JobHandle, Launcher, Plan, SubmitError
-from hpc.jobspec import JobSpec
+from hpc.spec.jobspec import JobSpec
 
 __all__ = [
     "JobHandle",
@@ -24,10 +24,10 @@ __all__ = [
 def prepare_run(plan: Plan, job_id: str | None, state: str = "PENDING") -> None:
     """Write the plan's files into its run directory; create job.json, or refresh it
     for a new attempt of an existing run (a resume keeps the record and its MLflow run)."""
-    from hpc import records
     from hpc.credentials import ENV_FILE, write_env_file
-    from hpc.jobspec import redact_uri
+    from hpc.rundir import records
     from hpc.runtime.store import prepare_store
+    from hpc.spec.jobspec import redact_uri
 
     spec = plan.spec
     (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,7 @@ def record_resume_changes(spec: JobSpec) -> None:
     """Append the config changes a resume was allowed to make to job.json's history."""
     import time
 
-    from hpc import records
+    from hpc.rundir import records
 
     extra = records.load(spec.run_dir).get("extra") or {}
     entry = {

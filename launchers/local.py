@@ -23,14 +23,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpc import records
 from hpc.exitcodes import PREEMPTED
-from hpc.jobspec import JobSpec, redact_uri
 from hpc.launchers.base import JobHandle, Launcher, Plan, prepare_run
 from hpc.quoting import shell_join, shell_word
+from hpc.rundir import records
 from hpc.runtime import failures
 from hpc.runtime.checkpoint import latest_step
 from hpc.runtime.preemption import signal_number
+from hpc.spec.jobspec import JobSpec, redact_uri
 
 WORKER_MODULE = "hpc.run"
 PORT_PLACEHOLDER = "auto"

@@ -10,14 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hpc import records
 from hpc.backend import JobHandle, LaunchTask
-from hpc.errors import ConfigError
 from hpc.launchers.local import LocalLauncher, follow_file
 from hpc.launchers.mpi import MpiLauncher
+from hpc.rundir import records
+from hpc.spec.errors import ConfigError
+from hpc.spec.rules import local_gpu_count
 from hpc.states import TERMINAL, JobState
-from hpc.sweep import SweepPlan, is_secret_override, sweep_record, write_record
-from hpc.validate import local_gpu_count
+from hpc.sweeps.plan import SweepPlan, is_secret_override, sweep_record, write_record
 
 
 def validate_local(cfg: dict[str, Any]) -> None:

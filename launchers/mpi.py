@@ -22,13 +22,13 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
-from hpc import records
-from hpc.errors import ConfigError
-from hpc.jobspec import JobSpec
 from hpc.launchers.base import Launcher, Plan, prepare_run
 from hpc.launchers.local import WORKER_MODULE, LocalJob, _shell_code, _signal_group
 from hpc.quoting import shell_join, shell_word
-from hpc.validate import local_gpu_count
+from hpc.rundir import records
+from hpc.spec.errors import ConfigError
+from hpc.spec.jobspec import JobSpec
+from hpc.spec.rules import local_gpu_count
 
 # Set by the ranks' environment, never inherited from the shell that runs hpc-launch:
 # a stray RANK/MASTER_PORT would make the ranks take the torchrun contract instead.

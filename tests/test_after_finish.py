@@ -76,7 +76,7 @@ def test_hpc_show_says_completed_for_a_finished_run_recorded_failed(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A record left FAILED by a kill after the end (as before this fix) shows COMPLETED."""
-    from hpc import records
+    from hpc.rundir import records
 
     monkeypatch.setenv("HPC_STATE_DIR", str(workdir / ".state"))
     run_dir = workdir / "run"

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from hpc import config, hydra_internals
-from hpc.errors import ConfigError
-from hpc.spec import register_configs
+from hpc.spec import compose as config
+from hpc.spec import hydra_internals
+from hpc.spec.errors import ConfigError
+from hpc.spec.schema import register_configs
 
 
 def shipped_options() -> list[str]:

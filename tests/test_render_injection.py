@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from render_checks import no_raw_control, sbatch_block
 
-from hpc.errors import ConfigError
-from hpc.jobspec import JobSpec, load_spec, spec_from_config
 from hpc.launchers.slurm.script import python_for
 from hpc.registry import get_launcher
+from hpc.spec.errors import ConfigError
+from hpc.spec.jobspec import JobSpec, load_spec, spec_from_config
 
 PIECES = [*"ab /$`'\";|&()<>{}\\\n\r\t\x0b*?!#~=", "\x85", "\u2028", "é"]
 PIECES += ["$(touch PWNED)", "`touch PWNED`", "\ntouch PWNED\n", "\n#SBATCH --time=1\n"]
@@ -213,7 +213,7 @@ def test_hpc_sbatch_keeps_bytes_that_are_not_utf8(tmp_path: Path) -> None:
 def test_batch_script(
     python: str, uri: str, run_dir: str, name: str, extra: list[str], setup: list[str], tmp_path
 ) -> None:
-    from hpc.jobspec import redact_uri
+    from hpc.spec.jobspec import redact_uri
 
     plain_uri = "x" if redact_uri(uri) == uri else "https://u:p@h"
     for changes, plain in (
@@ -254,7 +254,7 @@ def test_batch_script(
 @given(python=HOSTILE, sweep_dir=HOSTILE)
 def test_sweep_array_script(python: str, sweep_dir: str, tmp_path: Path) -> None:
     from hpc.launchers.slurm.sweep import array_script
-    from hpc.sweep import SweepPlan
+    from hpc.sweeps.plan import SweepPlan
 
     spec = spec_with(
         "slurm", run_dir=f"{tmp_path}/run", cluster__python=python_at(tmp_path, python)
@@ -313,8 +313,8 @@ def test_hydra_array_script(name: str, python: str, sweep_dir: str, tmp_path: Pa
 def test_schedule_script_and_scrontab_line(
     python: str, state_dir: str, overrides: list[str], zone: str, tmp_path: Path, monkeypatch
 ) -> None:
-    from hpc.schedule import resubmit, scrontab
-    from hpc.schedule.store import Schedule
+    from hpc.slurm_schedules import resubmit, scrontab
+    from hpc.slurm_schedules.store import Schedule
 
     monkeypatch.setenv("HPC_STATE_DIR", str(tmp_path / "state"))
     schedule = Schedule(
@@ -336,7 +336,7 @@ def test_schedule_script_and_scrontab_line(
         assert_config_error(exc, "HPC_STATE_DIR", "python (the interpreter of hpc sweep)")
         return
     assert {"--time=00:07:00", "--no-requeue"} <= set(sbatch_block(text))
-    expected = [[schedule.python, "-m", "hpc.schedule.fire", "nightly", schedule.id]]
+    expected = [[schedule.python, "-m", "hpc.slurm_schedules.fire", "nightly", schedule.id]]
     assert run(text, tmp_path) == expected
     assert (tmp_path / "calls.state").read_text() == schedule.state_dir
     # Each block line stays one line, and its cron line is what /bin/sh runs.
@@ -384,8 +384,8 @@ def test_k8s_manifest_stays_valid_yaml(command: list[str], uri: str, tmp_path: P
 
 
 def test_trailing_newline_is_refused_everywhere(tmp_path: Path) -> None:
-    from hpc.schedule.store import check_name
-    from hpc.validate import validate
+    from hpc.slurm_schedules.store import check_name
+    from hpc.spec.rules import validate
 
     for key, value in (("job__name", "digits\n"), ("resources__partition", "debug\n")):
         with pytest.raises(ConfigError) as exc:

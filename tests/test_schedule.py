@@ -55,7 +55,7 @@ def sweep_overrides(workdir: Path, name: str) -> list[str]:
 
 
 def test_cron_next_times_in_zone_and_dst() -> None:
-    from hpc.schedule import cron
+    from hpc.slurm_schedules import cron
 
     berlin = "Europe/Berlin"
     start = _dt.datetime(2026, 11, 26, 10, 0, tzinfo=cron.zone(berlin))
@@ -120,7 +120,7 @@ def test_resubmit_schedule_fires_resubmits_and_is_removed(workdir: Path) -> None
     require_cluster()
     from croniter import croniter
 
-    from hpc.schedule import cron
+    from hpc.slurm_schedules import cron
 
     name = f"t{uuid.uuid4().hex[:8]}"
     job_name = f"hpc-sched-{name}"
@@ -376,7 +376,7 @@ def test_scrontab_edits_keep_user_lines_under_concurrency(workdir: Path) -> None
     for name in names:
         assert text.count(f"# >>> hpc-launch schedule {name} ") == 1
         assert f"#SCRON --job-name=hpc-sched-{name}\n" in text
-        assert f"-m hpc.schedule.fire {name} " in text
+        assert f"-m hpc.slurm_schedules.fire {name} " in text
     assert {s["mechanism"] for s in listing(workdir, **env)["schedules"]} == {"scrontab"}
 
     duplicate = sweep_cli(
@@ -387,14 +387,14 @@ def test_scrontab_edits_keep_user_lines_under_concurrency(workdir: Path) -> None
     removed = sweep_cli(["remove", "c2"], workdir, **env)
     assert removed.returncode == 0, removed.stderr
     after = store_file.read_text()
-    assert "hpc-launch schedule c2 " not in after and "hpc.schedule.fire c2 " not in after
+    assert "hpc-launch schedule c2 " not in after and "hpc.slurm_schedules.fire c2 " not in after
     assert after.startswith(USER_CRONTAB)
     assert "added-by-the-user-meanwhile" in after
     for name in ("c1", "c3"):
         assert f"hpc-launch schedule {name} " in after
     # slurmctld comments out the line of a cron job that was scancel'd: list says so.
     lines = after.splitlines(keepends=True)
-    i = next(n for n, ln in enumerate(lines) if "-m hpc.schedule.fire c1 " in ln)
+    i = next(n for n, ln in enumerate(lines) if "-m hpc.slurm_schedules.fire c1 " in ln)
     lines[i] = "#DISABLED: " + lines[i]
     store_file.write_text("".join(lines))
     problems = {s["name"]: s["problem"] for s in listing(workdir, **env)["schedules"]}

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hpc.jobspec import load_spec
 from hpc.registry import get_launcher
+from hpc.spec.jobspec import load_spec
 
 from support import check_golden, hpc_launch
 
@@ -117,7 +117,7 @@ def test_hostile_values_never_execute(python: str, uri: str, tmp_path: Path) -> 
     spec = load_spec(["cluster=slurm", f"run_dir={tmp_path}/run"])
     spec.config["cluster"]["python"] = python
     spec.config["tracking"]["uri"] = uri
-    from hpc.jobspec import spec_from_config
+    from hpc.spec.jobspec import spec_from_config
 
     spec = spec_from_config(spec.config)
     script = get_launcher("slurm").plan(spec).text

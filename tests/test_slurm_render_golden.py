@@ -30,8 +30,8 @@ def test_hydra_array_script_golden() -> None:
 
 
 def test_schedule_job_golden(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from hpc.schedule import resubmit
-    from hpc.schedule.store import Schedule
+    from hpc.slurm_schedules import resubmit
+    from hpc.slurm_schedules.store import Schedule
 
     monkeypatch.setenv("HPC_STATE_DIR", str(tmp_path))
     schedule = Schedule(

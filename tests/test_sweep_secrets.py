@@ -10,7 +10,13 @@ import pytest
 
 from hpc.credentials import ENV_FILE, read_env_file
 from hpc.launchers.slurm.sweep_task import prepare
-from hpc.sweep import SECRET_OVERRIDES_FILE, SWEEP_FILE, plan_sweep, sweep_record, write_record
+from hpc.sweeps.plan import (
+    SECRET_OVERRIDES_FILE,
+    SWEEP_FILE,
+    plan_sweep,
+    sweep_record,
+    write_record,
+)
 
 SECRET = "s3cr3t-Value-42"
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hpc import records
-from hpc.jobspec import redact_uri
+from hpc.rundir import records
 from hpc.runtime.environment import (
     EnvironmentError_,
     SingleProcessEnvironment,
@@ -17,7 +16,8 @@ from hpc.runtime.environment import (
 )
 from hpc.runtime.rank_discovery import from_env
 from hpc.runtime.tracking import flatten
-from hpc.validate import parse_time_limit
+from hpc.spec.jobspec import redact_uri
+from hpc.spec.rules import parse_time_limit
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hpc import records, registry
+from hpc import registry
 from hpc.backend import JobHandle, Launcher
+from hpc.rundir import records
 from hpc.states import ACTIVE, JobState
 
 

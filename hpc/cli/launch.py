@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hpc.backend import NotSupported, SubmitError
-from hpc.errors import ConfigError
 from hpc.registry import get_launcher
-from hpc.sweep import plan_sweep
+from hpc.spec.errors import ConfigError
+from hpc.sweeps.plan import plan_sweep
 
 if TYPE_CHECKING:
     from hpc.backend import JobHandle
-    from hpc.jobspec import JobSpec
+    from hpc.spec.jobspec import JobSpec
 
 USAGE = """\
 usage: hpc-launch [-m|--multirun] [--cfg] [key=value ...]
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def launch(overrides: Sequence[str], show_cfg: bool = False) -> int:
-    from hpc.jobspec import load_spec
+    from hpc.spec.jobspec import load_spec
 
     try:
         spec = load_spec(overrides)
@@ -169,7 +169,7 @@ def follow(handle: JobHandle, name: str) -> int:
 
 def _tracking_note(run_dir: Path) -> str:
     """``; metrics not in MLflow yet ...`` when the run's metrics could not be sent."""
-    from hpc import records
+    from hpc.rundir import records
     from hpc.runtime.tracking import unsent_message
 
     try:

@@ -11,13 +11,13 @@ import sys
 import time
 from collections.abc import Sequence
 
-from hpc import records
+from hpc.rundir import records
 
 # Subcommands implemented in their own modules: name -> "module:function(argv) -> int".
 DELEGATED = {
     "topo": "hpc.topology.cli:main",
     "cost": "hpc.cost.cli:main",
-    "sweep": "hpc.schedule.cli:main",
+    "sweep": "hpc.slurm_schedules.cli:main",
 }
 
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from hpc.launchers.base import JobHandle
+from hpc.backend import JobHandle
 
 
 class Progress:

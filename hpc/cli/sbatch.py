@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.buffer.write(text)
         return 0
     from hpc.launchers.slurm import client
-    from hpc.records import state_dir, write_atomic
+    from hpc.rundir.records import state_dir, write_atomic
 
     spool = state_dir() / "sbatch"
     spool.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpc import records
 from hpc.cli.jobs import refresh_states
+from hpc.rundir import records
 
 SWEEP_FILE = "sweep.json"
 PENDING = {

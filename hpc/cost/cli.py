@@ -110,7 +110,7 @@ def _delimiter(text: str | None) -> str | None:
 def run_report(args: argparse.Namespace) -> int:
     from hpc.cost.render import side_notes, to_csv, to_json, to_table
     from hpc.cost.report import build_report
-    from hpc.cost.sacct import live_sacct, parse_format, read_sacct
+    from hpc.cost.sacct.reader import live_sacct, parse_format, read_sacct
 
     start = parse_time(args.start, "--start") if args.start else None
     end = parse_time(args.end, "--end") if args.end else None
@@ -134,13 +134,13 @@ def run_report(args: argparse.Namespace) -> int:
         sets.append(live_sacct(start, end))
     accounting = None
     if args.accounting:
-        from hpc.cost.accounting import load_accounting
+        from hpc.cost.run_usage import load_accounting
 
         accounting = load_accounting(args.accounting)
     if sets:
         allocs = AllocationSet.concat(sets)
     else:
-        from hpc.cost.accounting import as_allocations
+        from hpc.cost.run_usage import as_allocations
 
         assert accounting is not None
         allocs = as_allocations(accounting)

@@ -34,7 +34,7 @@ from hpc.cost.model import PENDING_STATES, RUNNING_STATES, AllocationSet
 from hpc.cost.prices import PriceTable
 
 if TYPE_CHECKING:
-    from hpc.cost.accounting import AccountingSet
+    from hpc.cost.run_usage import AccountingSet
 
 GROUPS = ("user", "account", "partition", "day", "job")
 NONE_KEY = "(none)"

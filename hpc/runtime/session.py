@@ -35,8 +35,8 @@ from typing import Any
 
 import yaml
 
-from hpc import records
 from hpc.exitcodes import PREEMPTED
+from hpc.rundir import records
 from hpc.runtime import failures
 from hpc.runtime.checkpoint import CheckpointManager, LoadedCheckpoint
 from hpc.runtime.environment import ClusterEnvironment, RankInfo

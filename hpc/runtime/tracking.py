@@ -276,7 +276,7 @@ class MlflowTracker(Tracker):
 
 def record_unsent(run_dir: str | os.PathLike[str], left: int, reason: str) -> None:
     """Say in job.json whether the run's metrics are in MLflow (``extra.tracking``)."""
-    from hpc import records
+    from hpc.rundir import records
 
     note: dict[str, Any]
     if left:
@@ -334,8 +334,8 @@ def sync_run(
 
     Returns the number of records still unsent (0 when everything went through).
     """
-    from hpc import records
     from hpc.credentials import load_run_secrets
+    from hpc.rundir import records
 
     record = records.load(run_dir)
     load_run_secrets(run_dir)  # the credentials the run was started with

@@ -228,7 +228,7 @@ def _task(record: dict[str, Any], index: int) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from hpc.records import write_atomic
+    from hpc.rundir.records import write_atomic
 
     write_atomic(path, json.dumps(data, indent=2) + "\n")
 
@@ -290,9 +290,9 @@ class HpcSlurmLauncher(_HpcLauncherBase):
         )
 
     def _start(self, sweep_dir: Path, record: dict[str, Any], indices: list[int]) -> dict[int, str]:
-        from hpc import records
         from hpc.launchers.slurm import client
         from hpc.launchers.slurm.sweep import chunks, max_array_size
+        from hpc.rundir import records
 
         script = sweep_dir / f"hpc-array-{indices[0]}.sbatch"
         script.write_text(self._script(sweep_dir, record), encoding="utf-8")
@@ -361,7 +361,7 @@ class HpcLocalLauncher(_HpcLauncherBase):
     kind = "local"
 
     def _start(self, sweep_dir: Path, record: dict[str, Any], indices: list[int]) -> dict[int, str]:
-        from hpc import records
+        from hpc.rundir import records
 
         log_file = sweep_dir / "logs" / f"local-{indices[0]}.log"
         cmd = [

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hpc.errors import ConfigError
-from hpc.jobspec import JobSpec
 from hpc.launchers.base import JobHandle, Launcher, Plan
 from hpc.launchers.kubernetes import manifest
 from hpc.launchers.kubernetes.validate import check_config, check_mpijob
+from hpc.spec.errors import ConfigError
+from hpc.spec.jobspec import JobSpec
 
 if TYPE_CHECKING:
     from hpc.launchers.kubernetes.client import KubernetesJob

@@ -31,12 +31,12 @@ from typing import Any
 
 import yaml
 
-from hpc import records
 from hpc.credentials import ENV_FILE, write_env_file
-from hpc.errors import ConfigError
-from hpc.jobspec import redact_uri
 from hpc.launchers.base import JobHandle, Plan
 from hpc.launchers.kubernetes import manifest
+from hpc.rundir import records
+from hpc.spec.errors import ConfigError
+from hpc.spec.jobspec import redact_uri
 from hpc.states import TERMINAL
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,9 @@ from typing import Any
 
 import yaml
 
-from hpc.jobspec import JobSpec
 from hpc.quoting import shell_join, shell_word
-from hpc.validate import parse_time_limit
+from hpc.spec.jobspec import JobSpec
+from hpc.spec.rules import parse_time_limit
 
 API_VERSION = "kubeflow.org/v2beta1"
 KIND = "MPIJob"

@@ -8,7 +8,7 @@
    replicas 1, Worker replicas >= 1, cleanPodPolicy, restartPolicy, name lengths,
    and no unknown fields (the API server would silently prune them).
 
-Every failure is a :class:`hpc.config.ConfigError` naming a config key where one
+Every failure is a :class:`hpc.spec.compose.ConfigError` naming a config key where one
 maps to the offending manifest field, else the manifest path.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from hpc.errors import ConfigError
+from hpc.spec.errors import ConfigError
 
 CRD_FILE = "mpijob-crd.yaml"
 VERSION = "v2beta1"

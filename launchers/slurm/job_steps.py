@@ -16,7 +16,7 @@ from typing import Any
 
 from hpc.exitcodes import PREEMPTED
 from hpc.launchers.slurm.reason import restart_reason
-from hpc.records import finished, load, update
+from hpc.rundir.records import finished, load, update
 from hpc.states import JobState
 
 USAGE = "usage: python -m hpc.launchers.slurm.job_steps start|finish RUN_DIR [EXIT_CODE]"

@@ -8,15 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpc import records
 from hpc.backend import LaunchTask
-from hpc.jobspec import JobSpec
 from hpc.launchers.base import JobHandle, Launcher, Plan, prepare_run
 from hpc.launchers.local import follow_file
 from hpc.launchers.slurm import client, runs
 from hpc.launchers.slurm.script import job_environment, render_script, sbatch_directives
+from hpc.rundir import records
+from hpc.spec.jobspec import JobSpec
 from hpc.states import TERMINAL
-from hpc.sweep import SweepPlan
+from hpc.sweeps.plan import SweepPlan
 
 SCRIPT_NAME = "job.sbatch"
 

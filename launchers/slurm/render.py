@@ -27,9 +27,9 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from hpc.errors import ConfigError
 from hpc.exitcodes import PREEMPTED
 from hpc.ports import PORT_BASE, PORT_SPAN
+from hpc.spec.errors import ConfigError
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from hpc import records
 from hpc.launchers.slurm.reason import requeued_by_slurm
+from hpc.rundir import records
 from hpc.runtime.checkpoint import latest_step
 
 

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from hpc.credentials import ENV_FILE
-from hpc.jobspec import JobSpec
 from hpc.launchers.slurm import render
 from hpc.quoting import shell_join, shell_word
+from hpc.spec.jobspec import JobSpec
 
 
 def sbatch_directives(spec: JobSpec, *, output: str | None = None) -> list[str]:

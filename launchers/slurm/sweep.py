@@ -6,12 +6,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
-from hpc import records
-from hpc.jobspec import JobSpec
 from hpc.launchers.slurm import client
 from hpc.launchers.slurm.script import job_environment, python_for, render_script, sbatch_directives
 from hpc.quoting import shell_word
-from hpc.sweep import SweepPlan, sweep_record, write_record
+from hpc.rundir import records
+from hpc.spec.jobspec import JobSpec
+from hpc.sweeps.plan import SweepPlan, sweep_record, write_record
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default: indices 0..1000
 

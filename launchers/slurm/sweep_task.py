@@ -12,12 +12,12 @@ import os
 import sys
 from pathlib import Path
 
-from hpc import records
 from hpc.credentials import ENV_FILE, write_env_file
-from hpc.errors import ConfigError
-from hpc.jobspec import load_spec, redact_uri
 from hpc.launchers.slurm.job_steps import slurm_job_id
-from hpc.sweep import SWEEP_FILE, read_secret_overrides
+from hpc.rundir import records
+from hpc.spec.errors import ConfigError
+from hpc.spec.jobspec import load_spec, redact_uri
+from hpc.sweeps.plan import SWEEP_FILE, read_secret_overrides
 
 
 def prepare(sweep_dir: Path, index: int) -> Path:

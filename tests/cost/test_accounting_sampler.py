@@ -201,7 +201,7 @@ def test_garbage_in_the_middle_names_file_and_line(tmp_path: Path) -> None:
 
 def test_sampler_modules_stay_light() -> None:
     code = (
-        "import sys, hpc.accounting.sampler, hpc.cost.cli, hpc.cost.report, hpc.cost.sacct\n"
+        "import sys, hpc.accounting.sampler, hpc.cost.cli, hpc.cost.report, hpc.cost.sacct.reader\n"
         "bad = [m for m in ('torch', 'mlflow', 'pynvml', 'pandas') if m in sys.modules]\n"
         "print(bad)\n"
     )

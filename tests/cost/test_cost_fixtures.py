@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hpc.cost.cli import main
-from hpc.cost.sacct import read_sacct
+from hpc.cost.sacct.reader import read_sacct
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "sacct"
 XDMOD_FIELDS = (

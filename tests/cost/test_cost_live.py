@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hpc.cost.cli import main
-from hpc.cost.sacct import LIVE_FIELDS, live_command
+from hpc.cost.sacct.reader import LIVE_FIELDS, live_command
 
 from slurm_helpers import require_cluster, sbatch, wait_for_job
 

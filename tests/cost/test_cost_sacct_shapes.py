@@ -10,7 +10,7 @@ import pytest
 
 from hpc.cost.model import CostInputError
 from hpc.cost.report import build_report
-from hpc.cost.sacct import read_sacct, read_sacct_bytes
+from hpc.cost.sacct.reader import read_sacct, read_sacct_bytes
 
 HEAD = "JobID|JobIDRaw|User|Account|Partition|State|Submit|Start|End|Elapsed|NCPUS|AllocTRES"
 T0, T1 = "2024-03-01T10:00:00", "2024-03-01T12:00:00"  # two hours

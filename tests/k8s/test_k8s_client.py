@@ -17,7 +17,7 @@ import pytest
 import yaml
 from k8s_helpers import FakeApiServer, hpc_launch, pod, status, write_kubeconfig
 
-from hpc import records
+from hpc.rundir import records
 
 # The client (kubernetes 3x on urllib3 1.26) calls urllib3's deprecated getheader(s).
 pytestmark = pytest.mark.filterwarnings("ignore:HTTPResponse.getheader:DeprecationWarning")

@@ -13,7 +13,6 @@ import pytest
 import yaml
 from k8s_helpers import SCHEMAS, check_golden, hpc_launch
 
-from hpc.errors import ConfigError
 from hpc.launchers.kubernetes import manifest
 from hpc.launchers.kubernetes.validate import (
     CRD_FILE,
@@ -22,6 +21,7 @@ from hpc.launchers.kubernetes.validate import (
     crd_schema,
     manifest_errors,
 )
+from hpc.spec.errors import ConfigError
 
 # name -> overrides (run_dir is added by the test)
 GOLDEN_CASES: dict[str, list[str]] = {

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpc.config import ConfigError, override_parser
+from hpc.spec.compose import ConfigError, override_parser
 
 SWEEP_FILE = "sweep.json"
 SCRIPT_SHAPING = ("resources.", "cluster.", "preemption.", "placement.", "nccl.")
@@ -49,7 +49,7 @@ class SweepPlan:
 def expand(overrides: Sequence[str]) -> tuple[list[str], list[list[str]], set[str]]:
     """Split into fixed overrides and the cartesian product of the swept ones."""
 
-    from hpc.config import check_override_syntax
+    from hpc.spec.compose import check_override_syntax
 
     check_override_syntax(overrides)
     parser = override_parser()
@@ -81,9 +81,9 @@ def _key(override: str) -> str:
 
 def plan_sweep(overrides: Sequence[str], now: _dt.datetime | None = None) -> SweepPlan:
     """Validate every swept value and compose once per script shape."""
-    from hpc.config import compose, to_container
-    from hpc.jobspec import spec_from_config
-    from hpc.validate import validate
+    from hpc.spec.compose import compose, to_container
+    from hpc.spec.jobspec import spec_from_config
+    from hpc.spec.rules import validate
 
     fixed, combos, groups = expand(overrides)
     if len(combos) == 1 and not combos[0]:
@@ -126,9 +126,9 @@ def _check_value(cfg: Any, override: str) -> None:
 
     from omegaconf import OmegaConf
 
-    from hpc.config import check_declared_keys, to_container, translate_error
-    from hpc.hydra_internals import apply_overrides
-    from hpc.validate import validate
+    from hpc.spec.compose import check_declared_keys, to_container, translate_error
+    from hpc.spec.hydra_internals import apply_overrides
+    from hpc.spec.rules import validate
 
     parsed = override_parser().parse_overrides([override])  # also parsed in apply_overrides
     key = _key(override)
@@ -199,7 +199,7 @@ def read_secret_overrides(sweep_dir: Path, index: int) -> list[str]:
 
 
 def write_record(sweep_dir: Path, record: dict[str, Any]) -> Path:
-    from hpc.records import write_atomic
+    from hpc.rundir.records import write_atomic
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     secrets = record.pop("_secrets", None)

@@ -5,7 +5,7 @@ Each schedule is one marked block in the user's scrontab::
     # >>> hpc-launch schedule NAME ID: managed by `hpc sweep` ...
     #SCRON --job-name=hpc-sched-NAME
     #SCRON ...
-    MIN HOUR DOM MON DOW HPC_STATE_DIR=... exec PYTHON -m hpc.schedule.fire NAME ID
+    MIN HOUR DOM MON DOW HPC_STATE_DIR=... exec PYTHON -m hpc.slurm_schedules.fire NAME ID
     # <<< hpc-launch schedule NAME
 
 Everything outside the blocks is the user's and is written back byte for byte.
@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hpc.launchers.slurm import client
-from hpc.schedule import resubmit, store
-from hpc.schedule.store import DuplicateError, Schedule
+from hpc.slurm_schedules import resubmit, store
+from hpc.slurm_schedules.store import DuplicateError, Schedule
 
 NAME = "scrontab"
 BEGIN = "# >>> hpc-launch schedule {name} "
@@ -40,7 +40,7 @@ ATTEMPTS = 6
 CHANGED_EXIT = 3
 
 EDITOR_HELPER = """#!/bin/sh
-# VISUAL for `scrontab -e` when hpc sweep edits the crontab (see hpc/schedule/scrontab.py).
+# VISUAL for `scrontab -e` when hpc sweep edits the crontab (see hpc/slurm_schedules/scrontab.py).
 if [ -n "$HPC_SCRONTAB_NONE" ]; then
   # There was no crontab: scrontab shows its template, comments only. Anything
   # else was written by someone else since we looked.

@@ -1,8 +1,8 @@
 """sacct readers: every output shape -> :class:`~hpc.cost.model.AllocationSet`.
 
 * ``read_sacct(path)``: ``--json`` (any Slurm from 21.08) or text (``--parsable2`` /
-  ``--parsable``, with or without header, any delimiter); see :mod:`hpc.cost.sacct_text`
-  and :mod:`hpc.cost.sacct_json`.
+  ``--parsable``, with or without header, any delimiter); see :mod:`hpc.cost.sacct.text_output`
+  and :mod:`hpc.cost.sacct.json_output`.
 * ``live_sacct(start, end)``: runs ``TZ=UTC sacct --allusers --parsable2 --noheader
   --allocations --duplicates --format ... -S ... [-E ...]`` and reads its output.
 
@@ -24,8 +24,8 @@ from datetime import datetime
 from pathlib import Path
 
 from hpc.cost.model import AllocationSet, CostInputError
-from hpc.cost.sacct_json import read_json
-from hpc.cost.sacct_text import parse_format, read_text
+from hpc.cost.sacct.json_output import read_json
+from hpc.cost.sacct.text_output import parse_format, read_text
 
 # What --live asks for (and a sensible --format for files meant for `hpc cost`).
 LIVE_FIELDS = (

@@ -3,7 +3,7 @@
 These dataclasses are the schema every composed config is checked against
 (types, unknown keys); each backend brings the schema of its ``cluster`` node
 (:mod:`hpc.backend`). Value rules that types cannot express (positive counts,
-time limits, GPUs available) live in :mod:`hpc.validate`; a job's own rules live with
+time limits, GPUs available) live in :mod:`hpc.spec.rules`; a job's own rules live with
 its schema under ``hpc.jobs`` (:class:`JobConfig.check`).
 """
 
@@ -150,7 +150,7 @@ class Config:
     output_root: str = "outputs"
     run_dir: str | None = None  # default: <output_root>/<job.name>/<timestamp>
     resume: str | None = None  # a run directory to continue
-    # Keys a resume may change (refused otherwise); see hpc.validate.NON_CONFIG_KEYS.
+    # Keys a resume may change (refused otherwise); see hpc.spec.rules.NON_CONFIG_KEYS.
     resume_allow_changes: list[str] = field(default_factory=list)
 
 

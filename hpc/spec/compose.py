@@ -1,6 +1,6 @@
 """Compose a job config from the shipped Hydra groups plus command-line overrides.
 
-Hydra itself is reached through :mod:`hpc.hydra_internals` only.
+Hydra itself is reached through :mod:`hpc.spec.hydra_internals` only.
 
 Every failure becomes a :class:`ConfigError` with one line that names the key.
 """
@@ -15,9 +15,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hpc import hydra_internals, registry
-from hpc.errors import ConfigError
-from hpc.hydra_internals import override_parser
+from hpc import registry
+from hpc.spec import hydra_internals
+from hpc.spec.errors import ConfigError
+from hpc.spec.hydra_internals import override_parser
 
 CONFIG_MODULE = "hpc.configs"
 CONFIG_NAME = "config"
@@ -25,7 +26,7 @@ CONFIG_NAME = "config"
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """Compose ``config.yaml`` with ``overrides``; raise ConfigError on any problem."""
-    from hpc.spec import register_configs
+    from hpc.spec.schema import register_configs
 
     check_override_syntax(overrides)
     register_configs(cluster_choices(overrides))

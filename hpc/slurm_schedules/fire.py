@@ -1,4 +1,4 @@
-"""A schedule's occurrence: ``python -m hpc.schedule.fire NAME ID`` (inside its Slurm job).
+"""A schedule's occurrence: ``python -m hpc.slurm_schedules.fire NAME ID`` (inside its Slurm job).
 
 1. For the self-resubmitting mechanism: submit the following occurrence first
    (under the store lock, and only while the schedule still exists with this ID),
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from hpc.schedule import cron, store
+from hpc.slurm_schedules import cron, store
 
 # Slurm variables of this small job that must not reach the sweep's submission.
 _DROP = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")
@@ -37,7 +37,7 @@ def launch_env(schedule: store.Schedule) -> dict[str, str]:
 def resubmit_next(name: str, sched_id: str, job_id: str | None) -> str:
     """Submit the next occurrence; a line for the log."""
     from hpc.launchers.slurm import client
-    from hpc.schedule import resubmit
+    from hpc.slurm_schedules import resubmit
 
     with store.locked():
         try:
@@ -86,7 +86,7 @@ def run_launch(schedule: store.Schedule) -> tuple[int, str, str]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m hpc.schedule.fire NAME ID", file=sys.stderr)
+        print("usage: python -m hpc.slurm_schedules.fire NAME ID", file=sys.stderr)
         return 2
     name, sched_id = args
     job_id = os.environ.get("SLURM_JOB_ID")

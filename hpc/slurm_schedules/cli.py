@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from hpc.errors import ConfigError
+from hpc.spec.errors import ConfigError
 
 MECHANISMS = ("auto", "scrontab", "resubmit")
 HISTORY_SHOWN = 3
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def validate_overrides(overrides: list[str]) -> bool:
     """Validate as hpc-launch would; return whether it is a sweep (``-m``)."""
-    from hpc.sweep import expand
+    from hpc.sweeps.plan import expand
 
     if not overrides:
         raise ConfigError("OVERRIDES", "give the hpc-launch overrides after --")
@@ -97,12 +97,12 @@ def validate_overrides(overrides: list[str]) -> bool:
     _, combos, _ = expand(overrides)
     multirun = combos != [[]]
     if multirun:
-        from hpc.sweep import plan_sweep
+        from hpc.sweeps.plan import plan_sweep
 
         plan = plan_sweep(overrides)
         spec = next(iter(plan.shapes.values()))
     else:
-        from hpc.jobspec import load_spec
+        from hpc.spec.jobspec import load_spec
 
         spec = load_spec(overrides)
         if spec.config.get("wait"):
@@ -115,9 +115,9 @@ def validate_overrides(overrides: list[str]) -> bool:
 
 
 def cmd_schedule(args: argparse.Namespace, overrides: list[str]) -> int:
-    from hpc import records
     from hpc.launchers.slurm import client
-    from hpc.schedule import cron, store
+    from hpc.rundir import records
+    from hpc.slurm_schedules import cron, store
 
     name = store.check_name(args.name)
     expr = cron.parse(args.cron)
@@ -126,7 +126,7 @@ def cmd_schedule(args: argparse.Namespace, overrides: list[str]) -> int:
     multirun = validate_overrides(overrides)
     mechanism = args.mechanism
     if mechanism in ("auto", "scrontab"):
-        from hpc.schedule import scrontab
+        from hpc.slurm_schedules import scrontab
 
         problem = scrontab.problem()
         if problem and mechanism == "scrontab":
@@ -165,11 +165,11 @@ def cmd_schedule(args: argparse.Namespace, overrides: list[str]) -> int:
         store.create(schedule)
         try:
             if mechanism == "scrontab":
-                from hpc.schedule import scrontab
+                from hpc.slurm_schedules import scrontab
 
                 scrontab.install(schedule)
             else:
-                from hpc.schedule import resubmit
+                from hpc.slurm_schedules import resubmit
 
                 resubmit.install(schedule)
         except (client.SlurmError, ConfigError) as exc:
@@ -196,7 +196,7 @@ def cmd_schedule(args: argparse.Namespace, overrides: list[str]) -> int:
 def queued_jobs(job_names: list[str]) -> list[dict[str, str]]:
     """This user's queued jobs with these names: one squeue call."""
     from hpc.launchers.slurm import client
-    from hpc.schedule.resubmit import _user
+    from hpc.slurm_schedules.resubmit import _user
 
     if not job_names:
         return []
@@ -216,7 +216,7 @@ def queued_jobs(job_names: list[str]) -> list[dict[str, str]]:
 def describe(
     schedule: Any, queue: list[dict[str, str]], crontab: str | None = None
 ) -> dict[str, Any]:
-    from hpc.schedule import cron
+    from hpc.slurm_schedules import cron
 
     mine = [j for j in queue if j["name"] == schedule.job_name]
     pending = [j for j in mine if j["state"] == "PENDING"]
@@ -231,7 +231,7 @@ def describe(
             f"(hpc sweep remove {schedule.name}, then schedule it again)"
         )
     if schedule.mechanism == "scrontab" and crontab is not None:
-        from hpc.schedule import scrontab
+        from hpc.slurm_schedules import scrontab
 
         span = scrontab.find_block(crontab, schedule.name)
         lines = crontab.splitlines()[span[0] : span[1] + 1] if span else []
@@ -258,7 +258,7 @@ def describe(
 
 def cmd_list(as_json: bool) -> int:
     from hpc.launchers.slurm import client
-    from hpc.schedule import cron, store
+    from hpc.slurm_schedules import cron, store
 
     schedules = store.all_schedules()
     queue: list[dict[str, str]] = []
@@ -268,7 +268,7 @@ def cmd_list(as_json: bool) -> int:
         err(f"warning: Slurm not reachable ({exc}); queue states unknown")
     crontab = None
     if any(s.mechanism == "scrontab" for s in schedules):
-        from hpc.schedule import scrontab
+        from hpc.slurm_schedules import scrontab
 
         try:
             crontab = scrontab.read() or ""
@@ -328,19 +328,19 @@ def _history_line(entry: dict[str, Any]) -> str:
 
 def cmd_remove(name: str) -> int:
     from hpc.launchers.slurm import client
-    from hpc.schedule import store
+    from hpc.slurm_schedules import store
 
     store.check_name(name)
     with store.locked():
         schedule = store.load(name)
         try:
             if schedule.mechanism == "scrontab":
-                from hpc.schedule import scrontab
+                from hpc.slurm_schedules import scrontab
 
                 done = scrontab.remove(schedule)  # first: a failed edit keeps the record
                 store.delete(name)
             else:
-                from hpc.schedule import resubmit
+                from hpc.slurm_schedules import resubmit
 
                 store.delete(name)  # first: a firing job then does not resubmit
                 done = resubmit.remove(schedule)

@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hpc.errors import ConfigError
+from hpc.spec.errors import ConfigError
 
 
 @functools.lru_cache(maxsize=1)

@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from hpc.errors import ConfigError
+from hpc.spec.errors import ConfigError
 
 _NAMES = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|sun|mon|tue|wed|thu|fri|sat"
 _VALUE = rf"(?:\d+|{_NAMES})"

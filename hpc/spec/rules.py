@@ -1,6 +1,6 @@
 """Value rules for a composed job config, checked before anything runs.
 
-Types and unknown keys are enforced by the schema in :mod:`hpc.spec`; this module
+Types and unknown keys are enforced by the schema in :mod:`hpc.spec.schema`; this module
 checks what types cannot say. Every failure is a one-line ConfigError naming the key.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from hpc import registry
-from hpc.errors import ConfigError
-from hpc.spec import job_schema_for
+from hpc.spec.errors import ConfigError
+from hpc.spec.schema import job_schema_for
 
 _TIME_RE = re.compile(
     r"^(?:(?P<days>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"

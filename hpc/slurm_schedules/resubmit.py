@@ -3,7 +3,7 @@
 One small batch job per schedule, named ``hpc-sched-NAME``, is pending at any
 time: submitted with ``--begin`` at the next cron time (cluster local time) and
 ``--dependency=singleton`` (never two of one schedule at once). When it starts,
-``python -m hpc.schedule.fire`` first submits the job for the following time,
+``python -m hpc.slurm_schedules.fire`` first submits the job for the following time,
 then runs ``hpc-launch`` — so a failing sweep never ends the schedule.
 """
 
@@ -15,11 +15,11 @@ import pwd
 import shlex
 from pathlib import Path
 
-from hpc import records
 from hpc.launchers.slurm import client, render
 from hpc.quoting import one_line, shell_join, shell_word
-from hpc.schedule import cron, store
-from hpc.schedule.store import Schedule
+from hpc.rundir import records
+from hpc.slurm_schedules import cron, store
+from hpc.slurm_schedules.store import Schedule
 
 NAME = "resubmit"
 SCHED_TIME = "00:15:00"  # the schedule's own job only submits; the sweep is separate
@@ -58,7 +58,7 @@ def fire_command(schedule: Schedule) -> str:
     words = [one_line("--name", schedule.name), one_line("schedule id", schedule.id)]
     return (
         f"HPC_STATE_DIR={shlex.quote(state_dir)} exec {shlex.quote(python)} "
-        f"-m hpc.schedule.fire {shlex.join(words)}"
+        f"-m hpc.slurm_schedules.fire {shlex.join(words)}"
     )
 
 

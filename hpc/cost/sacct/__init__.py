@@ -1,0 +1,1 @@
+"""sacct readers (Slurm only): every output shape into allocations."""

@@ -1,0 +1,2 @@
+"""Run directories: the run record (job.json), its FINISHED marker, and the index
+of recent runs."""
