@@ -17,6 +17,11 @@ class JobState(StrEnum):
     REQUEUED = "REQUEUED"
     REQUEUE_HOLD = "REQUEUE_HOLD"
     RESIZING = "RESIZING"
+    REQUEUE_FED = "REQUEUE_FED"
+    RESV_DEL_HOLD = "RESV_DEL_HOLD"
+    SPECIAL_EXIT = "SPECIAL_EXIT"
+    STAGE_OUT = "STAGE_OUT"
+    SIGNALING = "SIGNALING"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
@@ -55,6 +60,11 @@ ACTIVE: frozenset[str] = frozenset(
         JobState.SUSPENDED,
         JobState.REQUEUE_HOLD,
         JobState.RESIZING,
+        JobState.REQUEUE_FED,
+        JobState.RESV_DEL_HOLD,
+        JobState.SPECIAL_EXIT,
+        JobState.STAGE_OUT,
+        JobState.SIGNALING,
     }
 )
 
@@ -65,3 +75,30 @@ def is_terminal(state: str | None) -> bool:
 
 def is_active(state: str | None) -> bool:
     return state in ACTIVE
+
+
+# Progress categories (``hpc status SWEEP``); Slurm's transient states included.
+CATEGORIES = ("done", "running", "failed", "pending")
+_UNDER_WAY = frozenset(
+    {
+        JobState.RUNNING,
+        JobState.COMPLETING,
+        JobState.STAGE_OUT,
+        JobState.SIGNALING,
+        JobState.RESIZING,
+        JobState.SUSPENDED,
+    }
+)
+_WAITING = (ACTIVE - _UNDER_WAY) | {JobState.UNKNOWN}
+_DONE = frozenset({JobState.COMPLETED})
+
+
+def category(state: str) -> str:
+    """How a progress view groups a state: done, running, pending, or failed (the rest)."""
+    if state in _DONE:
+        return "done"
+    if state in _UNDER_WAY:
+        return "running"
+    if state in _WAITING:
+        return "pending"
+    return "failed"

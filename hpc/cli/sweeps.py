@@ -21,32 +21,10 @@ from typing import Any
 
 from hpc.cli.jobs import refresh_states
 from hpc.rundir import records
+from hpc.states import CATEGORIES, category
 
 SWEEP_FILE = "sweep.json"
-PENDING = {
-    "PENDING",
-    "REQUEUED",
-    "REQUEUE_HOLD",
-    "REQUEUE_FED",
-    "CONFIGURING",
-    "RESV_DEL_HOLD",
-    "SPECIAL_EXIT",
-    "UNKNOWN",
-}
-RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "SUSPENDED"}
-DONE = {"COMPLETED"}
-CATEGORIES = ("done", "running", "failed", "pending")
 COLORS = {"done": "green", "running": "yellow", "failed": "red", "pending": "grey50"}
-
-
-def category(state: str) -> str:
-    if state in DONE:
-        return "done"
-    if state in RUNNING:
-        return "running"
-    if state in PENDING:
-        return "pending"
-    return "failed"
 
 
 @dataclass

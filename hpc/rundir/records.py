@@ -17,11 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpc.states import TERMINAL
-
 RECORD_NAME = "job.json"
 FINISHED_MARKER = "FINISHED"  # rank 0 writes it when the job's main() returned normally
-TERMINAL_STATES = TERMINAL  # hpc.states
 
 
 @dataclass

@@ -330,8 +330,8 @@ class HpcSlurmLauncher(_HpcLauncherBase):
         self, sweep_dir: Path, record: dict[str, Any], indices: list[int]
     ) -> dict[int, tuple[str, int | None]]:
         from hpc.launchers.slurm import client
-        from hpc.launchers.slurm.launcher import TERMINAL
         from hpc.launchers.slurm.runs import array_tasks
+        from hpc.states import TERMINAL
 
         arrays = sorted({str(_task(record, i)["array_id"]) for i in indices})
         finals: dict[int, tuple[str, int | None]] = {}
