@@ -18,6 +18,7 @@ import sys
 import traceback
 from typing import NoReturn
 
+from hpc.defaults import PREEMPTION_SIGNAL
 from hpc.runtime.preemption import install_early
 from hpc.runtime.session import load_config
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ["HPC_CONFIG_FILE"] = os.path.abspath(config_file)
     cfg = load_config(config_file)
-    install_early(str((cfg.get("preemption") or {}).get("signal", "USR2")))
+    install_early(str((cfg.get("preemption") or {}).get("signal", PREEMPTION_SIGNAL)))
     entrypoint = str(cfg["job"]["entrypoint"])
     if entrypoint.endswith(".py") and ":" not in entrypoint:
         sys.argv = [entrypoint]

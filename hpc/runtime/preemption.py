@@ -14,6 +14,8 @@ import signal
 import threading
 from types import FrameType
 
+from hpc.defaults import PREEMPTION_SIGNAL
+
 
 def signal_number(name: str) -> int:
     """``USR2``/``SIGUSR2``/``12`` → the signal number; ValueError if unknown."""
@@ -29,7 +31,7 @@ def signal_number(name: str) -> int:
 _early: dict[str, int | None] = {"received": None}
 
 
-def install_early(preemption_signal: str = "USR2") -> None:
+def install_early(preemption_signal: str = PREEMPTION_SIGNAL) -> None:
     """Catch stop signals from process start (before torch is even imported).
 
     A signal that arrives before the session exists is kept and handed to it, so
@@ -47,7 +49,7 @@ def install_early(preemption_signal: str = "USR2") -> None:
 
 
 class StopSignals:
-    def __init__(self, preemption_signal: str = "USR2") -> None:
+    def __init__(self, preemption_signal: str = PREEMPTION_SIGNAL) -> None:
         self.preemption = signal_number(preemption_signal)
         self.received: int | None = None
         self._previous: dict[int, object] = {}

@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from hpc.defaults import PREEMPTION_SIGNAL
 from hpc.exitcodes import PREEMPTED
 from hpc.rundir import records
 from hpc.runtime import failures
@@ -74,7 +75,9 @@ class Session:
         self.tracker: Tracker = Tracker()
         self.device: Any = None
         self.every_steps = int(cfg["checkpoint"].get("every_steps", 50))
-        self.signals = StopSignals(str((cfg.get("preemption") or {}).get("signal", "USR2")))
+        self.signals = StopSignals(
+            str((cfg.get("preemption") or {}).get("signal", PREEMPTION_SIGNAL))
+        )
         self.stop_requested = False
         self._wrapped: list[Any] = []  # DDP wrappers from wrap_model(), released on exit
         self.config_hash = records.config_hash(cfg.get("job", {}))

@@ -19,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from hpc import registry
+from hpc.defaults import PREEMPTION_LEAD_S, PREEMPTION_SIGNAL
 
 
 @dataclass
@@ -101,8 +102,8 @@ class PreemptionConfig:
     SIGUSR2 by default: NCCL installs its own SIGUSR1 handler (NVIDIA/nccl#704).
     """
 
-    signal: str = "USR2"
-    lead_s: int = 120
+    signal: str = PREEMPTION_SIGNAL
+    lead_s: int = PREEMPTION_LEAD_S
     requeue: bool = True
     # Stop requeueing when this many restarts in a row made no step progress.
     max_restarts_without_progress: int = 3

@@ -30,6 +30,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hpc.defaults import EXIT_GRACE_S
+
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.json"
@@ -279,7 +281,7 @@ class HpcSlurmLauncher(_HpcLauncherBase):
         runner = f'{shell_join(words)} "$index"'
         tasks, cpus = int(p.get("tasks_per_node", 1)), int(p.get("cpus_per_task", 1))
         if int(p.get("nodes", 1)) * tasks > 1:
-            srun = render.srun_words(tasks, cpus, render.EXIT_GRACE_S, bind=False)
+            srun = render.srun_words(tasks, cpus, EXIT_GRACE_S, bind=False)
             runner = f"{shell_join(srun)} {runner}"
         return render.render(
             "hydra-array.sbatch",

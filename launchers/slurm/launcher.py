@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc.backend import LaunchTask
+from hpc.defaults import EXIT_GRACE_S
 from hpc.launchers.base import JobHandle, Launcher, Plan, prepare_run
 from hpc.launchers.local import follow_file
 from hpc.launchers.slurm import client, runs
@@ -30,7 +31,7 @@ class SlurmClusterConfig:
     array_parallelism: int | None = None  # the % in --array=0-N%P
     submit_retries: int = 5
     # srun --wait: seconds the other tasks may run once one has exited (0: no limit).
-    exit_grace_s: float = 60.0
+    exit_grace_s: float = EXIT_GRACE_S
 
 
 class SlurmLauncher(Launcher):

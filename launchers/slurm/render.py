@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from hpc.defaults import PREEMPTION_LEAD_S, PREEMPTION_SIGNAL
 from hpc.exitcodes import PREEMPTED
 from hpc.ports import PORT_BASE, PORT_SPAN
 from hpc.spec.errors import ConfigError
@@ -34,9 +35,8 @@ from hpc.spec.errors import ConfigError
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 # Defaults of every Slurm script (hpc-launch's config defaults are the same values).
-SIGNAL = "USR2"  # sent by Slurm (--signal=B:SIGNAL@LEAD_S) before the time limit
-LEAD_S = 120
-EXIT_GRACE_S = 60.0  # srun --wait: how long other tasks may take once one has exited
+SIGNAL = PREEMPTION_SIGNAL  # sent by Slurm (--signal=B:SIGNAL@LEAD_S) before the time limit
+LEAD_S = PREEMPTION_LEAD_S
 # The rendezvous port when none is set: the same formula as hpc.ports.port_for_job.
 MASTER_PORT = f"$(( {PORT_BASE} + ${{SLURM_JOB_ID:-0}} % {PORT_SPAN} ))"
 

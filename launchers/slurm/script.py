@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from hpc.credentials import ENV_FILE
+from hpc.defaults import EXIT_GRACE_S
 from hpc.launchers.slurm import render
 from hpc.quoting import shell_join, shell_word
 from hpc.spec.jobspec import JobSpec
@@ -61,7 +62,7 @@ def srun_command(spec: JobSpec, worker: Iterable[str]) -> list[str]:
     res = spec.resources
     # --wait: once one task has exited, the others get cluster.exit_grace_s to follow
     # (a rank hung at exit would otherwise hold the allocation until the time limit).
-    grace = float(spec.config["cluster"].get("exit_grace_s", render.EXIT_GRACE_S))
+    grace = float(spec.config["cluster"].get("exit_grace_s", EXIT_GRACE_S))
     srun = render.srun_words(res["tasks_per_node"], res["cpus_per_task"], grace, bind=True)
     return [*srun, *worker]
 
