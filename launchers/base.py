@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import sys
 
-from hpc.backend import JobHandle, Launcher, Plan, SubmitError
+from hpc.backend import NOTHING_DISCOVERED, JobHandle, Launcher, MachineFacts, Plan, SubmitError
 from hpc.jobspec import JobSpec
 
 __all__ = [
+    "NOTHING_DISCOVERED",
     "JobHandle",
     "Launcher",
+    "MachineFacts",
     "Plan",
     "SubmitError",
     "prepare_run",

@@ -24,9 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpc import records
-from hpc.exitcodes import PREEMPTED
+from hpc.exitcodes import PREEMPTED, shell_code
 from hpc.jobspec import JobSpec, redact_uri
-from hpc.launchers.base import JobHandle, Launcher, Plan, prepare_run
+from hpc.launchers.base import (
+    NOTHING_DISCOVERED,
+    JobHandle,
+    Launcher,
+    MachineFacts,
+    Plan,
+    prepare_run,
+)
 from hpc.quoting import shell_join, shell_word
 from hpc.runtime import failures
 from hpc.runtime.checkpoint import latest_step
@@ -51,7 +58,7 @@ class LocalLauncher(Launcher):
     schema = LocalClusterConfig
     name = "local"
 
-    def plan(self, spec: JobSpec) -> Plan:
+    def plan(self, spec: JobSpec, facts: MachineFacts = NOTHING_DISCOVERED) -> Plan:
         ntasks = int(spec.resources["tasks_per_node"])
         cluster = spec.config["cluster"]
         env = {
@@ -113,7 +120,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class LocalJob(JobHandle):
-    """Worker processes of one local run."""
+    """Worker processes of one local run, supervised (signals, grace periods, restarts).
+
+    A subclass that runs the ranks differently (:class:`hpc.launchers.mpi.MpiJob`: one
+    ``mpirun``) overrides only these declared hooks:
+
+    - :meth:`start`: start one attempt's processes into ``procs`` (and ``reader``, the
+      thread that reads the output shown on the terminal, if any) and record RUNNING;
+    - :meth:`signal_workers`: deliver a forwarded signal to the processes;
+    - :meth:`exit_status`: the job's exit code and message once the processes exited.
+
+    It may read :attr:`stop_signal`; the supervision itself is this class's.
+    """
 
     def __init__(self, plan: Plan, job_id: str) -> None:
         self.plan = plan
@@ -136,12 +154,14 @@ class LocalJob(JobHandle):
         self.last_line = ""
         self.message: str | None = None
         self.on_line: Callable[[str], None] | None = None
-        self._reader: threading.Thread | None = None
+        # The thread reading the output shown on the terminal; joined once the processes exit.
+        self.reader: threading.Thread | None = None
 
     def log_path(self, rank: int = 0) -> Path:
         return self.run_dir / "logs" / f"rank{rank}.log"
 
     def start(self) -> None:
+        """Hook: start one attempt's worker processes (again after a preemption)."""
         env = dict(os.environ)
         env.update(self.plan.env)
         env.update(self.plan.spec.secrets)  # never in the plan: also in secrets.env (0600)
@@ -161,10 +181,10 @@ class LocalJob(JobHandle):
                 cwd=os.getcwd(),
             )
             if rank == 0:
-                self._reader = threading.Thread(
+                self.reader = threading.Thread(
                     target=self._pump, args=(proc, log), daemon=True, name="rank0-output"
                 )
-                self._reader.start()
+                self.reader.start()
             else:
                 log.close()
             self.procs.append(proc)
@@ -212,8 +232,17 @@ class LocalJob(JobHandle):
             self._restart_requested = True
         else:
             self._stop_signal = self._stop_signal or signum
+        self.signal_workers(signum)
+
+    def signal_workers(self, signum: int) -> None:
+        """Hook: deliver a forwarded signal; here to every worker's process group."""
         for proc in self.procs:
-            _signal_group(proc, signum)
+            signal_group(proc, signum)
+
+    @property
+    def stop_signal(self) -> int | None:
+        """The first stop signal forwarded (SIGTERM, SIGINT, ...), if any."""
+        return self._stop_signal
 
     def wait(self) -> int:
         """Supervise the workers (restarting them after a preemption); return the exit code."""
@@ -259,7 +288,7 @@ class LocalJob(JobHandle):
                 if failed and self._failed_rank is None and not self._stop_signal:
                     self._failed_rank = rank
                     for other in self.procs:
-                        _signal_group(other, signal.SIGTERM)
+                        signal_group(other, signal.SIGTERM)
                 if code in (0, PREEMPTED) and first_exit is None:
                     first_exit = (time.monotonic(), rank)
             if all(code is not None for code in codes):
@@ -271,12 +300,12 @@ class LocalJob(JobHandle):
                 deadline = time.monotonic() + self._grace
             if deadline is not None and time.monotonic() > deadline:
                 for proc in self.procs:
-                    _signal_group(proc, signal.SIGKILL)
+                    signal_group(proc, signal.SIGKILL)
             time.sleep(0.05)
         for proc in self.procs:  # reap stragglers in the groups (e.g. data loader workers)
-            _signal_group(proc, signal.SIGKILL)
-        if self._reader:
-            self._reader.join(timeout=5)
+            signal_group(proc, signal.SIGKILL)
+        if self.reader:
+            self.reader.join(timeout=5)
         return [proc.returncode for proc in self.procs]
 
     def _kill_hung(self, codes: list[int | None], done: int) -> None:
@@ -284,9 +313,17 @@ class LocalJob(JobHandle):
         if self._hung is None and self._failed_rank is None:
             self._hung = ([rank for rank, code in enumerate(codes) if code is None], done)
             for rank in self._hung[0]:
-                _signal_group(self.procs[rank], signal.SIGKILL)
+                signal_group(self.procs[rank], signal.SIGKILL)
 
     def _finish(self, codes: list[int]) -> int:
+        code, message = self.exit_status(codes)
+        self._exit_code = code
+        self.message = self._give_up or message
+        records.update(self.run_dir, state=self.status(), exit_code=code, message=message)
+        return code
+
+    def exit_status(self, codes: list[int]) -> tuple[int, str | None]:
+        """Hook: the job's exit code and message, once its processes exited with ``codes``."""
         finished = records.finished(self.run_dir)
         if finished:  # a signal after the end changes nothing
             self._failed_rank = self._stop_signal = self._give_up = None
@@ -306,33 +343,31 @@ class LocalJob(JobHandle):
             rank, account = self._failed_rank, None
             if self._failed_order and not self._give_up:
                 rank, account = failures.blame(self.run_dir, self._failed_order)
-            code = _shell_code(codes[rank])
+            code = shell_code(codes[rank])
             message = f"rank {rank} failed with exit code {code}"
             if codes[rank] < 0:
                 message = f"rank {rank} was killed by {signal.Signals(-codes[rank]).name}"
             if account is not None:
                 message += f": {account.error}"
         elif self._stop_signal is not None:
-            code = 128 + self._stop_signal
-            message = f"stopped by {signal.Signals(self._stop_signal).name}"
+            code, message = stopped_status(self._stop_signal)
             if all(c == PREEMPTED for c in codes):
                 message += f"; checkpointed: continue with hpc-launch resume={self.run_dir}"
         else:
             code = 0
-        self._exit_code = code
-        self.message = self._give_up or message
-        records.update(self.run_dir, state=self.status(), exit_code=code, message=message)
-        return code
+        return code, message
 
 
 EXIT_HUNG = 1  # a worker hung after another had exited normally
 
 
-def _shell_code(returncode: int) -> int:
-    return 128 - returncode if returncode < 0 else returncode
+def stopped_status(signum: int) -> tuple[int, str]:
+    """Exit code and message of a job stopped by ``signum`` (as a shell reports it)."""
+    return 128 + signum, f"stopped by {signal.Signals(signum).name}"
 
 
-def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+def signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    """``signum`` to the process group of ``proc`` (one that already ended is skipped)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signum)
 
@@ -356,4 +391,11 @@ def follow_file(
             time.sleep(0.2)
 
 
-__all__ = ["LocalJob", "LocalLauncher", "follow_file", "free_port"]
+__all__ = [
+    "LocalJob",
+    "LocalLauncher",
+    "follow_file",
+    "free_port",
+    "signal_group",
+    "stopped_status",
+]

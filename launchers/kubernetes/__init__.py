@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpc.config import ConfigError
 from hpc.jobspec import JobSpec
-from hpc.launchers.base import JobHandle, Launcher, Plan
+from hpc.launchers.base import NOTHING_DISCOVERED, JobHandle, Launcher, MachineFacts, Plan
 from hpc.launchers.kubernetes import manifest
 from hpc.launchers.kubernetes.validate import check_config, check_mpijob
 from hpc.states import ACTIVE
@@ -77,7 +77,7 @@ class KubernetesLauncher(Launcher):
             except LookupError as exc:
                 print(f"hpc: warning: {exc}; states may be stale", file=sys.stderr)
 
-    def plan(self, spec: JobSpec) -> Plan:
+    def plan(self, spec: JobSpec, facts: MachineFacts = NOTHING_DISCOVERED) -> Plan:
         check_config(spec.config)
         name = manifest.job_name(spec)
         try:
