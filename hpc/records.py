@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc.exitcodes import PREEMPTED
+from hpc.files import write_atomic  # re-exported: records.write_atomic is the writer's old name
 from hpc.states import TERMINAL
 
 RECORD_NAME = "job.json"
@@ -51,21 +52,6 @@ def record_path(run_dir: str | os.PathLike[str]) -> Path:
 def finished(run_dir: str | os.PathLike[str]) -> bool:
     """The run finished: it is COMPLETED, whatever signal or requeue came afterwards."""
     return (Path(run_dir) / FINISHED_MARKER).exists()
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write ``text`` (UTF-8, or bytes as they are) to ``path`` via a temp file, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(text if isinstance(text, bytes) else text.encode("utf-8"))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from hpc.launchers.base import (
 from hpc.quoting import shell_join, shell_word
 from hpc.runtime import failures
 from hpc.runtime.checkpoint import latest_step
+from hpc.runtime.ports import free_port  # also importable from here (the tests)
 from hpc.runtime.preemption import signal_number
 
 WORKER_MODULE = "hpc.run"
@@ -111,12 +111,6 @@ def _render(spec: JobSpec, env: dict[str, str], command: list[str], ntasks: int)
             f"  > {shell_word(spec.run_dir / 'logs' / f'rank{rank}.log')}"
         )
     return "\n".join(lines) + "\n"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class LocalJob(JobHandle):
