@@ -15,11 +15,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from hpc.credentials import redact_uri
 from hpc.exitcodes import PREEMPTED
 from hpc.files import write_atomic  # re-exported: records.write_atomic is the writer's old name
 from hpc.states import TERMINAL
+
+if TYPE_CHECKING:
+    from hpc.jobspec import JobSpec
 
 RECORD_NAME = "job.json"
 FINISHED_MARKER = "FINISHED"  # rank 0 writes it when the job's main() returned normally
@@ -43,6 +47,29 @@ class RunRecord:
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_spec(
+        cls,
+        spec: JobSpec,
+        launcher: str,
+        *,
+        job_id: str | None = None,
+        state: str = "PENDING",
+        extra: dict[str, Any] | None = None,
+    ) -> RunRecord:
+        """The record of a new run of ``spec``: its paths, and its tracking URI redacted."""
+        return cls(
+            name=spec.name,
+            launcher=launcher,
+            run_dir=str(spec.run_dir),
+            config_file=str(spec.config_file),
+            tracking_uri=redact_uri(spec.tracking_uri),
+            checkpoint_dir=str(spec.checkpoint_dir),
+            job_id=job_id,
+            state=state,
+            extra=dict(extra or {}),
+        )
 
 
 def record_path(run_dir: str | os.PathLike[str]) -> Path:

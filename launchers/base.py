@@ -28,7 +28,6 @@ def prepare_run(plan: Plan, job_id: str | None, state: str = "PENDING") -> None:
     for a new attempt of an existing run (a resume keeps the record and its MLflow run)."""
     from hpc import records
     from hpc.credentials import ENV_FILE, write_env_file
-    from hpc.jobspec import redact_uri
     from hpc.runtime.store import prepare_store
 
     spec = plan.spec
@@ -46,18 +45,7 @@ def prepare_run(plan: Plan, job_id: str | None, state: str = "PENDING") -> None:
         if spec.resume_changes:
             record_resume_changes(spec)
         return
-    records.create(
-        records.RunRecord(
-            name=spec.name,
-            launcher=plan.launcher,
-            run_dir=str(spec.run_dir),
-            config_file=str(spec.config_file),
-            tracking_uri=redact_uri(spec.tracking_uri),
-            checkpoint_dir=str(spec.checkpoint_dir),
-            job_id=job_id,
-            state=state,
-        )
-    )
+    records.create(records.RunRecord.for_spec(spec, plan.launcher, job_id=job_id, state=state))
 
 
 def record_resume_changes(spec: JobSpec) -> None:
