@@ -37,7 +37,7 @@ from hpc.quoting import shell_join, shell_word
 from hpc.runtime import failures
 from hpc.runtime.checkpoint import latest_step
 from hpc.runtime.ports import free_port  # also importable from here (the tests)
-from hpc.runtime.preemption import signal_number
+from hpc.runtime.preemption import restarts_without_progress, signal_number
 
 WORKER_MODULE = "hpc.run"
 PORT_PLACEHOLDER = "auto"
@@ -139,7 +139,7 @@ class LocalJob(JobHandle):
         self._hung: tuple[list[int], int] | None = None  # (ranks still running, rank done)
         preemption = plan.spec.config.get("preemption") or {}
         self._preempt_signum = signal_number(str(preemption.get("signal", "USR2")))
-        self._max_idle_restarts = int(preemption.get("max_restarts_without_progress", 3))
+        self._preemption = preemption
         self.restarts = 0
         self._give_up: str | None = None
         self._exit_code: int | None = None
@@ -248,9 +248,11 @@ class LocalJob(JobHandle):
             if not (preempted and self._restart_requested and self._stop_signal is None):
                 return self._finish(codes)
             step = latest_step(self.plan.spec.checkpoint_dir)
-            idle_restarts = 0 if step > last_step else idle_restarts + 1
+            idle_restarts, exhausted = restarts_without_progress(
+                idle_restarts, step, last_step, self._preemption
+            )
             last_step = step
-            if idle_restarts > self._max_idle_restarts:
+            if exhausted:
                 self._failed_rank = 0
                 self._give_up = f"{idle_restarts} restarts without step progress: giving up"
                 return self._finish(codes)
