@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from hpc import records
 from hpc.exitcodes import PREEMPTED, shell_code
@@ -40,6 +41,7 @@ from hpc.runtime.ports import free_port  # also importable from here (the tests)
 from hpc.runtime.preemption import restarts_without_progress, signal_number
 
 WORKER_MODULE = "hpc.run"
+SignalMeaning = Literal["restart", "stop", "pass"]
 PORT_PLACEHOLDER = "auto"
 
 
@@ -121,6 +123,7 @@ class LocalJob(JobHandle):
 
     - :meth:`start`: start one attempt's processes into ``procs`` (and ``reader``, the
       thread that reads the output shown on the terminal, if any) and record RUNNING;
+    - :meth:`signal_meaning`: what a forwarded signal asks (restart, stop, or nothing);
     - :meth:`signal_workers`: deliver a forwarded signal to the processes;
     - :meth:`exit_status`: the job's exit code and message once the processes exited.
 
@@ -222,11 +225,17 @@ class LocalJob(JobHandle):
         The preemption signal means "checkpoint and restart" (as a requeue would);
         SIGTERM/SIGINT mean "checkpoint and stop".
         """
-        if signum == self._preempt_signum:
+        meaning = self.signal_meaning(signum)
+        if meaning == "restart":
             self._restart_requested = True
-        else:
+        elif meaning == "stop":
             self._stop_signal = self._stop_signal or signum
         self.signal_workers(signum)
+
+    def signal_meaning(self, signum: int) -> SignalMeaning:
+        """Hook: what a forwarded signal asks of the job: ``restart`` (checkpoint, then
+        restart the workers), ``stop`` (checkpoint and stop) or ``pass`` (delivered only)."""
+        return "restart" if signum == self._preempt_signum else "stop"
 
     def signal_workers(self, signum: int) -> None:
         """Hook: deliver a forwarded signal; here to every worker's process group."""
@@ -390,6 +399,7 @@ def follow_file(
 __all__ = [
     "LocalJob",
     "LocalLauncher",
+    "SignalMeaning",
     "follow_file",
     "free_port",
     "signal_group",

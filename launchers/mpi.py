@@ -27,7 +27,13 @@ from hpc.config import ConfigError
 from hpc.exitcodes import shell_code
 from hpc.jobspec import JobSpec
 from hpc.launchers.base import NOTHING_DISCOVERED, Launcher, MachineFacts, Plan, prepare_run
-from hpc.launchers.local import WORKER_MODULE, LocalJob, signal_group, stopped_status
+from hpc.launchers.local import (
+    WORKER_MODULE,
+    LocalJob,
+    SignalMeaning,
+    signal_group,
+    stopped_status,
+)
 from hpc.quoting import shell_join, shell_word
 from hpc.validate import check_local_gpus, local_gpu_count
 
@@ -206,6 +212,13 @@ class MpiJob(LocalJob):
                 self.last_line = line
             if self.on_line:
                 self.on_line(line)
+
+    def signal_meaning(self, signum: int) -> SignalMeaning:
+        """mpirun passes SIGUSR1/2 on to the ranks: the preemption signal among them
+        restarts, the other is only delivered; any other signal stops the job."""
+        if signum in (signal.SIGUSR1, signal.SIGUSR2):
+            return "restart" if signum == self.restart_signal() else "pass"
+        return "stop"
 
     def signal_workers(self, signum: int) -> None:
         """SIGUSR1/2 to mpirun only (it forwards them to every rank); others to the group."""
