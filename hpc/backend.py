@@ -1,6 +1,7 @@
 """The backend interface: what a launcher provides, and all the core knows of one.
 
-``plan(spec) -> Plan`` (pure), ``submit(plan) -> JobHandle``, re-attaching to a
+``discover(spec) -> MachineFacts`` (what the plan needs to know of this machine, read
+first), ``plan(spec, facts) -> Plan`` (pure), ``submit(plan) -> JobHandle``, re-attaching to a
 submitted job from its run record, the value rules of its own config schema and
 its sweep submission. Modelled on torchx's dry run → inspectable plan → schedule:
 a plan holds everything that would run and can be printed (``dry_run=true``)
@@ -28,6 +29,19 @@ class SubmitError(RuntimeError):
 
 class NotSupported(SubmitError):
     """The backend does not offer this operation (a sweep, cancel, logs)."""
+
+
+@dataclass(frozen=True)
+class MachineFacts:
+    """What a plan may know of the submitting machine. Read before planning
+    (:meth:`Launcher.discover`) and passed in, so ``plan()`` itself reads nothing."""
+
+    gpu_count: int = 0  # GPUs on this machine (NVML); read only where the plan checks it
+    is_root: bool = False  # hpc-launch runs as root (mpirun then needs --allow-run-as-root)
+
+
+# The facts of a launcher that reads none: its plan depends on the spec alone.
+NOTHING_DISCOVERED = MachineFacts()
 
 
 @dataclass
@@ -111,9 +125,15 @@ class Launcher(abc.ABC):
         """This backend's value rules; raise ConfigError naming the key."""
         return None  # a backend with no rules of its own
 
+    def discover(self, spec: JobSpec) -> MachineFacts:
+        """Read what :meth:`plan` needs to know of this machine (called just before it)."""
+        return NOTHING_DISCOVERED
+
     @abc.abstractmethod
-    def plan(self, spec: JobSpec) -> Plan:
-        """Everything that would run, as data. Must not touch the filesystem or network."""
+    def plan(self, spec: JobSpec, facts: MachineFacts = NOTHING_DISCOVERED) -> Plan:
+        """Everything that would run, as data: a function of ``spec`` and ``facts`` alone.
+
+        Must not read the machine (that is :meth:`discover`), the filesystem or network."""
 
     @abc.abstractmethod
     def submit(self, plan: Plan) -> JobHandle:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from hpc.files import write_atomic
+
 SECRET_KEY = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.I)
 ENV_FILE = "secrets.env"
 USERNAME_VAR, PASSWORD_VAR = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
@@ -65,13 +67,8 @@ def redact_uri(uri: str | None) -> str | None:
 
 
 def write_private(path: Path, text: str) -> None:
-    """``text`` into ``path`` (temp file, then rename), readable by the owner only."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        os.fchmod(fh.fileno(), 0o600)
-        fh.write(text)
-    os.replace(tmp, path)
+    """``text`` into ``path`` (the atomic write), readable by the owner only (0600)."""
+    write_atomic(path, text, mode=0o600)
 
 
 def write_env_file(path: Path, env: Mapping[str, str]) -> None:

@@ -7,13 +7,19 @@ The interface itself (Launcher, Plan, JobHandle, SubmitError) lives in the core,
 from __future__ import annotations
 
 import sys
+import time
 
-from hpc.backend import JobHandle, Launcher, Plan, SubmitError
+from hpc.backend import NOTHING_DISCOVERED, JobHandle, Launcher, MachineFacts, Plan, SubmitError
+from hpc.credentials import ENV_FILE, write_env_file
+from hpc.rundir import records
+from hpc.runtime.store import prepare_store
 from hpc.spec.jobspec import JobSpec
 
 __all__ = [
+    "NOTHING_DISCOVERED",
     "JobHandle",
     "Launcher",
+    "MachineFacts",
     "Plan",
     "SubmitError",
     "prepare_run",
@@ -24,11 +30,6 @@ __all__ = [
 def prepare_run(plan: Plan, job_id: str | None, state: str = "PENDING") -> None:
     """Write the plan's files into its run directory; create job.json, or refresh it
     for a new attempt of an existing run (a resume keeps the record and its MLflow run)."""
-    from hpc.credentials import ENV_FILE, write_env_file
-    from hpc.rundir import records
-    from hpc.runtime.store import prepare_store
-    from hpc.spec.jobspec import redact_uri
-
     spec = plan.spec
     (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
     for name, content in plan.files.items():
@@ -44,26 +45,11 @@ def prepare_run(plan: Plan, job_id: str | None, state: str = "PENDING") -> None:
         if spec.resume_changes:
             record_resume_changes(spec)
         return
-    records.create(
-        records.RunRecord(
-            name=spec.name,
-            launcher=plan.launcher,
-            run_dir=str(spec.run_dir),
-            config_file=str(spec.config_file),
-            tracking_uri=redact_uri(spec.tracking_uri),
-            checkpoint_dir=str(spec.checkpoint_dir),
-            job_id=job_id,
-            state=state,
-        )
-    )
+    records.create(records.RunRecord.for_spec(spec, plan.launcher, job_id=job_id, state=state))
 
 
 def record_resume_changes(spec: JobSpec) -> None:
     """Append the config changes a resume was allowed to make to job.json's history."""
-    import time
-
-    from hpc.rundir import records
-
     extra = records.load(spec.run_dir).get("extra") or {}
     entry = {
         "time": time.time(),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,17 +21,28 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from hpc.exitcodes import PREEMPTED
-from hpc.launchers.base import JobHandle, Launcher, Plan, prepare_run
+from hpc.defaults import EXIT_GRACE_S, PREEMPTION_SIGNAL
+from hpc.exitcodes import PREEMPTED, shell_code
+from hpc.launchers.base import (
+    NOTHING_DISCOVERED,
+    JobHandle,
+    Launcher,
+    MachineFacts,
+    Plan,
+    prepare_run,
+)
+from hpc.ports import free_port  # also importable from here (the tests)
 from hpc.quoting import shell_join, shell_word
 from hpc.rundir import records
 from hpc.runtime import failures
 from hpc.runtime.checkpoint import latest_step
-from hpc.runtime.preemption import signal_number
+from hpc.runtime.preemption import restarts_without_progress, signal_number
 from hpc.spec.jobspec import JobSpec, redact_uri
 
 WORKER_MODULE = "hpc.run"
+SignalMeaning = Literal["restart", "stop", "pass"]
 PORT_PLACEHOLDER = "auto"
 
 
@@ -44,14 +54,14 @@ class LocalClusterConfig:
     kill_grace_s: float = 10.0
     # Seconds the other workers may take to exit once one has exited normally; then
     # they are killed and named (a rank hung at exit), and the job fails.
-    exit_grace_s: float = 60.0
+    exit_grace_s: float = EXIT_GRACE_S
 
 
 class LocalLauncher(Launcher):
     schema = LocalClusterConfig
     name = "local"
 
-    def plan(self, spec: JobSpec) -> Plan:
+    def plan(self, spec: JobSpec, facts: MachineFacts = NOTHING_DISCOVERED) -> Plan:
         ntasks = int(spec.resources["tasks_per_node"])
         cluster = spec.config["cluster"]
         env = {
@@ -106,14 +116,20 @@ def _render(spec: JobSpec, env: dict[str, str], command: list[str], ntasks: int)
     return "\n".join(lines) + "\n"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 class LocalJob(JobHandle):
-    """Worker processes of one local run."""
+    """Worker processes of one local run, supervised (signals, grace periods, restarts).
+
+    A subclass that runs the ranks differently (:class:`hpc.launchers.mpi.MpiJob`: one
+    ``mpirun``) overrides only these declared hooks:
+
+    - :meth:`start`: start one attempt's processes into ``procs`` (and ``reader``, the
+      thread that reads the output shown on the terminal, if any) and record RUNNING;
+    - :meth:`signal_meaning`: what a forwarded signal asks (restart, stop, or nothing);
+    - :meth:`signal_workers`: deliver a forwarded signal to the processes;
+    - :meth:`exit_status`: the job's exit code and message once the processes exited.
+
+    It may read :attr:`stop_signal`; the supervision itself is this class's.
+    """
 
     def __init__(self, plan: Plan, job_id: str) -> None:
         self.plan = plan
@@ -126,22 +142,24 @@ class LocalJob(JobHandle):
         self._failed_order: list[int] = []  # ranks that failed, in the order seen
         self._hung: tuple[list[int], int] | None = None  # (ranks still running, rank done)
         preemption = plan.spec.config.get("preemption") or {}
-        self._preempt_signum = signal_number(str(preemption.get("signal", "USR2")))
-        self._max_idle_restarts = int(preemption.get("max_restarts_without_progress", 3))
+        self._preempt_signum = signal_number(str(preemption.get("signal", PREEMPTION_SIGNAL)))
+        self._preemption = preemption
         self.restarts = 0
         self._give_up: str | None = None
         self._exit_code: int | None = None
         self._grace = float(plan.spec.config["cluster"].get("kill_grace_s", 10.0))
-        self._exit_grace = float(plan.spec.config["cluster"].get("exit_grace_s", 60.0))
+        self._exit_grace = float(plan.spec.config["cluster"].get("exit_grace_s", EXIT_GRACE_S))
         self.last_line = ""
         self.message: str | None = None
         self.on_line: Callable[[str], None] | None = None
-        self._reader: threading.Thread | None = None
+        # The thread reading the output shown on the terminal; joined once the processes exit.
+        self.reader: threading.Thread | None = None
 
     def log_path(self, rank: int = 0) -> Path:
         return self.run_dir / "logs" / f"rank{rank}.log"
 
     def start(self) -> None:
+        """Hook: start one attempt's worker processes (again after a preemption)."""
         env = dict(os.environ)
         env.update(self.plan.env)
         env.update(self.plan.spec.secrets)  # never in the plan: also in secrets.env (0600)
@@ -161,10 +179,10 @@ class LocalJob(JobHandle):
                 cwd=os.getcwd(),
             )
             if rank == 0:
-                self._reader = threading.Thread(
+                self.reader = threading.Thread(
                     target=self._pump, args=(proc, log), daemon=True, name="rank0-output"
                 )
-                self._reader.start()
+                self.reader.start()
             else:
                 log.close()
             self.procs.append(proc)
@@ -208,12 +226,27 @@ class LocalJob(JobHandle):
         The preemption signal means "checkpoint and restart" (as a requeue would);
         SIGTERM/SIGINT mean "checkpoint and stop".
         """
-        if signum == self._preempt_signum:
+        meaning = self.signal_meaning(signum)
+        if meaning == "restart":
             self._restart_requested = True
-        else:
+        elif meaning == "stop":
             self._stop_signal = self._stop_signal or signum
+        self.signal_workers(signum)
+
+    def signal_meaning(self, signum: int) -> SignalMeaning:
+        """Hook: what a forwarded signal asks of the job: ``restart`` (checkpoint, then
+        restart the workers), ``stop`` (checkpoint and stop) or ``pass`` (delivered only)."""
+        return "restart" if signum == self._preempt_signum else "stop"
+
+    def signal_workers(self, signum: int) -> None:
+        """Hook: deliver a forwarded signal; here to every worker's process group."""
         for proc in self.procs:
-            _signal_group(proc, signum)
+            signal_group(proc, signum)
+
+    @property
+    def stop_signal(self) -> int | None:
+        """The first stop signal forwarded (SIGTERM, SIGINT, ...), if any."""
+        return self._stop_signal
 
     def wait(self) -> int:
         """Supervise the workers (restarting them after a preemption); return the exit code."""
@@ -225,9 +258,11 @@ class LocalJob(JobHandle):
             if not (preempted and self._restart_requested and self._stop_signal is None):
                 return self._finish(codes)
             step = latest_step(self.plan.spec.checkpoint_dir)
-            idle_restarts = 0 if step > last_step else idle_restarts + 1
+            idle_restarts, exhausted = restarts_without_progress(
+                idle_restarts, step, last_step, self._preemption
+            )
             last_step = step
-            if idle_restarts > self._max_idle_restarts:
+            if exhausted:
                 self._failed_rank = 0
                 self._give_up = f"{idle_restarts} restarts without step progress: giving up"
                 return self._finish(codes)
@@ -259,7 +294,7 @@ class LocalJob(JobHandle):
                 if failed and self._failed_rank is None and not self._stop_signal:
                     self._failed_rank = rank
                     for other in self.procs:
-                        _signal_group(other, signal.SIGTERM)
+                        signal_group(other, signal.SIGTERM)
                 if code in (0, PREEMPTED) and first_exit is None:
                     first_exit = (time.monotonic(), rank)
             if all(code is not None for code in codes):
@@ -271,12 +306,12 @@ class LocalJob(JobHandle):
                 deadline = time.monotonic() + self._grace
             if deadline is not None and time.monotonic() > deadline:
                 for proc in self.procs:
-                    _signal_group(proc, signal.SIGKILL)
+                    signal_group(proc, signal.SIGKILL)
             time.sleep(0.05)
         for proc in self.procs:  # reap stragglers in the groups (e.g. data loader workers)
-            _signal_group(proc, signal.SIGKILL)
-        if self._reader:
-            self._reader.join(timeout=5)
+            signal_group(proc, signal.SIGKILL)
+        if self.reader:
+            self.reader.join(timeout=5)
         return [proc.returncode for proc in self.procs]
 
     def _kill_hung(self, codes: list[int | None], done: int) -> None:
@@ -284,9 +319,17 @@ class LocalJob(JobHandle):
         if self._hung is None and self._failed_rank is None:
             self._hung = ([rank for rank, code in enumerate(codes) if code is None], done)
             for rank in self._hung[0]:
-                _signal_group(self.procs[rank], signal.SIGKILL)
+                signal_group(self.procs[rank], signal.SIGKILL)
 
     def _finish(self, codes: list[int]) -> int:
+        code, message = self.exit_status(codes)
+        self._exit_code = code
+        self.message = self._give_up or message
+        records.update(self.run_dir, state=self.status(), exit_code=code, message=message)
+        return code
+
+    def exit_status(self, codes: list[int]) -> tuple[int, str | None]:
+        """Hook: the job's exit code and message, once its processes exited with ``codes``."""
         finished = records.finished(self.run_dir)
         if finished:  # a signal after the end changes nothing
             self._failed_rank = self._stop_signal = self._give_up = None
@@ -306,33 +349,31 @@ class LocalJob(JobHandle):
             rank, account = self._failed_rank, None
             if self._failed_order and not self._give_up:
                 rank, account = failures.blame(self.run_dir, self._failed_order)
-            code = _shell_code(codes[rank])
+            code = shell_code(codes[rank])
             message = f"rank {rank} failed with exit code {code}"
             if codes[rank] < 0:
                 message = f"rank {rank} was killed by {signal.Signals(-codes[rank]).name}"
             if account is not None:
                 message += f": {account.error}"
         elif self._stop_signal is not None:
-            code = 128 + self._stop_signal
-            message = f"stopped by {signal.Signals(self._stop_signal).name}"
+            code, message = stopped_status(self._stop_signal)
             if all(c == PREEMPTED for c in codes):
                 message += f"; checkpointed: continue with hpc-launch resume={self.run_dir}"
         else:
             code = 0
-        self._exit_code = code
-        self.message = self._give_up or message
-        records.update(self.run_dir, state=self.status(), exit_code=code, message=message)
-        return code
+        return code, message
 
 
 EXIT_HUNG = 1  # a worker hung after another had exited normally
 
 
-def _shell_code(returncode: int) -> int:
-    return 128 - returncode if returncode < 0 else returncode
+def stopped_status(signum: int) -> tuple[int, str]:
+    """Exit code and message of a job stopped by ``signum`` (as a shell reports it)."""
+    return 128 + signum, f"stopped by {signal.Signals(signum).name}"
 
 
-def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+def signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    """``signum`` to the process group of ``proc`` (one that already ended is skipped)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signum)
 
@@ -356,4 +397,12 @@ def follow_file(
             time.sleep(0.2)
 
 
-__all__ = ["LocalJob", "LocalLauncher", "follow_file", "free_port"]
+__all__ = [
+    "LocalJob",
+    "LocalLauncher",
+    "SignalMeaning",
+    "follow_file",
+    "free_port",
+    "signal_group",
+    "stopped_status",
+]

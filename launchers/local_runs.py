@@ -15,7 +15,7 @@ from hpc.launchers.local import LocalLauncher, follow_file
 from hpc.launchers.mpi import MpiLauncher
 from hpc.rundir import records
 from hpc.spec.errors import ConfigError
-from hpc.spec.rules import local_gpu_count
+from hpc.spec.rules import check_local_gpus, local_gpu_count
 from hpc.states import TERMINAL, JobState
 from hpc.sweeps.plan import SweepPlan, is_secret_override, sweep_record, write_record
 
@@ -26,12 +26,7 @@ def validate_local(cfg: dict[str, Any]) -> None:
     if res["nodes"] != 1:
         raise ConfigError("resources.nodes", f"the local launcher runs 1 node, got {res['nodes']}")
     if res["gpus_per_node"]:
-        have = local_gpu_count()
-        if res["gpus_per_node"] > have:
-            raise ConfigError(
-                "resources.gpus_per_node",
-                f"asks for {res['gpus_per_node']} GPUs but this machine has {have}",
-            )
+        check_local_gpus(res["gpus_per_node"], local_gpu_count())
     cpus = len(os.sched_getaffinity(0))
     if res["tasks_per_node"] > max(64, 4 * cpus):
         raise ConfigError(

@@ -22,13 +22,20 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
-from hpc.launchers.base import Launcher, Plan, prepare_run
-from hpc.launchers.local import WORKER_MODULE, LocalJob, _shell_code, _signal_group
+from hpc.exitcodes import shell_code
+from hpc.launchers.base import NOTHING_DISCOVERED, Launcher, MachineFacts, Plan, prepare_run
+from hpc.launchers.local import (
+    WORKER_MODULE,
+    LocalJob,
+    SignalMeaning,
+    signal_group,
+    stopped_status,
+)
 from hpc.quoting import shell_join, shell_word
 from hpc.rundir import records
 from hpc.spec.errors import ConfigError
 from hpc.spec.jobspec import JobSpec
-from hpc.spec.rules import local_gpu_count
+from hpc.spec.rules import check_local_gpus, local_gpu_count
 
 # Set by the ranks' environment, never inherited from the shell that runs hpc-launch:
 # a stray RANK/MASTER_PORT would make the ranks take the torchrun contract instead.
@@ -55,7 +62,11 @@ class MpiLauncher(Launcher):
     schema = MpiClusterConfig
     name = "mpi"
 
-    def plan(self, spec: JobSpec) -> Plan:
+    def discover(self, spec: JobSpec) -> MachineFacts:
+        gpus = int(spec.resources["gpus_per_node"])
+        return MachineFacts(gpu_count=local_gpu_count() if gpus else 0, is_root=is_root())
+
+    def plan(self, spec: JobSpec, facts: MachineFacts = NOTHING_DISCOVERED) -> Plan:
         res = spec.resources
         cluster = spec.config["cluster"]
         if int(res["nodes"]) != 1:
@@ -63,11 +74,7 @@ class MpiLauncher(Launcher):
                 "resources.nodes",
                 f"the mpi launcher runs 1 node (this machine), got {res['nodes']}",
             )
-        if int(res["gpus_per_node"]) > (have := local_gpu_count()):
-            raise ConfigError(
-                "resources.gpus_per_node",
-                f"asks for {res['gpus_per_node']} GPUs but this machine has {have}",
-            )
+        check_local_gpus(int(res["gpus_per_node"]), facts.gpu_count)
         mpirun = str(cluster.get("mpirun") or "").strip()
         if not mpirun:
             raise ConfigError("cluster.mpirun", "must name the mpirun program")
@@ -79,7 +86,7 @@ class MpiLauncher(Launcher):
             "PYTHONUNBUFFERED": "1",
         }
         command = [mpirun]
-        if is_root():
+        if facts.is_root:
             command.append("--allow-run-as-root")
         command += ["--oversubscribe", "-np", str(ntasks), "--bind-to", "none", "--tag-output"]
         for key, value in env.items():
@@ -152,10 +159,10 @@ class MpiJob(LocalJob):
                 "cluster.mpirun", f"{self.plan.commands[0][0]!r} not found (install Open MPI)"
             ) from None
         self.procs.append(proc)
-        self._reader = threading.Thread(
+        self.reader = threading.Thread(
             target=self._demux, args=(proc,), daemon=True, name="mpirun-output"
         )
-        self._reader.start()
+        self.reader.start()
         records.update(self.run_dir, state="RUNNING", extra={"launcher_pid": os.getpid()})
 
     def _log(self, name: str) -> IO[bytes]:
@@ -206,35 +213,30 @@ class MpiJob(LocalJob):
             if self.on_line:
                 self.on_line(line)
 
-    def forward(self, signum: int) -> None:
-        """SIGUSR1/2 to mpirun only (it forwards them to every rank); others to the group."""
+    def signal_meaning(self, signum: int) -> SignalMeaning:
+        """mpirun passes SIGUSR1/2 on to the ranks: the preemption signal among them
+        restarts, the other is only delivered; any other signal stops the job."""
         if signum in (signal.SIGUSR1, signal.SIGUSR2):
-            if signum == self._preempt_signum:
-                self._restart_requested = True  # checkpoint, then restart (LocalJob.wait)
-            for proc in self.procs:
+            return "restart" if signum == self.restart_signal() else "pass"
+        return "stop"
+
+    def signal_workers(self, signum: int) -> None:
+        """SIGUSR1/2 to mpirun only (it forwards them to every rank); others to the group."""
+        for proc in self.procs:
+            if signum in (signal.SIGUSR1, signal.SIGUSR2):
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signum)
-            return
-        self._stop_signal = self._stop_signal or signum
-        for proc in self.procs:
-            _signal_group(proc, signum)
+            else:
+                signal_group(proc, signum)
 
-    def _finish(self, codes: list[int]) -> int:
-        returncode = codes[0]
-        message = None
-        if self._stop_signal is not None:
-            code = 128 + self._stop_signal
-            message = f"stopped by {signal.Signals(self._stop_signal).name}"
-        elif returncode != 0:
-            code = _shell_code(returncode)
-            message = self.failure() or f"mpirun exited with code {code}"
-        else:
-            code = 0
-        self._failed_rank = None if code == 0 else self._failed_rank
-        self._exit_code = code
-        self.message = message
-        records.update(self.run_dir, state=self.status(), exit_code=code, message=message)
-        return code
+    def exit_status(self, codes: list[int]) -> tuple[int, str | None]:
+        """mpirun's exit code; a failing rank is named from mpirun's report."""
+        if self.stop_signal is not None:
+            return stopped_status(self.stop_signal)
+        if codes[0] != 0:
+            code = shell_code(codes[0])
+            return code, self.failure() or f"mpirun exited with code {code}"
+        return 0, None
 
     def failure(self) -> str | None:
         """The first failing rank, from mpirun's report."""

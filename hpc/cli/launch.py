@@ -69,7 +69,7 @@ def launch(overrides: Sequence[str], show_cfg: bool = False) -> int:
     try:
         spec = load_spec(overrides)
         launcher = get_launcher(spec.launcher)
-        plan = launcher.plan(spec)
+        plan = launcher.plan(spec, launcher.discover(spec))  # discovery first: plans are pure
     except ConfigError as exc:
         err(f"error: {exc}")
         return 2

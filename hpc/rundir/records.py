@@ -15,7 +15,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from hpc.credentials import redact_uri
+from hpc.files import write_atomic  # re-exported: records.write_atomic is the writer's old name
+
+if TYPE_CHECKING:
+    from hpc.spec.jobspec import JobSpec
 
 RECORD_NAME = "job.json"
 FINISHED_MARKER = "FINISHED"  # rank 0 writes it when the job's main() returned normally
@@ -39,6 +45,29 @@ class RunRecord:
     updated: float = field(default_factory=time.time)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def for_spec(
+        cls,
+        spec: JobSpec,
+        launcher: str,
+        *,
+        job_id: str | None = None,
+        state: str = "PENDING",
+        extra: dict[str, Any] | None = None,
+    ) -> RunRecord:
+        """The record of a new run of ``spec``: its paths, and its tracking URI redacted."""
+        return cls(
+            name=spec.name,
+            launcher=launcher,
+            run_dir=str(spec.run_dir),
+            config_file=str(spec.config_file),
+            tracking_uri=redact_uri(spec.tracking_uri),
+            checkpoint_dir=str(spec.checkpoint_dir),
+            job_id=job_id,
+            state=state,
+            extra=dict(extra or {}),
+        )
+
 
 def record_path(run_dir: str | os.PathLike[str]) -> Path:
     return Path(run_dir) / RECORD_NAME
@@ -47,21 +76,6 @@ def record_path(run_dir: str | os.PathLike[str]) -> Path:
 def finished(run_dir: str | os.PathLike[str]) -> bool:
     """The run finished: it is COMPLETED, whatever signal or requeue came afterwards."""
     return (Path(run_dir) / FINISHED_MARKER).exists()
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write ``text`` (UTF-8, or bytes as they are) to ``path`` via a temp file, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(text if isinstance(text, bytes) else text.encode("utf-8"))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpc.files import fsync_dir, write_atomic
+
 log = logging.getLogger(__name__)
 
 PREFIX = "step-"
@@ -41,30 +43,12 @@ class LoadedCheckpoint:
     manifest: dict[str, Any]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def latest_step(checkpoint_dir: Path) -> int:
@@ -129,7 +113,7 @@ class CheckpointManager:
             torch.save(state, writer)
             raw.flush()
             os.fsync(raw.fileno())
-        _write_text_atomic(
+        write_atomic(
             tmp / f"rank{self.rank}.json",
             json.dumps(
                 {
@@ -156,8 +140,8 @@ class CheckpointManager:
                 "time": time.time(),
                 **(meta or {}),
             }
-            _write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
-            _fsync_dir(tmp)
+            write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
+            fsync_dir(tmp)
             if final.exists() and self._manifest(final) is not None:
                 # The same step saved again (a run resumed at its last step): a step
                 # names one training state, and LATEST may point here, so keep it.
@@ -167,8 +151,8 @@ class CheckpointManager:
                     os.replace(final, self.directory / f".{final.name}.broken")
                 os.replace(tmp, final)
                 shutil.rmtree(self.directory / f".{final.name}.broken", ignore_errors=True)
-            _fsync_dir(self.directory)
-            _write_text_atomic(self.directory / LATEST, final.name + "\n")
+            fsync_dir(self.directory)
+            write_atomic(self.directory / LATEST, final.name + "\n")
             self._prune()
         self.barrier()
         return final

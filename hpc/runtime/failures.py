@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpc.files import write_atomic
+
 DIRECTORY = "failures"
 # What a rank sees when a peer died: gloo/NCCL/TCPStore connection errors.
 _PEER_LOST = re.compile(
@@ -60,9 +62,7 @@ def record(run_dir: Path, rank: int, exc: BaseException) -> None:
     with contextlib.suppress(OSError):
         directory = Path(run_dir) / DIRECTORY
         directory.mkdir(exist_ok=True)
-        tmp = directory / f".rank{rank}.json.tmp"
-        tmp.write_text(json.dumps(entry))
-        tmp.replace(directory / f"rank{rank}.json")
+        write_atomic(directory / f"rank{rank}.json", json.dumps(entry))
 
 
 def _root_os_error(exc: BaseException) -> OSError | None:

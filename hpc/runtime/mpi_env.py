@@ -18,6 +18,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from hpc.ports import free_port
 from hpc.runtime.environment import ClusterEnvironment, EnvironmentError_, RankInfo, checked
 
 
@@ -25,12 +26,6 @@ class Broadcaster(Protocol):
     """What the rendezvous needs from an MPI communicator (mpi4py's ``COMM_WORLD``)."""
 
     def bcast(self, obj: Any, root: int = 0) -> Any: ...
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
 
 
 def this_host_address(single_node: bool) -> str:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Mapping
 from types import FrameType
+from typing import Any
 
 from hpc.defaults import PREEMPTION_SIGNAL
 
@@ -29,6 +31,20 @@ def signal_number(name: str) -> int:
 
 
 _early: dict[str, int | None] = {"received": None}
+
+
+def restarts_without_progress(
+    idle: int, step: int, last_step: int, preemption: Mapping[str, Any]
+) -> tuple[int, bool]:
+    """The one rule against restart loops, for local restarts and Slurm requeues alike.
+
+    ``idle`` restarts in a row have not moved the newest checkpoint forward; this
+    interruption came at checkpoint ``step`` (``last_step`` at the previous one).
+    Returns the new count (0 after progress) and whether to stop restarting: more than
+    ``preemption.max_restarts_without_progress`` in a row.
+    """
+    idle = 0 if step > last_step else idle + 1
+    return idle, idle > int(preemption.get("max_restarts_without_progress", 3))
 
 
 def install_early(preemption_signal: str = PREEMPTION_SIGNAL) -> None:

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hpc.files import write_atomic
+
 SPOOL, OFFSET = "spool.jsonl", "spool.offset"
 
 
@@ -78,13 +80,8 @@ class MetricSpool:
                 else:
                     kept.append(line)
             kept.append(_line({"k": "c", "s": int(step)}))
-            tmp = self.path.with_name(f".{SPOOL}.tmp")
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.writelines(kept)
-                fh.flush()
-                os.fsync(fh.fileno())
-            self._fh.close()
-            os.replace(tmp, self.path)
+            write_atomic(self.path, "".join(kept))
+            self._fh.close()  # the replaced file's handle (flushed above)
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
             return dropped
 
@@ -102,9 +99,7 @@ class MetricSpool:
             return 0
 
     def set_sent_offset(self, offset: int) -> None:
-        tmp = self.directory / f".{OFFSET}.tmp"
-        tmp.write_text(str(offset))
-        os.replace(tmp, self.directory / OFFSET)
+        write_atomic(self.directory / OFFSET, str(offset))
 
     def pending(self, final: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
         """(end offset, record) of sendable records after the sent offset, in order.

@@ -17,9 +17,11 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from hpc.credentials import looks_secret, redact, split_uri
+from hpc.files import write_atomic
 from hpc.runtime.spool import MetricSpool
 from hpc.runtime.store import ensure_experiment, store_init_lock
 
@@ -318,12 +320,7 @@ def sweep_parent_run(client_uri: str, experiment: str, sweep_dir: str, name: str
             run = client.create_run(
                 exp_id, run_name=name, tags={"hpc.sweep_dir": sweep_dir, "hpc.kind": "sweep"}
             )
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"run_id": run.info.run_id}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomic(Path(path), json.dumps({"run_id": run.info.run_id}))
         return str(run.info.run_id)
 
 

@@ -148,8 +148,7 @@ def create(schedule: Schedule) -> Path:
 
 def save(schedule: Schedule) -> None:
     path = path_for(schedule.name)
-    records.write_atomic(path, schedule.to_json())
-    os.chmod(path, 0o600)
+    records.write_atomic(path, schedule.to_json(), mode=0o600)  # env may hold a URI
 
 
 def delete(name: str) -> None:

@@ -102,6 +102,14 @@ def local_gpu_count() -> int:
         pynvml.nvmlShutdown()
 
 
+def check_local_gpus(requested: int, have: int) -> None:
+    """The one rule for a job on this machine: no more GPUs than it has (``have``)."""
+    if requested > have:
+        raise ConfigError(
+            "resources.gpus_per_node", f"asks for {requested} GPUs but this machine has {have}"
+        )
+
+
 def validate(cfg: dict[str, Any]) -> None:
     """Check every value rule; raise ConfigError on the first violation."""
     check_numbers(cfg)

@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from hpc.files import write_atomic
+
 SWEEP_FILE = "sweep.json"
 STATUS_DIR = ".hpc_tasks"
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
@@ -35,9 +37,7 @@ def _write_status(sweep_dir: Path, index: int, **fields: Any) -> None:
         return  # one record per point, from the first rank
     path = sweep_dir / STATUS_DIR / f"{index}.json"
     path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"index": index, "time": time.time(), **fields}) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"index": index, "time": time.time(), **fields}) + "\n")
 
 
 def command(record: dict[str, Any], task: dict[str, Any], job_id: str) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hpc.launchers.base import JobHandle, Launcher, Plan
+from hpc.launchers.base import NOTHING_DISCOVERED, JobHandle, Launcher, MachineFacts, Plan
 from hpc.launchers.kubernetes import manifest
 from hpc.launchers.kubernetes.validate import check_config, check_mpijob
 from hpc.spec.errors import ConfigError
@@ -66,7 +66,7 @@ class KubernetesLauncher(Launcher):
                 f"{record['run_dir']}: cannot reach its Kubernetes cluster ({exc})"
             ) from None
 
-    def plan(self, spec: JobSpec) -> Plan:
+    def plan(self, spec: JobSpec, facts: MachineFacts = NOTHING_DISCOVERED) -> Plan:
         check_config(spec.config)
         name = manifest.job_name(spec)
         try:

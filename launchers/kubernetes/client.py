@@ -231,18 +231,11 @@ def submit(plan: Plan) -> KubernetesJob:
     if records.record_path(run_dir).exists():  # resume: keep the record, new attempt
         records.update(run_dir, job_id=name, state="PENDING", exit_code=None, extra=extra)
     else:
-        records.create(
-            records.RunRecord(
-                name=spec.name,
-                launcher="k8s",
-                run_dir=str(run_dir),
-                config_file=str(spec.config_file),
-                tracking_uri=redact_uri(manifest.pod_tracking_uri(spec)),
-                checkpoint_dir=pod_ckpt,
-                job_id=name,
-                extra=extra,
-            )
-        )
+        record = records.RunRecord.for_spec(spec, "k8s", job_id=name, extra=extra)
+        # The tracking URI and checkpoints as the pods see them.
+        record.tracking_uri = redact_uri(manifest.pod_tracking_uri(spec))
+        record.checkpoint_dir = pod_ckpt
+        records.create(record)
     return KubernetesJob(api, name, namespace, run_dir)
 
 

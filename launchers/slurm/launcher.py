@@ -10,7 +10,14 @@ from typing import Any
 
 from hpc.backend import LaunchTask
 from hpc.defaults import EXIT_GRACE_S
-from hpc.launchers.base import JobHandle, Launcher, Plan, prepare_run
+from hpc.launchers.base import (
+    NOTHING_DISCOVERED,
+    JobHandle,
+    Launcher,
+    MachineFacts,
+    Plan,
+    prepare_run,
+)
 from hpc.launchers.local import follow_file
 from hpc.launchers.slurm import client, runs
 from hpc.launchers.slurm.script import job_environment, render_script, sbatch_directives
@@ -38,7 +45,7 @@ class SlurmLauncher(Launcher):
     schema = SlurmClusterConfig
     name = "slurm"
 
-    def plan(self, spec: JobSpec) -> Plan:
+    def plan(self, spec: JobSpec, facts: MachineFacts = NOTHING_DISCOVERED) -> Plan:
         text = render_script(spec, directives=sbatch_directives(spec))
         return Plan(
             launcher=self.name,

@@ -24,6 +24,7 @@ import yaml
 from hpc.launchers.slurm.reason import requeued_by_slurm
 from hpc.rundir import records
 from hpc.runtime.checkpoint import latest_step
+from hpc.runtime.preemption import restarts_without_progress
 
 
 def seconds_left(job_id: str) -> int | None:
@@ -72,8 +73,9 @@ def decide(run_dir: Path, signal_name: str) -> bool:
         )
         print(f"hpc-launch: {by_slurm} at step {step}: Slurm requeues the job", flush=True)
         return False
-    idle = int(extra.get("idle_restarts", 0))
-    idle = idle + 1 if step <= int(extra.get("restart_step", -1)) else 0
+    idle, exhausted = restarts_without_progress(
+        int(extra.get("idle_restarts", 0)), step, int(extra.get("restart_step", -1)), pre
+    )
     restarts = int(extra.get("restart_count", 0))
     if not pre.get("requeue", True):
         records.update(
@@ -83,7 +85,7 @@ def decide(run_dir: Path, signal_name: str) -> bool:
             message=f"stopped ({reason}) at step {step}; requeue is off",
         )
         return False
-    if idle > int(pre.get("max_restarts_without_progress", 3)):
+    if exhausted:
         records.update(
             run_dir,
             state="FAILED",

@@ -16,7 +16,7 @@ from hpc.credentials import ENV_FILE, write_env_file
 from hpc.launchers.slurm.job_steps import slurm_job_id
 from hpc.rundir import records
 from hpc.spec.errors import ConfigError
-from hpc.spec.jobspec import load_spec, redact_uri
+from hpc.spec.jobspec import load_spec
 from hpc.sweeps.plan import SWEEP_FILE, read_secret_overrides
 
 
@@ -41,16 +41,8 @@ def prepare(sweep_dir: Path, index: int) -> Path:
         records.update(run_dir, job_id=job_id, state="RUNNING", extra=extra)
     else:
         records.create(
-            records.RunRecord(
-                name=spec.name,
-                launcher=spec.launcher,
-                run_dir=str(run_dir),
-                config_file=str(spec.config_file),
-                tracking_uri=redact_uri(spec.tracking_uri),
-                checkpoint_dir=str(spec.checkpoint_dir),
-                job_id=job_id,
-                state="RUNNING",
-                extra=extra,
+            records.RunRecord.for_spec(
+                spec, spec.launcher, job_id=job_id, state="RUNNING", extra=extra
             )
         )
     return run_dir
