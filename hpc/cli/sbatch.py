@@ -250,8 +250,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # lazy: submit only; --dry-run stays ~25 ms
     from hpc.launchers.slurm import client  # noqa: PLC0415
-
-    # lazy: submit only; --dry-run stays ~25 ms
     from hpc.rundir.records import state_dir, write_atomic  # noqa: PLC0415
 
     spool = state_dir() / "sbatch"

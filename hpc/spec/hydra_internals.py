@@ -37,32 +37,20 @@ def override_parser() -> Any:
 def _internals() -> dict[str, Any] | None:
     """Hydra's private composition steps, or None where this Hydra lacks them."""
     try:
-        # lazy: private Hydra API; fallback when missing
+        # lazy, all of these: private Hydra API; missing -> None -> the public fallback
         from hydra._internal.config_loader_impl import ConfigLoaderImpl  # noqa: PLC0415
-
-        # lazy: private Hydra API; fallback when missing
         from hydra._internal.config_repository import (  # noqa: PLC0415
             CachingConfigRepository,
             ConfigRepository,
         )
-
-        # lazy: private Hydra API; fallback when missing
         from hydra._internal.config_search_path_impl import ConfigSearchPathImpl  # noqa: PLC0415
-
-        # lazy: private Hydra API; fallback when missing
         from hydra._internal.core_plugins.importlib_resources_config_source import (  # noqa: PLC0415
             ImportlibResourcesConfigSource,
         )
-
-        # lazy: private Hydra API; fallback when missing
         from hydra._internal.core_plugins.structured_config_source import (  # noqa: PLC0415
             StructuredConfigSource,
         )
-
-        # lazy: private Hydra API; fallback when missing
         from hydra._internal.defaults_list import create_defaults_list  # noqa: PLC0415
-
-        # lazy: private Hydra API; fallback when missing
         from hydra._internal.sources_registry import SourcesRegistry  # noqa: PLC0415
     except ImportError:
         return None
@@ -139,13 +127,10 @@ def _compose_fast(
 
 def compose_public(config_module: str, config_name: str, overrides: Sequence[str]) -> DictConfig:
     """The same composition through Hydra's public API (slower: builds the hydra node)."""
-    from hydra import compose as hydra_compose  # noqa: PLC0415 (lazy: public-API fallback only)
-    from hydra import initialize_config_module  # noqa: PLC0415 (lazy: public-API fallback only)
-
-    # lazy: public-API fallback only
+    # lazy, all of these: the public-API fallback only
+    from hydra import compose as hydra_compose  # noqa: PLC0415
+    from hydra import initialize_config_module  # noqa: PLC0415
     from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
-
-    # lazy: public-API fallback only
     from hydra.initialize import get_gh_backup, restore_gh_from_backup  # noqa: PLC0415
 
     backup = get_gh_backup()  # an app that is itself a Hydra app keeps its state

@@ -293,8 +293,6 @@ class HpcSlurmLauncher(_HpcLauncherBase):
     def _start(self, sweep_dir: Path, record: dict[str, Any], indices: list[int]) -> dict[int, str]:
         # lazy: Hydra imports plugins at startup; Slurm code only in a sweep
         from hpc.launchers.slurm import client  # noqa: PLC0415
-
-        # lazy: Hydra imports plugins at startup; Slurm code only in a sweep
         from hpc.launchers.slurm.sweep import chunks, max_array_size  # noqa: PLC0415
 
         script = sweep_dir / f"hpc-array-{indices[0]}.sbatch"
@@ -334,8 +332,6 @@ class HpcSlurmLauncher(_HpcLauncherBase):
     ) -> dict[int, tuple[str, int | None]]:
         # lazy: Hydra imports plugins at startup; Slurm code only in a sweep
         from hpc.launchers.slurm import client  # noqa: PLC0415
-
-        # lazy: Hydra imports plugins at startup; Slurm code only in a sweep
         from hpc.launchers.slurm.runs import array_tasks  # noqa: PLC0415
 
         arrays = sorted({str(_task(record, i)["array_id"]) for i in indices})
