@@ -20,6 +20,8 @@ import re
 import shlex
 from collections.abc import Iterable
 
+from hpc.spec.errors import ConfigError
+
 # What a shell, sbatch or a line-splitting reader (Python's splitlines) may act on.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\udc80-\udcff]")
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\", "'": "\\'"}
@@ -55,8 +57,6 @@ def shell_join(words: Iterable[object]) -> str:
 
 def one_line(key: str, value: object) -> str:
     """``value`` as text; ConfigError (``key``) when it is not one plain line."""
-    from hpc.spec.errors import ConfigError
-
     text = str(value)
     if not is_plain(text):
         raise ConfigError(

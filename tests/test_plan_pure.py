@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import pytest
 
 from hpc.backend import MachineFacts
-from hpc.launchers import get_launcher
+from hpc.registry import get_launcher
 from hpc.spec.errors import ConfigError
 from hpc.spec.jobspec import JobSpec, load_spec
 

@@ -112,7 +112,7 @@ class _Nvml:
     """The NVML side; every call that the driver refuses gives ``None``."""
 
     def __init__(self, gpu_indices: list[int] | None):
-        import pynvml  # nvidia-ml-py; loaded only here
+        import pynvml  # noqa: PLC0415 (lazy: optional nvidia-ml-py)
 
         self.nv = pynvml
         pynvml.nvmlInit()

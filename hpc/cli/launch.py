@@ -6,6 +6,7 @@ Only light modules are imported here; torch and mlflow load inside the job.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -14,7 +15,10 @@ from typing import TYPE_CHECKING
 
 from hpc.backend import NotSupported, SubmitError
 from hpc.registry import get_launcher
+from hpc.rundir import records
+from hpc.runtime.tracking import unsent_message
 from hpc.spec.errors import ConfigError
+from hpc.spec.jobspec import load_spec
 from hpc.sweeps.plan import plan_sweep
 
 if TYPE_CHECKING:
@@ -38,8 +42,6 @@ def err(message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import logging
-
     logging.basicConfig(level=logging.WARNING, format="hpc-launch: %(message)s")
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
@@ -64,8 +66,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def launch(overrides: Sequence[str], show_cfg: bool = False) -> int:
-    from hpc.spec.jobspec import load_spec
-
     try:
         spec = load_spec(overrides)
         launcher = get_launcher(spec.launcher)
@@ -105,12 +105,11 @@ def show_placement(spec: JobSpec, on_this_machine: bool) -> None:
     ranks = int(spec.resources["tasks_per_node"])
     if not on_this_machine and not placement.get("topo_file"):
         return  # computed on each node at start (`hpc topo plan` shows it for a node)
-    import logging
-
-    from hpc.topology.discover import discover
-    from hpc.topology.model import TopologyError, format_cpulist
-    from hpc.topology.nvsmi import read_nvsmi
-    from hpc.topology.placement import plan_node
+    # lazy: topology discovery only when the placement is shown on this machine
+    from hpc.topology.discover import discover  # noqa: PLC0415
+    from hpc.topology.model import TopologyError, format_cpulist  # noqa: PLC0415
+    from hpc.topology.nvsmi import read_nvsmi  # noqa: PLC0415
+    from hpc.topology.placement import plan_node  # noqa: PLC0415
 
     logging.getLogger("hpc.topology").setLevel(logging.ERROR)
     try:
@@ -128,7 +127,7 @@ def show_placement(spec: JobSpec, on_this_machine: bool) -> None:
 
 def follow(handle: JobHandle, name: str) -> int:
     """Wait for the job with a progress display; forward Ctrl-C/SIGTERM to it."""
-    from hpc.cli.progress import Progress
+    from hpc.cli.progress import Progress  # noqa: PLC0415 (lazy: rich only when following)
 
     interrupts = 0
 
@@ -169,9 +168,6 @@ def follow(handle: JobHandle, name: str) -> int:
 
 def _tracking_note(run_dir: Path) -> str:
     """``; metrics not in MLflow yet ...`` when the run's metrics could not be sent."""
-    from hpc.rundir import records
-    from hpc.runtime.tracking import unsent_message
-
     try:
         message = unsent_message(records.load(run_dir))
     except (FileNotFoundError, ValueError):

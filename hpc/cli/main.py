@@ -6,6 +6,7 @@ Each subcommand's module is imported only when it runs.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -56,8 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] in DELEGATED:
-        import importlib
-
         module_name, _, func = DELEGATED[args_list[0]].partition(":")
         try:
             module = importlib.import_module(module_name)
@@ -69,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     if args.command == "status":
         if args.sweep:
-            from hpc.cli.sweeps import show
+            from hpc.cli.sweeps import show  # noqa: PLC0415 (lazy: subcommand module, loads hydra)
 
             return show(
                 args.sweep, metric=args.metric, mode=args.mode, watch=args.watch, as_json=args.json
@@ -81,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd_status(args.limit, args.json)
             time.sleep(max(2.0, args.watch))
     if args.command == "sync":
-        from hpc.runtime.tracking import sync_run
+        # lazy: subcommand module, loaded when it runs
+        from hpc.runtime.tracking import sync_run  # noqa: PLC0415
 
         try:
             left = sync_run(args.run_dir)
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "show":
         return cmd_show(args.run_dir)
     if args.command in ("logs", "cancel"):
-        from hpc.cli import jobs
+        from hpc.cli import jobs  # noqa: PLC0415 (lazy: subcommand module, loads hydra)
 
         try:
             run = jobs.find_run(args.ref)
@@ -116,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_status(limit: int, as_json: bool) -> int:
-    from hpc.cli.jobs import refresh_states
+    # lazy: loads hydra; `hpc --help` stays light
+    from hpc.cli.jobs import refresh_states  # noqa: PLC0415
 
     if limit < 1:
         print("hpc: error: --limit: must be >= 1", file=sys.stderr)
@@ -130,8 +131,8 @@ def cmd_status(limit: int, as_json: bool) -> int:
     if not runs:
         print("no runs yet (hpc-launch writes one record per launch)", file=sys.stderr)
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    from rich.console import Console  # noqa: PLC0415 (lazy: rich only for the table)
+    from rich.table import Table  # noqa: PLC0415 (lazy: rich only for the table)
 
     table = Table(title="recent runs")
     for column in ("name", "launcher", "job id", "state", "started", "run dir"):
@@ -156,7 +157,8 @@ def cmd_show(run_dir: str) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"hpc: error: {exc}", file=sys.stderr)
         return 2
-    from hpc.cli.jobs import refresh_states
+    # lazy: loads hydra; `hpc --help` stays light
+    from hpc.cli.jobs import refresh_states  # noqa: PLC0415
 
     refresh_states([record])
     print(json.dumps(record, indent=2))

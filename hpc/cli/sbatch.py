@@ -248,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     if dry_run:
         sys.stdout.buffer.write(text)
         return 0
-    from hpc.launchers.slurm import client
-    from hpc.rundir.records import state_dir, write_atomic
+    # lazy: submit only; --dry-run stays ~25 ms
+    from hpc.launchers.slurm import client  # noqa: PLC0415
+    from hpc.rundir.records import state_dir, write_atomic  # noqa: PLC0415
 
     spool = state_dir() / "sbatch"
     spool.mkdir(parents=True, exist_ok=True)

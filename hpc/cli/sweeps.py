@@ -11,7 +11,9 @@ metrics are cached between ``--watch`` refreshes.
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -141,7 +143,8 @@ class SweepStatus:
 
     def _client(self, uri: str) -> Any:
         if uri not in self._clients:
-            from mlflow.tracking import MlflowClient
+            # lazy: mlflow only to read metrics
+            from mlflow.tracking import MlflowClient  # noqa: PLC0415
 
             self._clients[uri] = MlflowClient(tracking_uri=uri)
         return self._clients[uri]
@@ -248,8 +251,6 @@ def _point_status(sweep_dir: Path, index: int) -> dict[str, Any]:
 
 def _usable_uri(uri: Any) -> str | None:
     """job.json holds the URI with any password redacted: then the environment's."""
-    import os
-
     if not uri:
         return None
     if ":***@" in str(uri):
@@ -258,9 +259,9 @@ def _usable_uri(uri: Any) -> str | None:
 
 
 def render(status: SweepStatus, mode: str) -> Any:
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
+    from rich.console import Group  # noqa: PLC0415 (lazy: rich only for the table, not --json)
+    from rich.table import Table  # noqa: PLC0415 (lazy: rich only for the table, not --json)
+    from rich.text import Text  # noqa: PLC0415 (lazy: rich only for the table, not --json)
 
     counts = status.counts()
     total = max(1, len(status.tasks))
@@ -335,13 +336,13 @@ def show(
     if as_json:
         print(json.dumps(status.as_json(mode), indent=2))
         return 0
-    from rich.console import Console
+    from rich.console import Console  # noqa: PLC0415 (lazy: rich only for the table, not --json)
 
     console = Console(width=200 if not sys.stdout.isatty() else None)
     if watch is None or status.finished():
         console.print(render(status, mode))
         return 0
-    from rich.live import Live
+    from rich.live import Live  # noqa: PLC0415 (lazy: rich only for the table, not --json)
 
     period = max(2.0, float(watch))  # at most one Slurm query per refresh, >= 2 s apart
     try:
@@ -357,8 +358,6 @@ def show(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m hpc.cli.sweeps SWEEP [--metric M] [--mode max|min] [--watch [S]] [--json]``."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="hpc status", description="One sweep's tasks.")
     parser.add_argument("sweep", metavar="SWEEP_DIR_OR_ARRAY_ID")
     parser.add_argument("--metric", default="accuracy")

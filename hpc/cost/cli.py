@@ -17,7 +17,15 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
+
+from hpc.cost.html import to_html
 from hpc.cost.model import AllocationSet, CostInputError
+from hpc.cost.prices import load_prices
+from hpc.cost.render import side_notes, to_csv, to_json, to_table
+from hpc.cost.report import build_report
+from hpc.cost.run_usage import as_allocations, load_accounting
+from hpc.cost.sacct.reader import live_sacct, parse_format, read_sacct
 
 FORMATS = ("table", "csv", "json", "html")
 GROUPS = ("user", "account", "partition", "day", "job")
@@ -108,10 +116,6 @@ def _delimiter(text: str | None) -> str | None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from hpc.cost.render import side_notes, to_csv, to_json, to_table
-    from hpc.cost.report import build_report
-    from hpc.cost.sacct.reader import live_sacct, parse_format, read_sacct
-
     start = parse_time(args.start, "--start") if args.start else None
     end = parse_time(args.end, "--end") if args.end else None
     if start and end and start >= end:
@@ -126,22 +130,16 @@ def run_report(args: argparse.Namespace) -> int:
 
     prices = None
     if args.prices:
-        from hpc.cost.prices import load_prices
-
         prices = load_prices(args.prices)
     sets = [read_sacct(path, fields, delimiter) for path in args.sacct]
     if args.live:
         sets.append(live_sacct(start, end))
     accounting = None
     if args.accounting:
-        from hpc.cost.run_usage import load_accounting
-
         accounting = load_accounting(args.accounting)
     if sets:
         allocs = AllocationSet.concat(sets)
     else:
-        from hpc.cost.run_usage import as_allocations
-
         assert accounting is not None
         allocs = as_allocations(accounting)
     if accounting is not None:
@@ -155,8 +153,6 @@ def run_report(args: argparse.Namespace) -> int:
     elif args.format == "csv":
         text = to_csv(report)
     elif args.format == "html":
-        from hpc.cost.html import to_html
-
         try:
             text = to_html(report)
         except ImportError as exc:
@@ -198,8 +194,6 @@ def _without_pandas() -> None:
     blocker = _NoPandas()
     sys.meta_path.insert(0, blocker)
     try:
-        import pyarrow as pa
-
         pa.scalar(0)  # pyarrow now records "no pandas"
     except ImportError:
         pass
@@ -209,8 +203,6 @@ def _without_pandas() -> None:
 
 def _tune_arrow() -> None:
     """Give freed memory back at once (jemalloc, decay 0): peak RSS stays near live data."""
-    import pyarrow as pa
-
     try:
         pa.set_memory_pool(pa.jemalloc_memory_pool())
         pa.jemalloc_set_decay_ms(0)

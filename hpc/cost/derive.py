@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -168,8 +169,6 @@ def resources(rows: Rows) -> dict[str, pa.Array]:
 def _multi_typed(
     tres: pa.Array, multi: pa.Array, gpus: pa.Array, gtype: pa.Array
 ) -> tuple[pa.Array, pa.Array]:
-    import re
-
     pat = re.compile(GPU_TYPED)
     generic = re.compile(GPU_GENERIC)
     g_list, t_list = gpus.to_pylist(), gtype.to_pylist()

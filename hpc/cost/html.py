@@ -180,7 +180,8 @@ def _panel(div_id: str, fig: dict[str, Any] | None, empty: str, wide: bool = Fal
 
 def to_html(report: Report) -> str:
     """The whole report as one HTML document."""
-    from plotly.offline import get_plotlyjs  # only the bundled plotly.js is used
+    # lazy: optional plotly, only its bundled plotly.js
+    from plotly.offline import get_plotlyjs  # noqa: PLC0415
 
     figs = {"timeline": _timeline_fig(report), "util": _util_fig(report), "top": _top_fig(report)}
     t = report.total

@@ -117,7 +117,7 @@ class PriceTable:
 
 def load_prices(path: str | Path) -> PriceTable:
     """Read and validate a price table; errors name the file and the key or line."""
-    import yaml
+    import yaml  # noqa: PLC0415 (lazy: yaml only with --prices)
 
     source = str(path)
     try:
@@ -137,7 +137,7 @@ def load_prices(path: str | Path) -> PriceTable:
 
 def parse_prices(doc: Any, source: str = "<prices>") -> PriceTable:
     """Validate an already-loaded document (see the module doc for its keys)."""
-    import jsonschema
+    import jsonschema  # noqa: PLC0415 (lazy: jsonschema only with --prices)
 
     validator = jsonschema.Draft202012Validator(SCHEMA)
     errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))

@@ -113,8 +113,8 @@ def _fmt(v: float | None, digits: int = 2) -> str:
 
 def to_table(report: Report, width: int | None = None) -> str:
     """A rich table (plain text, no colour codes) with the skipped/notes lines under it."""
-    from rich.console import Console
-    from rich.table import Table
+    from rich.console import Console  # noqa: PLC0415 (lazy: rich only for the table format)
+    from rich.table import Table  # noqa: PLC0415 (lazy: rich only for the table format)
 
     cur = f" ({report.currency})" if report.currency else ""
     window = f"{iso(report.window_start) or '…'} → {iso(report.window_end) or '…'}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -16,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from hpc.credentials import redact_uri
 from hpc.files import write_atomic  # re-exported: records.write_atomic is the writer's old name
@@ -113,17 +116,11 @@ def load(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def config_hash(job: dict[str, Any]) -> str:
     """The short hash of a job config that checkpoint manifests record."""
-    import hashlib
-
-    import yaml
-
     return hashlib.sha256(yaml.safe_dump(job, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read_run_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A run's config.yaml as a dict; ValueError/OSError naming the file otherwise."""
-    import yaml
-
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)

@@ -98,7 +98,7 @@ class CheckpointManager:
 
     def save(self, step: int, state: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
         """Every rank calls this with its own state; returns the committed directory."""
-        import torch
+        import torch  # noqa: PLC0415 (lazy: torch only in the job)
 
         final = self.step_dir(step)
         tmp = self.directory / f".{final.name}.tmp"
@@ -192,7 +192,7 @@ class CheckpointManager:
         self, map_location: str = "cpu", at_most: int | None = None
     ) -> LoadedCheckpoint | None:
         """The newest checkpoint (at or below ``at_most``) that verifies, or None."""
-        import torch
+        import torch  # noqa: PLC0415 (lazy: torch only in the job)
 
         for path in reversed(self.checkpoints()):
             if at_most is not None and int(path.name[len(PREFIX) :]) > at_most:

@@ -40,7 +40,8 @@ class Failure:
 def is_secondary(exc: BaseException) -> bool:
     """True for an error that only says a peer went away."""
     try:
-        from torch.distributed import DistNetworkError
+        # lazy: torch only in the job
+        from torch.distributed import DistNetworkError  # noqa: PLC0415
 
         if isinstance(exc, DistNetworkError):
             return True

@@ -61,7 +61,7 @@ def agree_rendezvous(
 
 def world_comm() -> Broadcaster:
     try:
-        from mpi4py import MPI
+        from mpi4py import MPI  # noqa: PLC0415 (lazy: optional, only under mpirun)
     except ImportError as exc:
         raise EnvironmentError_(
             "mpi: MASTER_ADDR/MASTER_PORT are not set and mpi4py is missing to agree on them"

@@ -14,19 +14,21 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hpc.accounting import summarize
+from hpc.accounting.sampler import Sampler, SamplerConfig
+from hpc.nccl import nccl_env
 from hpc.runtime.environment import RankInfo
+from hpc.topology.apply import apply_placement
+from hpc.topology.discover import discover
+from hpc.topology.model import format_cpulist
+from hpc.topology.nvsmi import read_nvsmi
+from hpc.topology.placement import compute_hcas, plan_node
 
 log = logging.getLogger(__name__)
 
 
 def place_rank(cfg: dict[str, Any], info: RankInfo) -> tuple[dict[str, str], str]:
     """Bind this process; set and return the environment it added; one line for the log."""
-    from hpc.nccl import nccl_env
-    from hpc.topology.apply import apply_placement
-    from hpc.topology.discover import discover
-    from hpc.topology.nvsmi import read_nvsmi
-    from hpc.topology.placement import compute_hcas, plan_node
-
     placement = cfg.get("placement") or {}
     nccl = cfg.get("nccl") or {}
     added: dict[str, str] = {}
@@ -58,8 +60,6 @@ def place_rank(cfg: dict[str, Any], info: RankInfo) -> tuple[dict[str, str], str
 
 
 def _ranges(cpus: list[int]) -> str:
-    from hpc.topology.model import format_cpulist
-
     return format_cpulist(cpus) or "-"
 
 
@@ -78,7 +78,6 @@ class NodeAccounting:
     def start(self) -> None:
         if not self.enabled:
             return
-        from hpc.accounting.sampler import Sampler, SamplerConfig
 
         self.directory.mkdir(parents=True, exist_ok=True)
         config = SamplerConfig(
@@ -100,8 +99,6 @@ class NodeAccounting:
 
 def summarize_run(directory: Path) -> dict[str, Any] | None:
     """The job's accounting over all nodes' files (sums; peaks as maxima)."""
-    from hpc.accounting import summarize
-
     files = sorted(directory.glob("node*.jsonl"))
     if not files:
         return None

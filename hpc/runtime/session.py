@@ -29,6 +29,7 @@ import logging
 import os
 import random
 import socket
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -111,12 +112,12 @@ class Session:
         return self.info.rank == 0
 
     def _distributed(self) -> bool:
-        import torch.distributed as dist
+        import torch.distributed as dist  # noqa: PLC0415 (lazy: torch only in the job)
 
         return dist.is_available() and dist.is_initialized() and self.world_size > 1
 
     def barrier(self) -> None:
-        import torch.distributed as dist
+        import torch.distributed as dist  # noqa: PLC0415 (lazy: torch only in the job)
 
         if self._distributed():
             dist.barrier()
@@ -124,22 +125,22 @@ class Session:
     def _all_reduce(self, value: int, op: str) -> int:
         if not self._distributed():
             return value
-        import torch
-        import torch.distributed as dist
+        import torch  # noqa: PLC0415 (lazy: torch only in the job)
+        import torch.distributed as dist  # noqa: PLC0415 (lazy: torch only in the job)
 
         tensor = torch.tensor([value], dtype=torch.int64, device=self._comm_device())
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.MIN)
         return int(tensor.item())
 
     def _comm_device(self) -> Any:
-        import torch.distributed as dist
+        import torch.distributed as dist  # noqa: PLC0415 (lazy: torch only in the job)
 
         return self.device if dist.get_backend() == "nccl" else "cpu"
 
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> Session:
-        import torch
-        import torch.distributed as dist
+        import torch  # noqa: PLC0415 (lazy: torch only in the job)
+        import torch.distributed as dist  # noqa: PLC0415 (lazy: torch only in the job)
 
         self.signals.install()
         # Bind CPUs and set NCCL variables before CUDA and NCCL initialise.
@@ -179,7 +180,7 @@ class Session:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        import torch.distributed as dist
+        import torch.distributed as dist  # noqa: PLC0415 (lazy: torch only in the job)
 
         preempted = exc_type is None and self.stop_requested
         if exc is not None and not isinstance(exc, KeyboardInterrupt | SystemExit):
@@ -239,7 +240,8 @@ class Session:
         """
         if self.world_size <= 1:
             return model
-        from torch.nn.parallel import DistributedDataParallel
+        # lazy: torch only in the job
+        from torch.nn.parallel import DistributedDataParallel  # noqa: PLC0415
 
         if ddp_options.get("static_graph") or ddp_options.get("find_unused_parameters") is False:
             raise ValueError(
@@ -267,8 +269,6 @@ class Session:
 
     def _record_accounting(self) -> None:
         """The job's accounting summary (all nodes' files) into job.json and MLflow."""
-        import time
-
         if not (self.cfg.get("accounting") or {}).get("enabled", True):
             return
         if self._distributed():  # give other nodes' samplers a moment to write their stop
@@ -285,8 +285,8 @@ class Session:
         self.tracker.set_tags({f"accounting.{k}": v for k, v in summary.items()})
 
     def seed(self, seed: int) -> None:
-        import numpy as np
-        import torch
+        import numpy as np  # noqa: PLC0415 (lazy: numpy only in the job)
+        import torch  # noqa: PLC0415 (lazy: torch only in the job)
 
         random.seed(seed)
         np.random.seed(seed)
@@ -426,8 +426,8 @@ class Session:
 
     # -- RNG state for checkpoints -----------------------------------------------------------
     def rng_state(self) -> dict[str, Any]:
-        import numpy as np
-        import torch
+        import numpy as np  # noqa: PLC0415 (lazy: numpy only in the job)
+        import torch  # noqa: PLC0415 (lazy: torch only in the job)
 
         state: dict[str, Any] = {
             "python": random.getstate(),
@@ -439,8 +439,8 @@ class Session:
         return state
 
     def set_rng_state(self, state: dict[str, Any]) -> None:
-        import numpy as np
-        import torch
+        import numpy as np  # noqa: PLC0415 (lazy: numpy only in the job)
+        import torch  # noqa: PLC0415 (lazy: torch only in the job)
 
         random.setstate(state["python"])
         np.random.set_state(state["numpy"])

@@ -11,6 +11,7 @@ other. The launcher prepares the store before the workers start, in a subprocess
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import subprocess
 import sys
@@ -40,7 +41,6 @@ def store_init_lock(uri: str) -> Iterator[None]:
     if path is None or store_ready(path):
         yield
         return
-    import fcntl
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(f"{path}.init-lock", "a") as lock:
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     with store_init_lock(uri):
         if path is not None and store_ready(path):  # another launcher got there first
             return 0
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # noqa: PLC0415 (lazy: mlflow only when tracking)
 
         ensure_experiment(MlflowClient(tracking_uri=uri), experiment)
     return 0

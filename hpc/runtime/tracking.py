@@ -11,6 +11,8 @@ reported, never raised into training.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import logging
 import os
 import re
@@ -20,8 +22,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hpc.credentials import looks_secret, redact, split_uri
+from hpc.credentials import load_run_secrets, looks_secret, redact, split_uri
 from hpc.files import write_atomic
+from hpc.rundir import records
 from hpc.runtime.spool import MetricSpool
 from hpc.runtime.store import ensure_experiment, store_init_lock
 
@@ -176,7 +179,8 @@ class MlflowTracker(Tracker):
 
     def _ensure_run(self) -> None:
         if self._client is None:
-            from mlflow.tracking import MlflowClient
+            # lazy: mlflow only when tracking
+            from mlflow.tracking import MlflowClient  # noqa: PLC0415
 
             with store_init_lock(self.uri):  # the first query may create/migrate the store
                 self._client = MlflowClient(tracking_uri=self.uri)
@@ -195,7 +199,8 @@ class MlflowTracker(Tracker):
             self._resumed = False
 
     def _send_pending(self, final: bool) -> None:
-        from mlflow.entities import Metric, Param, RunTag
+        # lazy: mlflow only when tracking
+        from mlflow.entities import Metric, Param, RunTag  # noqa: PLC0415
 
         self._ensure_run()
         metrics: list[Any] = []
@@ -278,8 +283,6 @@ class MlflowTracker(Tracker):
 
 def record_unsent(run_dir: str | os.PathLike[str], left: int, reason: str) -> None:
     """Say in job.json whether the run's metrics are in MLflow (``extra.tracking``)."""
-    from hpc.rundir import records
-
     note: dict[str, Any]
     if left:
         note = {
@@ -302,11 +305,7 @@ def unsent_message(record: Mapping[str, Any]) -> str | None:
 
 def sweep_parent_run(client_uri: str, experiment: str, sweep_dir: str, name: str) -> str:
     """The sweep's parent run id: created once by whichever task gets there first."""
-    import fcntl
-    import json
-    import os
-
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415 (lazy: mlflow only when tracking)
 
     path = os.path.join(sweep_dir, "mlflow_parent.json")
     with open(os.path.join(sweep_dir, ".mlflow_parent.lock"), "a") as lock:
@@ -331,9 +330,6 @@ def sync_run(
 
     Returns the number of records still unsent (0 when everything went through).
     """
-    from hpc.credentials import load_run_secrets
-    from hpc.rundir import records
-
     record = records.load(run_dir)
     load_run_secrets(run_dir)  # the credentials the run was started with
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or record.get("tracking_uri")

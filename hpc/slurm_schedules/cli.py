@@ -20,7 +20,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from hpc.launchers.slurm import client
+from hpc.rundir import records
+from hpc.slurm_schedules import cron, resubmit, scrontab, store
+from hpc.slurm_schedules.resubmit import _user
 from hpc.spec.errors import ConfigError
+from hpc.spec.jobspec import load_spec
+from hpc.sweeps.plan import expand, plan_sweep
 
 MECHANISMS = ("auto", "scrontab", "resubmit")
 HISTORY_SHOWN = 3
@@ -87,8 +93,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def validate_overrides(overrides: list[str]) -> bool:
     """Validate as hpc-launch would; return whether it is a sweep (``-m``)."""
-    from hpc.sweeps.plan import expand
-
     if not overrides:
         raise ConfigError("OVERRIDES", "give the hpc-launch overrides after --")
     if any(o.startswith("-") for o in overrides):
@@ -97,13 +101,9 @@ def validate_overrides(overrides: list[str]) -> bool:
     _, combos, _ = expand(overrides)
     multirun = combos != [[]]
     if multirun:
-        from hpc.sweeps.plan import plan_sweep
-
         plan = plan_sweep(overrides)
         spec = next(iter(plan.shapes.values()))
     else:
-        from hpc.spec.jobspec import load_spec
-
         spec = load_spec(overrides)
         if spec.config.get("wait"):
             raise ConfigError("wait", "a scheduled launch cannot wait for its job (wait=false)")
@@ -115,10 +115,6 @@ def validate_overrides(overrides: list[str]) -> bool:
 
 
 def cmd_schedule(args: argparse.Namespace, overrides: list[str]) -> int:
-    from hpc.launchers.slurm import client
-    from hpc.rundir import records
-    from hpc.slurm_schedules import cron, store
-
     name = store.check_name(args.name)
     expr = cron.parse(args.cron)
     if store.exists(name):
@@ -126,8 +122,6 @@ def cmd_schedule(args: argparse.Namespace, overrides: list[str]) -> int:
     multirun = validate_overrides(overrides)
     mechanism = args.mechanism
     if mechanism in ("auto", "scrontab"):
-        from hpc.slurm_schedules import scrontab
-
         problem = scrontab.problem()
         if problem and mechanism == "scrontab":
             raise ConfigError("--mechanism", f"scrontab cannot be used: {problem}")
@@ -165,12 +159,8 @@ def cmd_schedule(args: argparse.Namespace, overrides: list[str]) -> int:
         store.create(schedule)
         try:
             if mechanism == "scrontab":
-                from hpc.slurm_schedules import scrontab
-
                 scrontab.install(schedule)
             else:
-                from hpc.slurm_schedules import resubmit
-
                 resubmit.install(schedule)
         except (client.SlurmError, ConfigError) as exc:
             store.delete(name)
@@ -195,9 +185,6 @@ def cmd_schedule(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def queued_jobs(job_names: list[str]) -> list[dict[str, str]]:
     """This user's queued jobs with these names: one squeue call."""
-    from hpc.launchers.slurm import client
-    from hpc.slurm_schedules.resubmit import _user
-
     if not job_names:
         return []
     out = client.run(
@@ -216,8 +203,6 @@ def queued_jobs(job_names: list[str]) -> list[dict[str, str]]:
 def describe(
     schedule: Any, queue: list[dict[str, str]], crontab: str | None = None
 ) -> dict[str, Any]:
-    from hpc.slurm_schedules import cron
-
     mine = [j for j in queue if j["name"] == schedule.job_name]
     pending = [j for j in mine if j["state"] == "PENDING"]
     if schedule.mechanism == "resubmit" and schedule.pending_begin and pending:
@@ -231,8 +216,6 @@ def describe(
             f"(hpc sweep remove {schedule.name}, then schedule it again)"
         )
     if schedule.mechanism == "scrontab" and crontab is not None:
-        from hpc.slurm_schedules import scrontab
-
         span = scrontab.find_block(crontab, schedule.name)
         lines = crontab.splitlines()[span[0] : span[1] + 1] if span else []
         if not span:
@@ -257,9 +240,6 @@ def describe(
 
 
 def cmd_list(as_json: bool) -> int:
-    from hpc.launchers.slurm import client
-    from hpc.slurm_schedules import cron, store
-
     schedules = store.all_schedules()
     queue: list[dict[str, str]] = []
     try:
@@ -268,8 +248,6 @@ def cmd_list(as_json: bool) -> int:
         err(f"warning: Slurm not reachable ({exc}); queue states unknown")
     crontab = None
     if any(s.mechanism == "scrontab" for s in schedules):
-        from hpc.slurm_schedules import scrontab
-
         try:
             crontab = scrontab.read() or ""
         except client.SlurmError as exc:
@@ -282,8 +260,8 @@ def cmd_list(as_json: bool) -> int:
     if not rows:
         print("no schedules (hpc sweep schedule --cron ... --name ... -- OVERRIDES)")
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    from rich.console import Console  # noqa: PLC0415 (lazy: rich only for the table, not --json)
+    from rich.table import Table  # noqa: PLC0415 (lazy: rich only for the table, not --json)
 
     note = f"times are the cluster's local time ({', '.join(zones)})"
     table = Table(title="scheduled sweeps", caption=note)
@@ -327,21 +305,14 @@ def _history_line(entry: dict[str, Any]) -> str:
 
 
 def cmd_remove(name: str) -> int:
-    from hpc.launchers.slurm import client
-    from hpc.slurm_schedules import store
-
     store.check_name(name)
     with store.locked():
         schedule = store.load(name)
         try:
             if schedule.mechanism == "scrontab":
-                from hpc.slurm_schedules import scrontab
-
                 done = scrontab.remove(schedule)  # first: a failed edit keeps the record
                 store.delete(name)
             else:
-                from hpc.slurm_schedules import resubmit
-
                 store.delete(name)  # first: a firing job then does not resubmit
                 done = resubmit.remove(schedule)
                 resubmit.script_path(schedule).unlink(missing_ok=True)

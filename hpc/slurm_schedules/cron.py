@@ -17,6 +17,7 @@ import datetime as _dt
 import os
 import re
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from hpc.spec.errors import ConfigError
 
@@ -29,7 +30,7 @@ RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 
 def parse(expr: str) -> str:
     """The expression with single spaces; ConfigError (key ``--cron``) when it is not valid."""
-    from croniter import croniter
+    from croniter import croniter  # noqa: PLC0415 (lazy: croniter only to parse and step cron)
 
     fields = str(expr).split()
     if len(fields) != 5:
@@ -64,8 +65,6 @@ def parse(expr: str) -> str:
 
 def zone_name() -> str:
     """The IANA name of this host's local zone (the cluster's), ``UTC`` when unknown."""
-    from zoneinfo import ZoneInfo
-
     candidates: list[str] = []
     tz = os.environ.get("TZ", "").lstrip(":")
     if tz:
@@ -90,8 +89,6 @@ def zone_name() -> str:
 
 
 def zone(name: str) -> _dt.tzinfo:
-    from zoneinfo import ZoneInfo
-
     return ZoneInfo(name)
 
 
@@ -101,7 +98,7 @@ def next_time(expr: str, zone_name_: str, after: _dt.datetime | None = None) -> 
     A wall-clock time that repeats when clocks go back (DST) is returned once: the
     result's wall-clock time is always later than ``after``'s.
     """
-    from croniter import croniter
+    from croniter import croniter  # noqa: PLC0415 (lazy: croniter only to parse and step cron)
 
     tz = zone(zone_name_)
     start = (after or _dt.datetime.now(tz)).astimezone(tz)

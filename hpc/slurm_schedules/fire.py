@@ -19,7 +19,8 @@ import subprocess
 import sys
 import time
 
-from hpc.slurm_schedules import cron, store
+from hpc.launchers.slurm import client
+from hpc.slurm_schedules import cron, resubmit, store
 
 # Slurm variables of this small job that must not reach the sweep's submission.
 _DROP = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")
@@ -36,9 +37,6 @@ def launch_env(schedule: store.Schedule) -> dict[str, str]:
 
 def resubmit_next(name: str, sched_id: str, job_id: str | None) -> str:
     """Submit the next occurrence; a line for the log."""
-    from hpc.launchers.slurm import client
-    from hpc.slurm_schedules import resubmit
-
     with store.locked():
         try:
             schedule = store.load(name)

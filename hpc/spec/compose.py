@@ -19,6 +19,7 @@ from hpc import registry
 from hpc.spec import hydra_internals
 from hpc.spec.errors import ConfigError
 from hpc.spec.hydra_internals import override_parser
+from hpc.spec.schema import register_configs
 
 CONFIG_MODULE = "hpc.configs"
 CONFIG_NAME = "config"
@@ -26,8 +27,6 @@ CONFIG_NAME = "config"
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """Compose ``config.yaml`` with ``overrides``; raise ConfigError on any problem."""
-    from hpc.spec.schema import register_configs
-
     check_override_syntax(overrides)
     register_configs(cluster_choices(overrides))
     try:

@@ -27,7 +27,8 @@ from hpc.spec.errors import ConfigError
 @functools.lru_cache(maxsize=1)
 def override_parser() -> Any:
     """Hydra's (public) override parser; building it costs a few ms, so once."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    # lazy: hydra only when parsing overrides
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
 
     return OverridesParser.create()
 
@@ -36,20 +37,21 @@ def override_parser() -> Any:
 def _internals() -> dict[str, Any] | None:
     """Hydra's private composition steps, or None where this Hydra lacks them."""
     try:
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl
-        from hydra._internal.config_repository import (
+        # lazy, all of these: private Hydra API; missing -> None -> the public fallback
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl  # noqa: PLC0415
+        from hydra._internal.config_repository import (  # noqa: PLC0415
             CachingConfigRepository,
             ConfigRepository,
         )
-        from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
-        from hydra._internal.core_plugins.importlib_resources_config_source import (
+        from hydra._internal.config_search_path_impl import ConfigSearchPathImpl  # noqa: PLC0415
+        from hydra._internal.core_plugins.importlib_resources_config_source import (  # noqa: PLC0415
             ImportlibResourcesConfigSource,
         )
-        from hydra._internal.core_plugins.structured_config_source import (
+        from hydra._internal.core_plugins.structured_config_source import (  # noqa: PLC0415
             StructuredConfigSource,
         )
-        from hydra._internal.defaults_list import create_defaults_list
-        from hydra._internal.sources_registry import SourcesRegistry
+        from hydra._internal.defaults_list import create_defaults_list  # noqa: PLC0415
+        from hydra._internal.sources_registry import SourcesRegistry  # noqa: PLC0415
     except ImportError:
         return None
     needed = (
@@ -93,7 +95,7 @@ def compose(config_module: str, config_name: str, overrides: Sequence[str]) -> D
 def _compose_fast(
     internals: dict[str, Any], config_module: str, config_name: str, parsed: list[Any]
 ) -> DictConfig:
-    from hydra.types import RunMode
+    from hydra.types import RunMode  # noqa: PLC0415 (lazy: fast path only, after _internals())
 
     loader_cls = internals["ConfigLoaderImpl"]
     # Hydra's create_config_search_path() also imports every installed Hydra plugin
@@ -125,10 +127,11 @@ def _compose_fast(
 
 def compose_public(config_module: str, config_name: str, overrides: Sequence[str]) -> DictConfig:
     """The same composition through Hydra's public API (slower: builds the hydra node)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+    # lazy, all of these: the public-API fallback only
+    from hydra import compose as hydra_compose  # noqa: PLC0415
+    from hydra import initialize_config_module  # noqa: PLC0415
+    from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup  # noqa: PLC0415
 
     backup = get_gh_backup()  # an app that is itself a Hydra app keeps its state
     GlobalHydra.instance().clear()
@@ -145,7 +148,7 @@ def compose_public(config_module: str, config_name: str, overrides: Sequence[str
 
 def version_base() -> dict[str, Any]:
     """``version_base=None`` where Hydra wants it (1.2-1.3); 1.4 deprecates the argument."""
-    import hydra
+    import hydra  # noqa: PLC0415 (lazy: public-API fallback only)
 
     major, minor = (int(part) for part in hydra.__version__.split(".")[:2])
     return {"version_base": None} if (major, minor) < (1, 4) else {}

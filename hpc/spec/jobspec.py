@@ -14,7 +14,13 @@ import yaml
 
 from hpc.credentials import ENV_FILE, read_env_file, redact_uri, split_secrets, split_uri
 from hpc.rundir import records
-from hpc.spec.compose import ConfigError, compose, override_parser, to_container
+from hpc.spec.compose import (
+    ConfigError,
+    check_override_syntax,
+    compose,
+    override_parser,
+    to_container,
+)
 from hpc.spec.rules import flat_items, is_config_key, validate
 
 CONFIG_FILE_NAME = "config.yaml"
@@ -124,8 +130,6 @@ def read_stored_config(key: str, run_dir: Path) -> dict[str, Any]:
 
 def apply_resume_overrides(cfg: dict[str, Any], overrides: Sequence[str]) -> None:
     """``key=value`` overrides onto a stored config: existing keys only, each keeping its type."""
-    from hpc.spec.compose import check_override_syntax
-
     check_override_syntax(overrides)
     for text in overrides:
         parsed = override_parser().parse_override(text)

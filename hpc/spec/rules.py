@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from hpc import registry
+from hpc.nccl import PROFILES
+from hpc.runtime.preemption import signal_number
 from hpc.spec.errors import ConfigError
 from hpc.spec.schema import job_schema_for
 
@@ -89,7 +91,7 @@ def parse_time_limit(text: str) -> int:
 def local_gpu_count() -> int:
     """GPUs on this machine through NVML (light import); 0 where there is no driver."""
     try:
-        import pynvml  # nvidia-ml-py
+        import pynvml  # noqa: PLC0415 (lazy: optional nvidia-ml-py, local GPU jobs only)
     except ImportError:
         return 0
     try:
@@ -312,7 +314,6 @@ def _validate_resources(res: dict[str, Any]) -> None:
 
 
 def _validate_preemption(cfg: dict[str, Any]) -> None:
-    from hpc.runtime.preemption import signal_number
 
     pre = cfg["preemption"]
     try:
@@ -333,7 +334,6 @@ def _validate_preemption(cfg: dict[str, Any]) -> None:
 
 
 def _validate_node_setup(cfg: dict[str, Any]) -> None:
-    from hpc.nccl import PROFILES
 
     profile = cfg["nccl"]["profile"]
     if profile not in PROFILES:

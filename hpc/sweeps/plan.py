@@ -12,6 +12,7 @@ With the local launcher the tasks run one after another.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import itertools
 import json
@@ -22,7 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpc.spec.compose import ConfigError, override_parser
+from omegaconf import OmegaConf
+
+from hpc.credentials import looks_secret, split_uri, write_private
+from hpc.rundir.records import write_atomic
+from hpc.spec.compose import (
+    ConfigError,
+    check_declared_keys,
+    check_override_syntax,
+    compose,
+    override_parser,
+    to_container,
+    translate_error,
+)
+from hpc.spec.hydra_internals import apply_overrides
+from hpc.spec.jobspec import spec_from_config
+from hpc.spec.rules import validate
 
 SWEEP_FILE = "sweep.json"
 SCRIPT_SHAPING = ("resources.", "cluster.", "preemption.", "placement.", "nccl.")
@@ -48,8 +64,6 @@ class SweepPlan:
 
 def expand(overrides: Sequence[str]) -> tuple[list[str], list[list[str]], set[str]]:
     """Split into fixed overrides and the cartesian product of the swept ones."""
-
-    from hpc.spec.compose import check_override_syntax
 
     check_override_syntax(overrides)
     parser = override_parser()
@@ -81,10 +95,6 @@ def _key(override: str) -> str:
 
 def plan_sweep(overrides: Sequence[str], now: _dt.datetime | None = None) -> SweepPlan:
     """Validate every swept value and compose once per script shape."""
-    from hpc.spec.compose import compose, to_container
-    from hpc.spec.jobspec import spec_from_config
-    from hpc.spec.rules import validate
-
     fixed, combos, groups = expand(overrides)
     if len(combos) == 1 and not combos[0]:
         raise ConfigError("-m", "nothing to sweep: give a key with several values (key=a,b)")
@@ -122,14 +132,6 @@ def plan_sweep(overrides: Sequence[str], now: _dt.datetime | None = None) -> Swe
 
 def _check_value(cfg: Any, override: str) -> None:
     """Apply one override to ``cfg``, validate, and put the old value back."""
-    import copy
-
-    from omegaconf import OmegaConf
-
-    from hpc.spec.compose import check_declared_keys, to_container, translate_error
-    from hpc.spec.hydra_internals import apply_overrides
-    from hpc.spec.rules import validate
-
     parsed = override_parser().parse_overrides([override])  # also parsed in apply_overrides
     key = _key(override)
     changing = parsed[0].is_add() is False and parsed[0].is_delete() is False
@@ -153,8 +155,6 @@ SECRET_OVERRIDES_FILE = "secret-overrides.json"
 def is_secret_override(override: str) -> bool:
     """An override whose value must not be written in clear: a secret-looking key, or a
     URI holding ``user:password@``."""
-    from hpc.credentials import looks_secret, split_uri
-
     key, _, value = override.lstrip("+~").partition("=")
     return looks_secret(key.rsplit(".", 1)[-1]) or bool(split_uri(value.strip("'\""))[1])
 
@@ -199,13 +199,9 @@ def read_secret_overrides(sweep_dir: Path, index: int) -> list[str]:
 
 
 def write_record(sweep_dir: Path, record: dict[str, Any]) -> Path:
-    from hpc.rundir.records import write_atomic
-
     sweep_dir.mkdir(parents=True, exist_ok=True)
     secrets = record.pop("_secrets", None)
     if secrets and (secrets["base"] or any(secrets["tasks"].values())):
-        from hpc.credentials import write_private
-
         write_private(sweep_dir / SECRET_OVERRIDES_FILE, json.dumps(secrets))
     path = sweep_dir / SWEEP_FILE
     write_atomic(path, json.dumps(record, indent=2) + "\n")

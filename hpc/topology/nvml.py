@@ -39,7 +39,7 @@ def _bits(words: Any) -> frozenset[int]:
 def read_nvml(sysfs_root: str | Path = "/", allowed_cpus: frozenset[int] | None = None) -> Topology:
     """Discover GPUs with NVML; raise :class:`NoGpuError` when there is no GPU/driver."""
     try:
-        import pynvml
+        import pynvml  # noqa: PLC0415 (lazy: optional nvidia-ml-py)
     except ImportError as e:
         raise NoGpuError(f"no NVIDIA GPU/driver found: nvidia-ml-py is not installed ({e})") from e
     try:

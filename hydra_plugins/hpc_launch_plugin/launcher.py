@@ -25,12 +25,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpc.defaults import EXIT_GRACE_S
+from hpc.files import write_atomic
+from hpc.launchers.slurm import render
+from hpc.quoting import shell_join, shell_word
+from hpc.rundir import records
+from hpc.states import TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +114,6 @@ class _HpcLauncherBase(Launcher):
         raw = OmegaConf.to_container(self.config.hydra.sweep, resolve=False)
         if isinstance(raw, dict) and str(raw.get("subdir")).replace(" ", "") == "${hydra.job.num}":
             return str(idx)
-        from hydra.core.hydra_config import HydraConfig
 
         sweep_config = self.hydra_context.config_loader.load_sweep_config(
             self.config, list(overrides)
@@ -230,8 +235,6 @@ def _task(record: dict[str, Any], index: int) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from hpc.rundir.records import write_atomic
-
     write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
@@ -248,9 +251,6 @@ class HpcSlurmLauncher(_HpcLauncherBase):
 
     def _script(self, sweep_dir: Path, record: dict[str, Any]) -> str:
         """The array's batch script (``slurm/templates/hydra-array.sbatch``)."""
-        from hpc.launchers.slurm import render
-        from hpc.quoting import shell_join, shell_word
-
         p = self.params
         signal = p.get("signal") or render.SIGNAL
         lead_s = render.LEAD_S if p.get("lead_s") is None else p["lead_s"]
@@ -292,9 +292,9 @@ class HpcSlurmLauncher(_HpcLauncherBase):
         )
 
     def _start(self, sweep_dir: Path, record: dict[str, Any], indices: list[int]) -> dict[int, str]:
-        from hpc.launchers.slurm import client
-        from hpc.launchers.slurm.sweep import chunks, max_array_size
-        from hpc.rundir import records
+        # lazy: Hydra imports plugins at startup; Slurm code only in a sweep
+        from hpc.launchers.slurm import client  # noqa: PLC0415
+        from hpc.launchers.slurm.sweep import chunks, max_array_size  # noqa: PLC0415
 
         script = sweep_dir / f"hpc-array-{indices[0]}.sbatch"
         script.write_text(self._script(sweep_dir, record), encoding="utf-8")
@@ -331,9 +331,9 @@ class HpcSlurmLauncher(_HpcLauncherBase):
     def _wait(
         self, sweep_dir: Path, record: dict[str, Any], indices: list[int]
     ) -> dict[int, tuple[str, int | None]]:
-        from hpc.launchers.slurm import client
-        from hpc.launchers.slurm.runs import array_tasks
-        from hpc.states import TERMINAL
+        # lazy: Hydra imports plugins at startup; Slurm code only in a sweep
+        from hpc.launchers.slurm import client  # noqa: PLC0415
+        from hpc.launchers.slurm.runs import array_tasks  # noqa: PLC0415
 
         arrays = sorted({str(_task(record, i)["array_id"]) for i in indices})
         finals: dict[int, tuple[str, int | None]] = {}
@@ -363,8 +363,6 @@ class HpcLocalLauncher(_HpcLauncherBase):
     kind = "local"
 
     def _start(self, sweep_dir: Path, record: dict[str, Any], indices: list[int]) -> dict[int, str]:
-        from hpc.rundir import records
-
         log_file = sweep_dir / "logs" / f"local-{indices[0]}.log"
         cmd = [
             record["python"],

@@ -57,7 +57,8 @@ class KubernetesLauncher(Launcher):
     name = "k8s"
 
     def attach(self, record: dict[str, Any]) -> JobHandle:
-        from hpc.launchers.kubernetes.client import handle_from_record  # loads kubernetes
+        # lazy: kubernetes client only when used
+        from hpc.launchers.kubernetes.client import handle_from_record  # noqa: PLC0415
 
         try:
             return handle_from_record(record["run_dir"])
@@ -90,7 +91,8 @@ class KubernetesLauncher(Launcher):
         )
 
     def submit(self, plan: Plan) -> KubernetesJob:
-        from hpc.launchers.kubernetes.client import submit
+        # lazy: kubernetes client only when used
+        from hpc.launchers.kubernetes.client import submit  # noqa: PLC0415
 
         return submit(plan)
 

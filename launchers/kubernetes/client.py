@@ -21,6 +21,7 @@ cancel     DELETE .../mpijobs/NAME (propagationPolicy Background), the ConfigMap
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -70,8 +71,8 @@ def kubeconfig_files() -> list[Path]:
 
 def api_client(context: str | None = None) -> Any:
     """A ``kubernetes.client.ApiClient`` for the kubeconfig context or the in-cluster account."""
-    from kubernetes import client, config
-    from kubernetes.config.config_exception import ConfigException
+    from kubernetes import client, config  # noqa: PLC0415 (lazy: the kubernetes client, only to talk to a cluster)
+    from kubernetes.config.config_exception import ConfigException  # noqa: PLC0415
 
     configuration = client.Configuration()
     files = kubeconfig_files()
@@ -105,8 +106,8 @@ def _one_line(exc: BaseException | str) -> str:
 
 def _call(api: Any, what: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run one request; translate connection and API failures into one-line errors."""
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415 (lazy: kubernetes)
+    from urllib3.exceptions import HTTPError  # noqa: PLC0415 (lazy: kubernetes' transport)
 
     kwargs.setdefault("_request_timeout", TIMEOUT)
     try:
@@ -128,7 +129,6 @@ class _ApiError(KubernetesError):
 
 
 def _api_error(what: str, exc: Any) -> _ApiError:
-    import json
 
     message = exc.reason or ""
     with contextlib.suppress(Exception):
@@ -144,7 +144,7 @@ def _api_error(what: str, exc: Any) -> _ApiError:
 # -- submit -----------------------------------------------------------------------------
 def submit(plan: Plan) -> KubernetesJob:
     """Create the plan's ConfigMap and MPIJob, then record the run in job.json."""
-    from kubernetes import client
+    from kubernetes import client  # noqa: PLC0415 (lazy: kubernetes)
 
     spec = plan.spec
     cluster = spec.config["cluster"]
@@ -273,7 +273,7 @@ class KubernetesJob(JobHandle):
     status_ttl_s = 1.0  # status() answers from its last query this long (progress redraws)
 
     def __init__(self, api: Any, name: str, namespace: str, run_dir: Path) -> None:
-        from kubernetes import client
+        from kubernetes import client  # noqa: PLC0415 (lazy: kubernetes)
 
         self.api = api
         self.core = client.CoreV1Api(api)
@@ -382,7 +382,7 @@ class KubernetesJob(JobHandle):
         return f"deleted MPIJob of {self.run_dir}"
 
     def cancel(self) -> None:
-        from kubernetes import client
+        from kubernetes import client  # noqa: PLC0415 (lazy: kubernetes)
 
         self._cancelled = True
         options = client.V1DeleteOptions(propagation_policy="Background")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import time
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
@@ -75,8 +76,6 @@ def job_name(spec: JobSpec) -> str:
 
 
 def _attempt_stamp() -> str:
-    import time
-
     return time.strftime("%m%d%H%M%S")
 
 

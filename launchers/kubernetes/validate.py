@@ -139,7 +139,7 @@ def crd_schema() -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=1)
 def _validator() -> Any:
-    import jsonschema
+    import jsonschema  # noqa: PLC0415 (lazy: jsonschema only to check a manifest)
 
     schema = crd_schema()
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)

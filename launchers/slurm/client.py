@@ -201,7 +201,7 @@ def slurm_version() -> str | None:
 @functools.lru_cache(maxsize=1)
 def _pyslurm_usable() -> bool:
     try:
-        import pyslurm
+        import pyslurm  # noqa: PLC0415 (lazy: optional pyslurm)
     except Exception:
         return False
     built_for = re.search(r"(\d+\.\d+)", str(getattr(pyslurm, "__version__", "")))
@@ -210,7 +210,7 @@ def _pyslurm_usable() -> bool:
 
 def _submit_pyslurm(script_path: str, token: str) -> str:
     """Submit through libslurm (pyslurm >= 23 API); options come from the #SBATCH lines."""
-    import pyslurm
+    import pyslurm  # noqa: PLC0415 (lazy: optional pyslurm)
 
     with open(script_path, encoding="utf-8") as fh:
         desc = pyslurm.JobSubmitDescription(script=fh.read(), comment=token)

@@ -21,6 +21,7 @@ from hpc.launchers.base import (
 from hpc.launchers.local import follow_file
 from hpc.launchers.slurm import client, runs
 from hpc.launchers.slurm.script import job_environment, render_script, sbatch_directives
+from hpc.launchers.slurm.sweep import submit_sweep  # imports this package
 from hpc.rundir import records
 from hpc.spec.jobspec import JobSpec
 from hpc.states import TERMINAL
@@ -82,8 +83,6 @@ class SlurmLauncher(Launcher):
         return runs.refresh_states(records)
 
     def submit_sweep(self, plan: SweepPlan, dry_run: bool, launch_task: LaunchTask) -> int:
-        from hpc.launchers.slurm.sweep import submit_sweep  # imports this package
-
         return submit_sweep(plan, dry_run=dry_run)
 
 
