@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from hpc.exitcodes import shell_code
 from hpc.files import write_atomic
 
 SWEEP_FILE = "sweep.json"
@@ -71,8 +72,7 @@ def run_point(sweep_dir: Path, index: int, job_id: str | None = None) -> int:
     if threading.current_thread() is threading.main_thread():  # handlers live there only
         for sig in FORWARDED:
             signal.signal(sig, forward)
-    code = proc.wait()
-    code = code if code >= 0 else 128 - code
+    code = shell_code(proc.wait())
     _write_status(
         sweep_dir,
         index,
