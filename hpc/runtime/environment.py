@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,6 +44,10 @@ class ClusterEnvironment(abc.ABC):
 
     @abc.abstractmethod
     def rank_info(self) -> RankInfo: ...
+
+    def node_name(self) -> str:
+        """This node's name as the scheduler knows it (the host name by default)."""
+        return socket.gethostname()
 
     def _int(self, name: str) -> int:
         value = self.environ.get(name)

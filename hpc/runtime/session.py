@@ -161,7 +161,7 @@ class Session:
                 rank=self.rank,
                 world_size=self.world_size,
             )
-        node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+        node = self.env.node_name()
         print(
             f"hpc-launch: rank {self.rank}/{self.world_size} local_rank {self.local_rank} "
             f"node_rank {self.info.node_rank} host {node} via {self.env.name}; {placement}",

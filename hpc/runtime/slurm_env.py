@@ -61,6 +61,9 @@ class SlurmEnvironment(ClusterEnvironment):
         # Inside a step (srun) only: the batch shell itself is not a rank.
         return "SLURM_PROCID" in environ and "SLURM_STEP_ID" in environ
 
+    def node_name(self) -> str:
+        return self.environ.get("SLURMD_NODENAME") or super().node_name()
+
     def rank_info(self) -> RankInfo:
         env = self.environ
         world = self._int(
