@@ -8,12 +8,10 @@ atomic rename: readers never see a half-written file.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +19,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from hpc.credentials import redact_uri
-from hpc.files import write_atomic  # re-exported: records.write_atomic is the writer's old name
+from hpc.files import (
+    file_lock,
+    write_atomic,  # re-exported: records.write_atomic is the writer's old name
+)
 
 if TYPE_CHECKING:
     from hpc.spec.jobspec import JobSpec
@@ -81,14 +82,8 @@ def finished(run_dir: str | os.PathLike[str]) -> bool:
     return (Path(run_dir) / FINISHED_MARKER).exists()
 
 
-@contextlib.contextmanager
-def _locked(run_dir: Path) -> Iterator[None]:
-    with open(run_dir / ".job.json.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _locked(run_dir: Path) -> contextlib.AbstractContextManager[None]:
+    return file_lock(run_dir / ".job.json.lock")
 
 
 def create(record: RunRecord) -> Path:

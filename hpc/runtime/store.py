@@ -11,12 +11,13 @@ other. The launcher prepares the store before the workers start, in a subprocess
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
+
+from hpc.files import file_lock
 
 SQLITE = "sqlite:///"
 
@@ -43,15 +44,11 @@ def store_init_lock(uri: str) -> Iterator[None]:
         return
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(f"{path}.init-lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-            if os.path.exists(path) and not store_ready(path):
-                with open(f"{path}.ready", "w", encoding="utf-8") as fh:
-                    fh.write(f"{os.stat(path).st_ino}\n")
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(f"{path}.init-lock"):
+        yield
+        if os.path.exists(path) and not store_ready(path):
+            with open(f"{path}.ready", "w", encoding="utf-8") as fh:
+                fh.write(f"{os.stat(path).st_ino}\n")
 
 
 def prepare_store(uri: str, experiment: str, timeout_s: float = 300.0) -> str | None:

@@ -11,7 +11,6 @@ reported, never raised into training.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc.credentials import load_run_secrets, looks_secret, redact, split_uri
-from hpc.files import write_atomic
+from hpc.files import file_lock, write_atomic
 from hpc.rundir import records
 from hpc.runtime.spool import MetricSpool
 from hpc.runtime.store import ensure_experiment, store_init_lock
@@ -308,8 +307,7 @@ def sweep_parent_run(client_uri: str, experiment: str, sweep_dir: str, name: str
     from mlflow.tracking import MlflowClient  # noqa: PLC0415 (lazy: mlflow only when tracking)
 
     path = os.path.join(sweep_dir, "mlflow_parent.json")
-    with open(os.path.join(sweep_dir, ".mlflow_parent.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(os.path.join(sweep_dir, ".mlflow_parent.lock")):
         if os.path.exists(path):
             with open(path, encoding="utf-8") as fh:
                 return str(json.load(fh)["run_id"])

@@ -21,14 +21,14 @@ fails, and is checked by reading the crontab back afterwards.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
+from hpc.files import file_lock
 from hpc.launchers.slurm import client
 from hpc.slurm_schedules import resubmit, store
 from hpc.slurm_schedules.store import DuplicateError, Schedule
@@ -124,14 +124,8 @@ def read() -> str | None:
         raise
 
 
-@contextlib.contextmanager
-def _lock() -> Iterator[None]:
-    with open(store.directory() / ".scrontab.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _lock() -> contextlib.AbstractContextManager[None]:
+    return file_lock(store.directory() / ".scrontab.lock")
 
 
 def edit(transform: Callable[[str], str], check: Callable[[str], bool]) -> str:

@@ -10,17 +10,16 @@ with a hard link, which fails when the name exists: two concurrent
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from hpc.files import file_lock
 from hpc.rundir import records
 from hpc.spec.errors import ConfigError
 
@@ -101,14 +100,8 @@ def env_snapshot() -> dict[str, str]:
     }
 
 
-@contextlib.contextmanager
-def locked() -> Iterator[None]:
-    with open(directory() / ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def locked() -> contextlib.AbstractContextManager[None]:
+    return file_lock(directory() / ".lock")
 
 
 def exists(name: str) -> bool:
