@@ -9,6 +9,7 @@ its schema under ``hpc.jobs`` (:class:`JobConfig.check`).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from collections.abc import Iterable
@@ -43,6 +44,7 @@ class JobConfig:
 JOB_SCHEMA_PACKAGE = "hpc.jobs"
 
 
+@functools.cache  # the installed job modules do not change within a process
 def job_schemas() -> dict[str, type[JobConfig]]:
     """Every job schema: ``SCHEMAS`` of each ``hpc.jobs.*_config`` module."""
     package = importlib.import_module(JOB_SCHEMA_PACKAGE)

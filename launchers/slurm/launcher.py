@@ -21,7 +21,7 @@ from hpc.launchers.base import (
 from hpc.launchers.local import follow_file
 from hpc.launchers.slurm import client, runs
 from hpc.launchers.slurm.script import job_environment, render_script, sbatch_directives
-from hpc.launchers.slurm.sweep import submit_sweep  # imports this package
+from hpc.launchers.slurm.sweep import submit_sweep
 from hpc.rundir import records
 from hpc.spec.jobspec import JobSpec
 from hpc.states import TERMINAL
