@@ -11,6 +11,7 @@ import time
 
 from hpc.backend import NOTHING_DISCOVERED, JobHandle, Launcher, MachineFacts, Plan, SubmitError
 from hpc.credentials import ENV_FILE, write_env_file
+from hpc.files import write_atomic
 from hpc.rundir import records
 from hpc.runtime.store import prepare_store
 from hpc.spec.jobspec import JobSpec
@@ -33,7 +34,7 @@ def prepare_run(plan: Plan, job_id: str | None, state: str = "PENDING") -> None:
     spec = plan.spec
     (spec.run_dir / "logs").mkdir(parents=True, exist_ok=True)
     for name, content in plan.files.items():
-        records.write_atomic(spec.run_dir / name, content)
+        write_atomic(spec.run_dir / name, content)
     if spec.secrets:
         write_env_file(spec.run_dir / ENV_FILE, spec.secrets)
     if spec.tracking_uri:  # a new SQLite store: created once here, not by every job at once

@@ -19,10 +19,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from hpc.credentials import redact_uri
-from hpc.files import (
-    file_lock,
-    write_atomic,  # re-exported: records.write_atomic is the writer's old name
-)
+from hpc.files import file_lock, write_atomic
 
 if TYPE_CHECKING:
     from hpc.spec.jobspec import JobSpec

@@ -38,6 +38,7 @@ import yaml
 
 from hpc.defaults import PREEMPTION_SIGNAL
 from hpc.exitcodes import PREEMPTED
+from hpc.files import write_atomic
 from hpc.rundir import records
 from hpc.runtime import failures
 from hpc.runtime.checkpoint import CheckpointManager, LoadedCheckpoint
@@ -193,13 +194,11 @@ class Session:
             # The MLflow run goes on after the restart: no end status.
             self.tracker.finish(status=None, timeout_s=self._flush_timeout())
             if self.is_main:  # for the batch shell: srun's exit code may be a kill's
-                records.write_atomic(
-                    self.run_dir / PREEMPTED_MARKER, f"{self.signals.name or 'signal'}\n"
-                )
+                write_atomic(self.run_dir / PREEMPTED_MARKER, f"{self.signals.name or 'signal'}\n")
         elif exc_type is None:
             self.tracker.finish("FINISHED", timeout_s=self._flush_timeout())
             if self.is_main:
-                records.write_atomic(self.run_dir / FINISHED_MARKER, "finished\n")
+                write_atomic(self.run_dir / FINISHED_MARKER, "finished\n")
         else:
             self.tracker.finish(
                 "KILLED" if exc_type is KeyboardInterrupt else "FAILED",

@@ -15,9 +15,9 @@ import pwd
 import shlex
 from pathlib import Path
 
+from hpc.files import write_atomic
 from hpc.launchers.slurm import client, render
 from hpc.quoting import one_line, shell_join, shell_word
-from hpc.rundir import records
 from hpc.slurm_schedules import cron, store
 from hpc.slurm_schedules.store import Schedule
 
@@ -77,7 +77,7 @@ def script_text(schedule: Schedule) -> str:
 
 def install(schedule: Schedule, retries: int = 5) -> None:
     """Write the batch script and submit the first occurrence."""
-    records.write_atomic(script_path(schedule), script_text(schedule))
+    write_atomic(script_path(schedule), script_text(schedule))
     submit_next(schedule, retries=retries)
 
 

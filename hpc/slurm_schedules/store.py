@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from hpc.files import file_lock
+from hpc.files import file_lock, write_atomic
 from hpc.rundir import records
 from hpc.spec.errors import ConfigError
 
@@ -141,7 +141,7 @@ def create(schedule: Schedule) -> Path:
 
 def save(schedule: Schedule) -> None:
     path = path_for(schedule.name)
-    records.write_atomic(path, schedule.to_json(), mode=0o600)  # env may hold a URI
+    write_atomic(path, schedule.to_json(), mode=0o600)  # env may hold a URI
 
 
 def delete(name: str) -> None:

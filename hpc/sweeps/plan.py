@@ -26,7 +26,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from hpc.credentials import looks_secret, split_uri, write_private
-from hpc.rundir.records import write_atomic
+from hpc.files import write_atomic
 from hpc.spec.compose import (
     ConfigError,
     check_declared_keys,

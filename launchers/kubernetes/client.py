@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from hpc.credentials import ENV_FILE, write_env_file
+from hpc.files import write_atomic
 from hpc.launchers.base import JobHandle, Plan
 from hpc.launchers.kubernetes import manifest
 from hpc.rundir import records
@@ -214,7 +215,7 @@ def submit(plan: Plan) -> KubernetesJob:
     run_dir = spec.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     for file_name, content in plan.files.items():
-        records.write_atomic(run_dir / file_name, content)
+        write_atomic(run_dir / file_name, content)
     if spec.secrets:  # kept for a resume (mode 0600)
         write_env_file(run_dir / ENV_FILE, spec.secrets)
     pod_run_dir, pod_ckpt = manifest.pod_paths(spec)

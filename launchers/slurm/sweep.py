@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
+from hpc.files import write_atomic
 from hpc.launchers.slurm import client
 from hpc.launchers.slurm.script import job_environment, python_for, render_script, sbatch_directives
 from hpc.quoting import shell_word
@@ -97,7 +98,7 @@ def submit_sweep(plan: SweepPlan, dry_run: bool = False) -> int:
     write_record(plan.sweep_dir, record)
     (plan.sweep_dir / "logs").mkdir(exist_ok=True)
     for name, text in scripts.items():
-        records.write_atomic(plan.sweep_dir / name, text)
+        write_atomic(plan.sweep_dir / name, text)
     retries = int(first.config["cluster"].get("submit_retries", 5))
     for sub in submissions:
         try:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from hpc.credentials import ENV_FILE, write_env_file
+from hpc.files import write_atomic
 from hpc.launchers.slurm.job_steps import slurm_job_id
 from hpc.rundir import records
 from hpc.spec.errors import ConfigError
@@ -29,7 +30,7 @@ def prepare(sweep_dir: Path, index: int) -> Path:
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     if spec.secrets:  # the batch script sources it before starting the workers
         write_env_file(run_dir / ENV_FILE, spec.secrets)
-    records.write_atomic(spec.config_file, spec.config_yaml())
+    write_atomic(spec.config_file, spec.config_yaml())
     job_id = slurm_job_id(os.environ)
     extra = {
         "sweep_dir": str(sweep_dir),
