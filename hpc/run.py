@@ -1,8 +1,16 @@
 """Worker entry point: ``python -m hpc.run CONFIG_FILE``.
 
-Loads the resolved config a launcher wrote into the run directory and calls the
-job's entry point: ``package.module:function`` gets the config dict;
-``script.py`` runs as ``__main__`` with HPC_CONFIG_FILE set.
+Loads the resolved config a launcher wrote into the run directory and runs the job's
+entry point (:mod:`hpc.entrypoints`), with HPC_CONFIG_FILE set:
+
+- ``package.module:function``: called with the composed config, as an OmegaConf
+  ``DictConfig`` (read-only structure, as Hydra passes it) when its first parameter is
+  annotated ``DictConfig``, else as a plain ``dict`` (unannotated too, as the digits
+  job expects); a function without parameters is called without one. An ``int``
+  result is the exit code.
+- ``script.py`` and ``-m package.module``: run as ``__main__`` with ``job.args`` as
+  ``sys.argv[1:]``, after :class:`hpc.runtime.program.ProgramRun` set up torchrun's
+  variables, placement, NCCL, accounting and the stop-signal contract.
 """
 
 from __future__ import annotations
@@ -10,16 +18,22 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
+import inspect
 import logging
 import os
 import runpy
 import signal
 import sys
 import traceback
-from typing import NoReturn
+import typing
+from collections.abc import Callable
+from typing import Any, NoReturn
 
+from hpc import entrypoints
 from hpc.defaults import PREEMPTION_SIGNAL
+from hpc.exitcodes import PREEMPTED
 from hpc.runtime.preemption import install_early
+from hpc.runtime.program import ProgramRun
 from hpc.runtime.session import load_config
 
 
@@ -32,15 +46,67 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["HPC_CONFIG_FILE"] = os.path.abspath(config_file)
     cfg = load_config(config_file)
     install_early(str((cfg.get("preemption") or {}).get("signal", PREEMPTION_SIGNAL)))
-    entrypoint = str(cfg["job"]["entrypoint"])
-    if entrypoint.endswith(".py") and ":" not in entrypoint:
-        sys.argv = [entrypoint]
-        runpy.run_path(entrypoint, run_name="__main__")
-        return 0
-    module_name, _, func_name = entrypoint.partition(":")
-    module = importlib.import_module(module_name)
-    result = getattr(module, func_name or "main")(cfg)
+    entry = entrypoints.parse(str(cfg["job"]["entrypoint"]))
+    if entry.is_program:
+        return run_program(entry, cfg)
+    func = getattr(importlib.import_module(entry.target), entry.function)
+    result = func(*config_arguments(func, cfg))
     return int(result) if isinstance(result, int) else 0
+
+
+def config_arguments(func: Callable[..., Any], cfg: dict[str, Any]) -> list[Any]:
+    """What ``func`` is called with: the config as its first parameter's annotation asks."""
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C function: no signature to read
+        return [cfg]
+    if not params or params[0].kind in (params[0].VAR_KEYWORD, params[0].KEYWORD_ONLY):
+        return []
+    return [as_dictconfig(cfg) if wants_dictconfig(func, params[0]) else cfg]
+
+
+def wants_dictconfig(func: Callable[..., Any], param: inspect.Parameter) -> bool:
+    """True when ``param`` is annotated ``DictConfig`` (also ``DictConfig | None``, or as a
+    string resolved with :func:`typing.get_type_hints`)."""
+    annotation: Any = param.annotation
+    if annotation is inspect.Parameter.empty:
+        return False
+    try:
+        annotation = typing.get_type_hints(func).get(param.name, annotation)
+    except Exception:  # a name the module cannot resolve: judge the text
+        if isinstance(annotation, str):
+            return annotation.split("[")[0].split(".")[-1].strip() == "DictConfig"
+    from omegaconf import DictConfig  # noqa: PLC0415 (lazy: only for such functions)
+
+    candidates = typing.get_args(annotation) or (annotation,)
+    return any(isinstance(c, type) and issubclass(c, DictConfig) for c in candidates)
+
+
+def as_dictconfig(cfg: dict[str, Any]) -> Any:
+    from omegaconf import OmegaConf  # noqa: PLC0415 (lazy: only for such functions)
+
+    conf = OmegaConf.create(cfg)
+    OmegaConf.set_struct(conf, True)  # unknown keys raise, as in a Hydra app
+    return conf
+
+
+def run_program(entry: entrypoints.EntryPoint, cfg: dict[str, Any]) -> int:
+    """A script or ``-m`` module as ``__main__``, ``job.args`` as its arguments."""
+    args = [str(a) for a in (cfg["job"].get("args") or [])]
+    label = f"-m {entry.target}" if entry.kind == "module" else os.path.basename(entry.target)
+    with ProgramRun(cfg, label) as program:
+        if program.stopped_before_start is not None:  # nothing ran: nothing to checkpoint
+            name = signal.Signals(program.stopped_before_start).name
+            print(f"hpc-launch: {name} before {label} started: exiting {PREEMPTED}", flush=True)
+            return PREEMPTED
+        if entry.kind == "module":
+            sys.argv = [entry.target, *args]  # runpy sets argv[0] to the module's file
+            runpy.run_module(entry.target, run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = [entry.target, *args]
+            sys.path.insert(0, os.path.dirname(os.path.abspath(entry.target)))  # as python does
+            runpy.run_path(entry.target, run_name="__main__")
+    return 0
 
 
 def exit_without_teardown(code: int) -> NoReturn:

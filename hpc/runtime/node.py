@@ -27,8 +27,20 @@ from hpc.topology.placement import compute_hcas, plan_node
 log = logging.getLogger(__name__)
 
 
+# Once per process: hpc.run places a script before it runs, and a Session the script
+# opens later must not bind again (the second discovery would see the narrowed affinity).
+_placed: list[tuple[dict[str, str], str]] = []
+# Samplers running in this process, by file: a Session adopts the one hpc.run started.
+_samplers: dict[Path, NodeAccounting] = {}
+
+
 def place_rank(cfg: dict[str, Any], info: RankInfo) -> tuple[dict[str, str], str]:
-    """Bind this process; set and return the environment it added; one line for the log."""
+    """Bind this process; set and return the environment it added; one line for the log.
+
+    A second call in the same process returns the first one's result and changes nothing.
+    """
+    if _placed:
+        return _placed[0]
     placement = cfg.get("placement") or {}
     nccl = cfg.get("nccl") or {}
     added: dict[str, str] = {}
@@ -56,6 +68,7 @@ def place_rank(cfg: dict[str, Any], info: RankInfo) -> tuple[dict[str, str], str
     added.update(nccl_env(str(nccl.get("profile", "default")), hcas, overrides, env_now))
     for key, value in added.items():
         os.environ.setdefault(key, value)  # what the user set explicitly stays
+    _placed.append((added, line))
     return added, line
 
 
@@ -78,7 +91,12 @@ class NodeAccounting:
     def start(self) -> None:
         if not self.enabled:
             return
-
+        running = _samplers.get(self.path)
+        if running is not None and running.sampler is not None:  # adopt it (stop() is ours)
+            self.sampler, running.sampler = running.sampler, None
+            _samplers[self.path] = self
+            return
+        _samplers[self.path] = self
         self.directory.mkdir(parents=True, exist_ok=True)
         config = SamplerConfig(
             path=self.path, interval_s=self.interval_s, root_pid=os.getppid(), job_id=self.job_id

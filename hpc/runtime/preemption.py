@@ -10,7 +10,9 @@ checkpoint, and the job exits with :data:`hpc.exitcodes.PREEMPTED`.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from collections.abc import Mapping
 from types import FrameType
@@ -30,7 +32,9 @@ def signal_number(name: str) -> int:
         raise ValueError(f"unknown signal {name!r}") from None
 
 
-_early: dict[str, int | None] = {"received": None}
+_early: dict[str, int | None] = {"received": None, "program": 0}
+# Imported by a script that opens a Session later: its stop signals are then remembered.
+SESSION_MODULE = "hpc.runtime.session"
 
 
 def restarts_without_progress(
@@ -59,9 +63,32 @@ def install_early(preemption_signal: str = PREEMPTION_SIGNAL) -> None:
     def remember(signum: int, frame: FrameType | None) -> None:
         if _early["received"] is None:
             _early["received"] = signum
+        if _early["program"] and SESSION_MODULE not in sys.modules:
+            _default_action(signum, frame)
 
     for signum in {signal_number(preemption_signal), signal.SIGTERM, signal.SIGINT}:
         signal.signal(signum, remember)
+
+
+def program_starts() -> int | None:
+    """A script or ``-m`` module is about to run as ``__main__``: the contract for it.
+
+    From now on a stop signal the program has no handler of its own for takes Python's
+    default action (SIGINT raises KeyboardInterrupt, SIGTERM and the preemption signal
+    end the process), as under ``srun`` or ``torchrun`` without hpc-launch, unless the
+    program has imported the Session (it is then remembered for the Session). A program
+    may install its own handler at any time. Returns a stop signal that arrived before
+    the program started (the caller then exits PREEMPTED without running it), or None.
+    """
+    _early["program"] = 1
+    return _early["received"]
+
+
+def _default_action(signum: int, frame: FrameType | None) -> None:
+    if signum == signal.SIGINT:
+        signal.default_int_handler(signum, frame)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 class StopSignals:

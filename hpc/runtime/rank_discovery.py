@@ -26,10 +26,23 @@ ENVIRONMENTS: list[type[ClusterEnvironment]] = [
 ]
 
 
+# The environment hpc.run selected for a script before exporting torchrun's variables
+# from it: a Session the script opens reuses it (its name, node name, MPI rendezvous).
+_selected: list[ClusterEnvironment] = []
+
+
 def from_env(environ: Mapping[str, str] | None = None) -> ClusterEnvironment:
-    """The first environment whose variables are present."""
+    """The first environment whose variables are present (the one already selected for
+    this process, when asked about the process's own environment)."""
+    if environ is None and _selected:
+        return _selected[0]
     environ = os.environ if environ is None else environ
     for env_cls in ENVIRONMENTS:
         if env_cls.detect(environ):
             return env_cls(environ)
     raise EnvironmentError_("no cluster environment detected")  # unreachable: single matches
+
+
+def select(env: ClusterEnvironment) -> None:
+    """Make ``env`` the answer of :func:`from_env` for this process from now on."""
+    _selected[:] = [env]

@@ -6,14 +6,13 @@ checks what types cannot say. Every failure is a one-line ConfigError naming the
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from hpc import registry
+from hpc import entrypoints, registry
 from hpc.nccl import PROFILES
 from hpc.runtime.preemption import signal_number
 from hpc.spec.errors import ConfigError
@@ -270,23 +269,23 @@ def _validate_job(job: dict[str, Any]) -> None:
 
 
 def _validate_entrypoint(entrypoint: str) -> None:
-    """``pkg.module:function`` must be importable; ``script.py`` must exist."""
-    if entrypoint.endswith(".py") and ":" not in entrypoint:
-        if not Path(entrypoint).is_file():
-            raise ConfigError("job.entrypoint", f"script {entrypoint!r} does not exist")
-        return
-    module, _, func = entrypoint.partition(":")
-    bad_func = bool(func) and not func.isidentifier()
-    if not module or not re.match(r"^[A-Za-z_][\w.]*\Z", module) or bad_func:
-        raise ConfigError(
-            "job.entrypoint", f"{entrypoint!r} is not 'package.module:function' or 'script.py'"
-        )
+    """``pkg.module:function`` and ``-m pkg.module`` must be findable from the working
+    directory (where the job runs); ``script.py`` must exist."""
     try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        raise ConfigError("job.entrypoint", f"module {module!r} cannot be found")
+        entry = entrypoints.parse(entrypoint)
+    except ValueError as exc:
+        raise ConfigError("job.entrypoint", str(exc)) from None
+    if entry.kind == "script":
+        if not Path(entry.target).is_file():
+            raise ConfigError("job.entrypoint", f"script {entry.target!r} does not exist")
+        return
+    if entry.kind == "module":
+        problem = entrypoints.module_problem(entry.target)
+        if problem:
+            raise ConfigError("job.entrypoint", f"-m {entry.target}: {problem}")
+        return
+    if entrypoints.find_module(entry.target) is None:
+        raise ConfigError("job.entrypoint", f"module {entry.target!r} cannot be found")
 
 
 def _validate_resources(res: dict[str, Any]) -> None:

@@ -33,8 +33,10 @@ class JobConfig:
     """
 
     name: str = MISSING
-    entrypoint: str = MISSING  # "package.module:function" or "path/to/script.py"
+    # "package.module:function", "path/to/script.py" or "-m package.module" (hpc.entrypoints)
+    entrypoint: str = MISSING
     seed: int = 0
+    args: list[str] = field(default_factory=list)  # a script's or -m module's sys.argv[1:]
 
     @classmethod
     def check(cls, job: dict[str, Any]) -> None:
