@@ -21,6 +21,7 @@ import importlib
 import inspect
 import logging
 import os
+import re
 import runpy
 import signal
 import sys
@@ -29,12 +30,13 @@ import typing
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+import yaml
+
 from hpc import entrypoints
 from hpc.defaults import PREEMPTION_SIGNAL
 from hpc.exitcodes import PREEMPTED
 from hpc.runtime.preemption import install_early
 from hpc.runtime.program import ProgramRun
-from hpc.runtime.session import load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m hpc.run CONFIG_FILE", file=sys.stderr)
         return 2
     os.environ["HPC_CONFIG_FILE"] = os.path.abspath(config_file)
-    cfg = load_config(config_file)
+    with open(config_file, encoding="utf-8") as fh:  # not the Session's module: see program_starts
+        cfg = yaml.safe_load(fh)
     install_early(str((cfg.get("preemption") or {}).get("signal", PREEMPTION_SIGNAL)))
     entry = entrypoints.parse(str(cfg["job"]["entrypoint"]))
     if entry.is_program:
@@ -75,7 +78,8 @@ def wants_dictconfig(func: Callable[..., Any], param: inspect.Parameter) -> bool
         annotation = typing.get_type_hints(func).get(param.name, annotation)
     except Exception:  # a name the module cannot resolve: judge the text
         if isinstance(annotation, str):
-            return annotation.split("[")[0].split(".")[-1].strip() == "DictConfig"
+            words = re.split(r"[\s\[\]|,'\"]+", annotation)
+            return any(word.rsplit(".", 1)[-1] == "DictConfig" for word in words)
     from omegaconf import DictConfig  # noqa: PLC0415 (lazy: only for such functions)
 
     candidates = typing.get_args(annotation) or (annotation,)

@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from hpc.defaults import PREEMPTION_SIGNAL
 from hpc.exitcodes import PREEMPTED
@@ -68,8 +69,16 @@ def load_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
 
 
 class Session:
-    def __init__(self, cfg: dict[str, Any], env: ClusterEnvironment | None = None) -> None:
-        self.cfg = cfg
+    def __init__(
+        self, cfg: dict[str, Any] | DictConfig, env: ClusterEnvironment | None = None
+    ) -> None:
+        # A DictConfig (an entry point that asked for one) is read as the plain dict it holds.
+        self.cfg: dict[str, Any] = (
+            OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+            if isinstance(cfg, DictConfig)
+            else cfg
+        )
+        cfg = self.cfg
         self.env = env or from_env()
         self.info: RankInfo = self.env.rank_info()
         run_dir = cfg.get("run_dir") or os.environ.get("HPC_RUN_DIR") or os.getcwd()
@@ -92,7 +101,7 @@ class Session:
         )
 
     @classmethod
-    def from_env(cls, cfg: dict[str, Any] | None = None) -> Session:
+    def from_env(cls, cfg: dict[str, Any] | DictConfig | None = None) -> Session:
         return cls(cfg if cfg is not None else load_config())
 
     # -- ranks -------------------------------------------------------------------------

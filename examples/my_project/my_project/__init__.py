@@ -1,0 +1,1 @@
+"""An example research project run with hpc-launch (see ../README.md)."""
