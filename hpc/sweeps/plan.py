@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from hpc.credentials import looks_secret, split_uri, write_private
 from hpc.files import write_atomic
 from hpc.spec.compose import (
+    EMBEDDED,
     ConfigError,
     check_declared_keys,
     check_override_syntax,
@@ -39,6 +40,7 @@ from hpc.spec.compose import (
 from hpc.spec.hydra_internals import apply_overrides
 from hpc.spec.jobspec import spec_from_config
 from hpc.spec.rules import validate
+from hpc.spec.sources import ConfigSource
 
 SWEEP_FILE = "sweep.json"
 SCRIPT_SHAPING = ("resources.", "cluster.", "preemption.", "placement.", "nccl.")
@@ -60,6 +62,7 @@ class SweepPlan:
     tasks: list[Task]
     sweep_dir: Path
     shapes: dict[tuple[str, ...], Any] = field(default_factory=dict)  # shape -> JobSpec
+    source: ConfigSource = EMBEDDED  # where each task's config is composed from
 
 
 def expand(overrides: Sequence[str]) -> tuple[list[str], list[list[str]], set[str]]:
@@ -93,7 +96,11 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def plan_sweep(overrides: Sequence[str], now: _dt.datetime | None = None) -> SweepPlan:
+def plan_sweep(
+    overrides: Sequence[str],
+    now: _dt.datetime | None = None,
+    source: ConfigSource = EMBEDDED,
+) -> SweepPlan:
     """Validate every swept value and compose once per script shape."""
     fixed, combos, groups = expand(overrides)
     if len(combos) == 1 and not combos[0]:
@@ -111,7 +118,7 @@ def plan_sweep(overrides: Sequence[str], now: _dt.datetime | None = None) -> Swe
     base = None
     for task in tasks:
         if task.shape not in shapes:
-            cfg = compose([*fixed, *task.shape])
+            cfg = compose([*fixed, *task.shape], source)
             data = to_container(cfg)
             validate(data)
             shapes[task.shape] = (cfg, spec_from_config(data, now=now))
@@ -127,7 +134,7 @@ def plan_sweep(overrides: Sequence[str], now: _dt.datetime | None = None) -> Swe
     sweep_dir = base.run_dir.parent / f"sweep-{stamp}-{os.urandom(2).hex()}"
     for task in tasks:
         task.run_dir = str(sweep_dir / str(task.index))
-    return SweepPlan(fixed, tasks, sweep_dir, {k: v[1] for k, v in shapes.items()})
+    return SweepPlan(fixed, tasks, sweep_dir, {k: v[1] for k, v in shapes.items()}, source)
 
 
 def _check_value(cfg: Any, override: str) -> None:
@@ -174,6 +181,7 @@ def sweep_record(plan: SweepPlan, name: str, launcher: str) -> dict[str, Any]:
         "launcher": launcher,
         "sweep_dir": str(plan.sweep_dir),
         "base_overrides": [o for o in plan.base_overrides if not is_secret_override(o)],
+        "config_source": plan.source.to_record(),
         "created": time.time(),
         "arrays": [],
         "tasks": [
