@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -52,6 +53,8 @@ def err(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="hpc-launch: %(message)s")
     args = list(sys.argv[1:] if argv is None else argv)
+    if os.getcwd() not in sys.path:  # the project's modules, as `python -m hpc.run` sees them
+        sys.path.insert(0, os.getcwd())
     if any(a in ("-h", "--help") for a in args):
         print(USAGE, end="")
         return 0

@@ -177,7 +177,10 @@ def translate_error(exc: BaseException, overrides: Sequence[str]) -> ConfigError
     for err in reversed(chain):
         full_key = getattr(err, "full_key", None)
         if full_key:
-            return ConfigError(str(full_key), _omegaconf_message(err))
+            message = _omegaconf_message(err)
+            if "is not in struct" in message:  # an untyped node: the key is new
+                message = f"no such key (a new key needs +{full_key}=VALUE)"
+            return ConfigError(str(full_key), message)
     text = " ".join(str(e) for e in chain)
     key = ""
     for pattern in _KEY_PATTERNS:

@@ -192,3 +192,47 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
                 OmegaConf.update(cfg, key, override.value(), merge=True, force_add=True)
         else:
             OmegaConf.update(cfg, key, override.value(), merge=True)
+
+
+def config_origins(
+    search_path: SearchPath, config_name: str, overrides: Sequence[str]
+) -> list[tuple[str, str, str, dict[str, Any]]] | None:
+    """The configs the composition merges, in order: (config path, package, source URL,
+    its own values). None where this Hydra lacks the internals (``hpc config`` then
+    shows values without their origin)."""
+    internals = _internals()
+    if internals is None:
+        return None
+    from hydra.types import RunMode  # noqa: PLC0415 (lazy: fast path only, after _internals())
+
+    parsed = override_parser().parse_overrides(list(overrides))
+    registry = internals["SourcesRegistry"].instance()
+    for source in internals["sources"]:
+        registry.register(source)
+    path = internals["ConfigSearchPathImpl"]()
+    for provider, url in search_path:
+        path.append(provider, url)
+    path.append("schema", "structured://")
+    repo = internals["CachingConfigRepository"](
+        internals["ConfigRepository"](config_search_path=path)
+    )
+    internals["ConfigLoaderImpl"].validate_sweep_overrides_legal(
+        parsed, RunMode.RUN, from_shell=True
+    )
+    defaults = internals["create_defaults_list"](
+        repo=repo,
+        config_name=config_name,
+        overrides_list=parsed,
+        prepend_hydra=False,
+        skip_missing=False,
+    )
+    found = []
+    for entry in defaults.defaults:
+        loaded = repo.load_config(config_path=entry.config_path)
+        if loaded is None:
+            continue
+        values = OmegaConf.to_container(loaded.config, resolve=False)
+        assert isinstance(values, dict)
+        values.pop("defaults", None)
+        found.append((str(entry.config_path), str(entry.package or ""), str(loaded.path), values))
+    return found

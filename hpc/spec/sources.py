@@ -6,7 +6,7 @@ A :class:`ConfigSource` is what Hydra's own flags say (``--config-dir``/``-cd``,
 
 1. the user's profiles: ``$XDG_CONFIG_HOME/hpc-launch`` (``~/.config/hpc-launch``);
 2. the site's profiles: ``<dir>/hpc-launch`` for each of ``$XDG_CONFIG_DIRS``
-   (``/etc/xdg``), then ``/etc/hpc-launch``;
+   (``/etc/xdg``), then ``/etc/hpc-launch`` (``$HPC_LAUNCH_SITE_DIR`` instead, if set);
 3. the project: each ``--config-dir``, then the primary config's dir (``--config-path``);
 4. ``hydra.searchpath`` entries, then ``HPC_LAUNCH_CONFIG_PATH`` (``:``-separated; a
    team's shared configs);
@@ -30,6 +30,7 @@ PACKAGE_CONFIGS = "hpc.configs"
 DEFAULT_CONFIG_NAME = "config"
 TEAM_PATH_VARIABLE = "HPC_LAUNCH_CONFIG_PATH"
 SITE_DIR = "/etc/hpc-launch"
+SITE_DIR_VARIABLE = "HPC_LAUNCH_SITE_DIR"  # another site dir (tests, sites without /etc access)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def profile_dirs(env: dict[str, str] | None = None) -> list[tuple[str, str]]:
     for base in (env.get("XDG_CONFIG_DIRS") or "/etc/xdg").split(":"):
         if base:
             found.append(("site", os.path.join(base, "hpc-launch")))
-    found.append(("site", SITE_DIR))
+    found.append(("site", env.get(SITE_DIR_VARIABLE) or SITE_DIR))
     return found
 
 
@@ -151,7 +152,8 @@ def search_path(
     """(provider, Hydra URL) in lookup order; ``extra``: the primary's hydra.searchpath."""
     env = dict(os.environ) if env is None else env
     entries = [(provider, _url(path)) for provider, path in profile_dirs(env)]
-    entries += [("project", _url(path)) for path in source.project_dirs()]
+    project = [*source.config_dirs, *([source.config_path] if source.config_path else [])]
+    entries += [("project", _url(path)) for path in project]
     entries += [("hydra.searchpath", _url(p)) for p in (*source.search_path, *extra)]
     team = [p for p in env.get(TEAM_PATH_VARIABLE, "").split(":") if p]
     entries += [(TEAM_PATH_VARIABLE, _url(p)) for p in team]

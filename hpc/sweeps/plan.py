@@ -40,6 +40,7 @@ from hpc.spec.compose import (
 from hpc.spec.hydra_internals import apply_overrides
 from hpc.spec.jobspec import spec_from_config
 from hpc.spec.rules import validate
+from hpc.spec.schema import FRAMEWORK_KEYS
 from hpc.spec.sources import ConfigSource
 
 SWEEP_FILE = "sweep.json"
@@ -121,8 +122,8 @@ def plan_sweep(
             cfg = compose([*fixed, *task.shape], source)
             data = to_container(cfg)
             validate(data)
-            shapes[task.shape] = (cfg, spec_from_config(data, now=now))
-        cfg, spec = shapes[task.shape]
+            shapes[task.shape] = (cfg, spec_from_config(data, now=now), script_key(data))
+        cfg, spec, _ = shapes[task.shape]
         base = base or spec
         for override in task.overrides:
             if override in task.shape or (task.shape, override) in checked:
@@ -130,11 +131,26 @@ def plan_sweep(
             _check_value(cfg, override)
             checked.add((task.shape, override))
     assert base is not None
+    # Choices that compose to the same framework sections share one array (a user's
+    # `model=small,large` does not change the batch script; `resources=...` does).
+    canonical: dict[str, tuple[str, ...]] = {}
+    for shape, (_, _, key) in shapes.items():
+        canonical.setdefault(key, shape)
+    for task in tasks:
+        task.shape = canonical[shapes[task.shape][2]]
     stamp = (now or _dt.datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
     sweep_dir = base.run_dir.parent / f"sweep-{stamp}-{os.urandom(2).hex()}"
     for task in tasks:
         task.run_dir = str(sweep_dir / str(task.index))
-    return SweepPlan(fixed, tasks, sweep_dir, {k: v[1] for k, v in shapes.items()}, source)
+    specs = {shape: shapes[shape][1] for shape in canonical.values()}
+    return SweepPlan(fixed, tasks, sweep_dir, specs, source)
+
+
+def script_key(data: dict[str, Any]) -> str:
+    """What a task's batch script is made of: the framework's sections and the job's name
+    (the renderer reads nothing else); the user's keys are read by the job itself."""
+    framework = {k: data[k] for k in FRAMEWORK_KEYS if k in data and k != "job"}
+    return json.dumps([data["job"]["name"], framework], sort_keys=True, default=str)
 
 
 def _check_value(cfg: Any, override: str) -> None:
