@@ -226,13 +226,13 @@ def config_origins(
         prepend_hydra=False,
         skip_missing=False,
     )
-    found = []
+    found: list[tuple[str, str, str, dict[str, Any]]] = []
     for entry in defaults.defaults:
         loaded = repo.load_config(config_path=entry.config_path)
         if loaded is None:
             continue
         values = OmegaConf.to_container(loaded.config, resolve=False)
         assert isinstance(values, dict)
-        values.pop("defaults", None)
-        found.append((str(entry.config_path), str(entry.package or ""), str(loaded.path), values))
+        own = {str(k): v for k, v in values.items() if k != "defaults"}
+        found.append((str(entry.config_path), str(entry.package or ""), str(loaded.path), own))
     return found
