@@ -25,7 +25,7 @@ from support import REPO, cli_env, hpc_launch
 TORCHRUN_SCRIPT = REPO / "examples" / "my_project" / "train_ddp.py"
 QUIET = ["tracking.enabled=false"]
 DDP_LINE = re.compile(
-    r"train_ddp: rank (\d)/(\d) local_rank (\d) master (\S+):(\d+) steps (\d+) .* "
+    r"train_ddp: rank (\d)/(\d) local_rank (\d) master (\S+):(\d+) steps (\d+) hidden (\d+) .* "
     r"replicas_equal (\w+) checksum (\S+)"
 )
 
@@ -40,8 +40,8 @@ def assert_ddp_ran(lines: dict[int, re.Match[str]], world: int, steps: int) -> N
     assert {m.group(2) for m in lines.values()} == {str(world)}
     assert len({(m.group(4), m.group(5)) for m in lines.values()}) == 1, "one rendezvous"
     assert all(m.group(6) == str(steps) for m in lines.values())
-    assert all(m.group(7) == "True" for m in lines.values()), "DDP kept the replicas equal"
-    assert len({m.group(8) for m in lines.values()}) == 1
+    assert all(m.group(8) == "True" for m in lines.values()), "DDP kept the replicas equal"
+    assert len({m.group(9) for m in lines.values()}) == 1
 
 
 # -- functions: DictConfig or dict, by annotation ------------------------------------------------
