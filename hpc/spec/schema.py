@@ -35,9 +35,8 @@ class JobConfig:
     name: str = MISSING
     entrypoint: str = MISSING  # "package.module:function" or "path/to/script.py"
     seed: int = 0
-    # A module hpc-launch imports before composing (it registers the user's structured
-    # configs in Hydra's ConfigStore); read from the primary config or an override.
-    schema: str | None = None
+    # An untyped (user's) job section may also hold `schema: my_project.schema`: a
+    # module hpc-launch imports before composing (hpc.spec.primary.import_job_schema).
 
     @classmethod
     def check(cls, job: dict[str, Any]) -> None:
