@@ -92,3 +92,13 @@ def module_problem(module: str, workdir: str | None = None) -> str | None:
     ):
         return f"package {module!r} has no __main__ module to run with -m"
     return None
+
+
+def args_problem(args: object) -> str | None:
+    """Why ``job.args`` is not a program's argument list (a list of scalars), or None."""
+    if args is None:
+        return None
+    if not isinstance(args, list | tuple):
+        return f"must be a list of strings, got {type(args).__name__} {args!r}"
+    bad = [a for a in args if isinstance(a, dict | list | tuple) or a is None]
+    return f"must be a list of strings, got {bad[0]!r} in it" if bad else None

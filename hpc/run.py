@@ -96,6 +96,9 @@ def as_dictconfig(cfg: dict[str, Any]) -> Any:
 
 def run_program(entry: entrypoints.EntryPoint, cfg: dict[str, Any]) -> int:
     """A script or ``-m`` module as ``__main__``, ``job.args`` as its arguments."""
+    problem = entrypoints.args_problem(cfg["job"].get("args"))
+    if problem:
+        raise SystemExit(f"hpc-launch: job.args: {problem}")
     args = [str(a) for a in (cfg["job"].get("args") or [])]
     label = f"-m {entry.target}" if entry.kind == "module" else os.path.basename(entry.target)
     with ProgramRun(cfg, label) as program:

@@ -483,3 +483,43 @@ def test_plain_script_checkpoints_exits_75_and_is_restarted_locally(workdir: Pat
     record = json.loads((run_dir / "job.json").read_text())
     assert record["state"] == "COMPLETED" and record["extra"]["restart_count"] == 1
     assert record["extra"]["restart_step"] == stopped
+
+
+SESSION_LATER = """
+import time
+from hpc.runtime.session import Session  # imported: stop signals are kept for it
+
+print("ready", flush=True)
+time.sleep(1.5)  # the signal arrives here, before the Session exists
+with Session.from_env() as s:
+    assert s.should_checkpoint(1), "the early signal reached the Session"
+    s.save_checkpoint(1, {"step": 1})
+    print(f"stop requested {s.stop_requested}", flush=True)
+"""
+
+
+def test_a_signal_before_the_session_opens_is_kept_for_it(workdir: Path) -> None:
+    script = workdir / "session_later.py"
+    script.write_text(SESSION_LATER)
+    cfg = hpc_launch(
+        ["--cfg", f"job.entrypoint={script}", "accounting.enabled=false", *QUIET], workdir
+    )
+    assert cfg.returncode == 0, cfg.stderr
+    config_file = workdir / "config.yaml"
+    config_file.write_text(cfg.stdout)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "hpc.run", str(config_file)],
+        cwd=workdir,
+        env=cli_env(workdir),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdout is not None
+    for line in worker.stdout:
+        if line.strip() == "ready":
+            break
+    worker.send_signal(signal.SIGUSR2)
+    out = worker.stdout.read()
+    assert worker.wait(timeout=60) == 75, out
+    assert "stop requested True" in out
+    assert "stopping at step 1 (SIGUSR2): checkpoint step-000000001 committed" in out

@@ -36,9 +36,9 @@ class JobConfig:
     # "package.module:function", "path/to/script.py" or "-m package.module" (hpc.entrypoints)
     entrypoint: str = MISSING
     seed: int = 0
+    args: list[str] = field(default_factory=list)  # a script's or -m module's sys.argv[1:]
     # An untyped (user's) job section may also hold `schema: my_project.schema`: a
     # module hpc-launch imports before composing (hpc.spec.primary.import_job_schema).
-    args: list[str] = field(default_factory=list)  # a script's or -m module's sys.argv[1:]
 
     @classmethod
     def check(cls, job: dict[str, Any]) -> None:
