@@ -183,6 +183,41 @@ def test_users_structured_config_checks_their_keys(project: Path) -> None:
     assert line.startswith("hpc-launch: error: job.schema: cannot import 'no_such_module'")
 
 
+def test_structured_primary_config_from_the_users_module(project: Path) -> None:
+    write(
+        project / "myproj_primary.py",
+        """\
+        from dataclasses import dataclass, field
+        from hydra.core.config_store import ConfigStore
+
+        @dataclass
+        class Job:
+            name: str = "typed"
+            entrypoint: str = "train.py"
+
+        @dataclass
+        class Primary:
+            job: Job = field(default_factory=Job)
+            steps: int = 10
+
+        ConfigStore.instance().store(name="typed_primary", node=Primary)
+        """,
+    )
+    args = ["-cn", "typed_primary", "job.schema=myproj_primary"]
+    cfg = resolved(project, *args, "steps=20", "resources.tasks_per_node=3")
+    assert cfg["steps"] == 20 and cfg["job"]["name"] == "typed"
+    assert cfg["resources"]["tasks_per_node"] == 3 and cfg["cluster"]["kind"] == "local"
+    assert refused(project, *args, "steps=lots").startswith("hpc-launch: error: steps: Value")
+
+
+def test_searchpath_in_the_users_config(project: Path) -> None:
+    write(project / "shared/optim/lamb.yaml", "lr: 0.01\n")
+    primary = project / "conf/config.yaml"
+    write(primary, primary.read_text() + f"hydra:\n  searchpath: [file://{project / 'shared'}]\n")
+    cfg = resolved(project, "-cd", "conf", "optim=lamb")
+    assert cfg["optim"] == {"lr": 0.01} and "hydra" not in cfg
+
+
 def test_search_path_entries_and_team_path(project: Path) -> None:
     write(project / "shared/optim/lamb.yaml", "lr: 0.01\n")
     write(project / "team/model/huge.yaml", "layers: 96\nhidden: 12288\n")
