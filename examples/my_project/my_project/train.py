@@ -56,8 +56,8 @@ def make_optimizer(optim: DictConfig, params: Any) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, data: TensorDataset) -> float:
-    x, y = data.tensors
+def accuracy(model: nn.Module, data: TensorDataset, device: torch.device) -> float:
+    x, y = (t.to(device) for t in data.tensors)
     return float((model(x).argmax(dim=1) == y).float().mean())
 
 
@@ -67,6 +67,7 @@ def main(cfg: DictConfig) -> int:
     with Session.from_env(cfg) as s:
         train, test = make_data(cfg.data, seed)
         model = make_model(cfg.model, int(cfg.data.features), int(cfg.data.classes))
+        model = model.to(s.device)  # a GPU when resources.gpus_per_node > 0
         ddp = s.wrap_model(model)
         opt = make_optimizer(cfg.optim, ddp.parameters())
         sampler = DistributedSampler(train, num_replicas=s.world_size, rank=s.rank, seed=seed)
@@ -85,6 +86,7 @@ def main(cfg: DictConfig) -> int:
                 if i < step - epoch * steps_per_epoch:
                     continue  # done before the checkpoint this run resumed from
                 opt.zero_grad(set_to_none=True)
+                x, y = x.to(s.device), y.to(s.device)
                 loss = nn.functional.cross_entropy(ddp(x), y)
                 loss.backward()
                 opt.step()
@@ -96,7 +98,7 @@ def main(cfg: DictConfig) -> int:
                     if s.stop_requested:
                         return 0  # the session exits with the "preempted" code
         if s.is_main:
-            acc = accuracy(model, test)
+            acc = accuracy(model, test, s.device)
             s.log_metrics({"accuracy": acc}, step)
             print(
                 f"my_project: model hidden={cfg.model.hidden} layers={cfg.model.layers} "
