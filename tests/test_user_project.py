@@ -212,6 +212,37 @@ def test_structured_primary_config_from_the_users_module(project: Path) -> None:
     assert refused(project, *args, "steps=lots").startswith("hpc-launch: error: steps: Value")
 
 
+def test_users_job_schema_brings_its_value_rules(project: Path) -> None:
+    write(
+        project / "myproj_job.py",
+        """\
+        from dataclasses import dataclass
+        from hydra.core.config_store import ConfigStore
+        from hpc.spec.errors import ConfigError
+        from hpc.spec.schema import JobConfig
+
+        @dataclass
+        class TrainJob(JobConfig):
+            name: str = "typedjob"
+            entrypoint: str = "train.py"
+            warmup: int = 10
+
+            @classmethod
+            def check(cls, job):
+                if job["warmup"] < 0:
+                    raise ConfigError("job.warmup", f"must be >= 0, got {job['warmup']}")
+
+        ConfigStore.instance().store(group="job", name="train", node=TrainJob)
+        """,
+    )
+    write(project / "conf/typedjob.yaml", "defaults: [{job: train}, {model: small}, _self_]\n")
+    args = ["-cd", "conf", "-cn", "typedjob", "job.schema=myproj_job"]
+    assert resolved(project, *args, "job.warmup=5")["job"]["warmup"] == 5
+    line = refused(project, *args, "job.warmup=-1")
+    assert line == "hpc-launch: error: job.warmup: must be >= 0, got -1"
+    assert "job.warmupp" in refused(project, *args, "+job.warmupp=1")
+
+
 def test_searchpath_in_the_users_config(project: Path) -> None:
     write(project / "shared/optim/lamb.yaml", "lr: 0.01\n")
     primary = project / "conf/config.yaml"
