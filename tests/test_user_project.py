@@ -136,6 +136,8 @@ def test_bad_framework_values_and_user_choices_are_named(project: Path) -> None:
     )
     line = refused(project, "-cd", "conf", "resources.nodez=1")
     assert "resources.nodez" in line
+    line = refused(project, "-cd", "conf", "+job.args=3")
+    assert line == "hpc-launch: error: job.args: must be a list of strings, got int 3"
     line = refused(project, "-cd", "conf", "model=larg")
     assert line == "hpc-launch: error: model: unknown choice 'larg' (one of large, small)"
     line = refused(project, "-cd", "conf", "dry_run=maybe")

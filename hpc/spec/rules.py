@@ -265,6 +265,9 @@ def _validate_job(job: dict[str, Any]) -> None:
     if not _NAME_RE.match(job["name"]):
         raise ConfigError("job.name", f"{job['name']!r} must match {_NAME_RE.pattern}")
     _validate_entrypoint(job["entrypoint"])
+    problem = entrypoints.args_problem(job.get("args"))
+    if problem:
+        raise ConfigError("job.args", problem)
     job_schema_for(job).check(job)  # the job's own rules, declared with its schema
 
 

@@ -141,7 +141,8 @@ class SlurmJob(JobHandle):
         )
         if state.state != "COMPLETED" and code == 0:
             code = 1
-        self.message = f"{state.state} (exit code {code})"
+        # a message is a warning on success (hpc-launch prints it so): none when all went well
+        self.message = None if code == 0 else f"{state.state} (exit code {code})"
         records.update(self.run_dir, state=state.state, exit_code=code)
         return code
 
