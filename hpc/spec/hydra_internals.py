@@ -101,14 +101,12 @@ def compose(search_path: SearchPath, config_name: str, overrides: Sequence[str])
     return _compose_fast(internals, search_path, config_name, parsed)
 
 
-def _compose_fast(
-    internals: dict[str, Any], entries: SearchPath, config_name: str, parsed: list[Any]
-) -> DictConfig:
-    from hydra.types import RunMode  # noqa: PLC0415 (lazy: fast path only, after _internals())
+def _repository(internals: dict[str, Any], entries: SearchPath) -> tuple[Any, Any]:
+    """Hydra's search path over ``entries`` (then the ConfigStore) and a caching repository.
 
-    loader_cls = internals["ConfigLoaderImpl"]
-    # Hydra's create_config_search_path() also imports every installed Hydra plugin
-    # to ask for search-path additions; the job config needs only its own groups.
+    Hydra's create_config_search_path() also imports every installed Hydra plugin to
+    ask for search-path additions; the job config needs only its own entries.
+    """
     registry = internals["SourcesRegistry"].instance()
     for source in internals["sources"]:  # file://, pkg:// and structured:// (the ConfigStore)
         registry.register(source)
@@ -119,6 +117,16 @@ def _compose_fast(
     repo = internals["CachingConfigRepository"](
         internals["ConfigRepository"](config_search_path=search_path)
     )
+    return search_path, repo
+
+
+def _compose_fast(
+    internals: dict[str, Any], entries: SearchPath, config_name: str, parsed: list[Any]
+) -> DictConfig:
+    from hydra.types import RunMode  # noqa: PLC0415 (lazy: fast path only, after _internals())
+
+    loader_cls = internals["ConfigLoaderImpl"]
+    search_path, repo = _repository(internals, entries)
     loader_cls.validate_sweep_overrides_legal(parsed, RunMode.RUN, from_shell=True)
     defaults = internals["create_defaults_list"](
         repo=repo,
@@ -206,16 +214,7 @@ def config_origins(
     from hydra.types import RunMode  # noqa: PLC0415 (lazy: fast path only, after _internals())
 
     parsed = override_parser().parse_overrides(list(overrides))
-    registry = internals["SourcesRegistry"].instance()
-    for source in internals["sources"]:
-        registry.register(source)
-    path = internals["ConfigSearchPathImpl"]()
-    for provider, url in search_path:
-        path.append(provider, url)
-    path.append("schema", "structured://")
-    repo = internals["CachingConfigRepository"](
-        internals["ConfigRepository"](config_search_path=path)
-    )
+    _, repo = _repository(internals, search_path)
     internals["ConfigLoaderImpl"].validate_sweep_overrides_legal(
         parsed, RunMode.RUN, from_shell=True
     )
