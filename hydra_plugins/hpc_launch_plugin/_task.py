@@ -32,7 +32,7 @@ PATHS_FILE = "hydra-payload.json"  # sys.path and cwd of the app, read before un
 RETURN_FILE = "hydra-return.pkl"
 
 
-class Interrupted(BaseException):  # noqa: N818 (not an error: the point is requeued)
+class Interrupted(BaseException):  # not an error: the point is requeued
     """Raised in the task function when a stop signal arrives (not an ``Exception``:
     Hydra's run_job must not turn it into a FAILED return)."""
 
@@ -114,6 +114,11 @@ def run(cfg: dict[str, Any]) -> int:
     path, num = point_of(cfg)
     payload = load_payload(path)
     with Session(cfg) as session:
+        if session.is_main:  # the MLflow child run says which point it is
+            task = payload["sweep_configs"][num].hydra.overrides.task
+            session.tracker.set_tags(
+                {"hydra.job.num": str(num), "hydra.overrides": " ".join(map(str, task))}
+            )
 
         def interrupt(signum: int, frame: FrameType | None) -> None:
             session.signals._handle(signum, frame)

@@ -30,6 +30,8 @@ JobReturn COMPLETED with the point's job id as its value.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -43,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
-from hydra.errors import HydraException
+from hydra.errors import CompactHydraException, HydraException
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -59,6 +61,11 @@ if TYPE_CHECKING:
     from hpc.sweeps.plan import SweepPlan
 
 log = logging.getLogger(__name__)
+
+
+class LauncherConfigError(CompactHydraException):
+    """A bad ``hydra.launcher`` value: Hydra prints this one line, no traceback."""
+
 
 ENTRYPOINT = "hydra_plugins.hpc_launch_plugin._task:run"
 HPC_DIR = ".hpc-launch"  # inside hydra.sweep.dir
@@ -107,13 +114,17 @@ def hydra_value(value: Any) -> str:
     text = str(value)
     if _SAFE_VALUE.match(text) and text.lower() not in ("null", "true", "false"):
         return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    # Inside quotes a backslash is literal except before a quote or at the end; `${`
+    # would be an interpolation: escape those (round trip tested in test_render_injection).
+    text = re.sub(r"(\\+)(?='|\Z)", lambda m: m.group(1) * 2, text).replace("'", "\\'")
+    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
+    return "'" + text + "'"
 
 
 def _flatten(prefix: str, data: Any) -> list[str]:
     if isinstance(data, dict):
         return [o for k, v in data.items() for o in _flatten(f"{prefix}.{k}", v)]
-    return [f"{prefix}={hydra_value(data)}"]
+    return [f"++{prefix}={hydra_value(data)}"]  # ++: new keys of maps (nccl.env) too
 
 
 def framework_overrides(params: dict[str, Any], backend: str) -> list[str]:
@@ -186,7 +197,7 @@ class _HpcLauncherBase(Launcher):
         try:
             plan = plan_sweep(overrides)
         except ConfigError as exc:
-            raise HydraException(f"hydra.launcher ({self.backend}): {exc}") from None
+            raise LauncherConfigError(f"hydra.launcher ({self.backend}): {exc}") from None
         plan.sweep_dir = sweep_dir / HPC_DIR / plan.sweep_dir.name
         for task in plan.tasks:
             task.run_dir = str(plan.sweep_dir / str(task.index))
@@ -222,16 +233,17 @@ class _HpcLauncherBase(Launcher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).expanduser().absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         nums = [initial_job_idx + n for n in range(len(job_overrides))]
-        configs = {num: self._sweep_config(ov, num) for num, ov in zip(nums, job_overrides)}
+        configs = {
+            num: self._sweep_config(ov, num) for num, ov in zip(nums, job_overrides, strict=True)
+        }
         plan = self._plan(sweep_dir, nums)
-        self._write_payload(plan, configs)
-        for num, overrides in zip(nums, job_overrides):
+        for num, overrides in zip(nums, job_overrides, strict=True):
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
         backend = get_launcher(self.backend)
-        dry_run = bool(self.params.get("dry_run"))
-        if dry_run:
+        if self.params.get("dry_run"):  # the scripts on stdout; nothing written
             backend.submit_sweep(plan, True, launch_task)
             return [self._queued(plan, i, ov, None) for i, ov in enumerate(job_overrides)]
+        self._write_payload(plan, configs)
         ids = self._submit(backend, plan)
         if not self.params.get("wait"):
             return [self._queued(plan, i, ov, ids[i]) for i, ov in enumerate(job_overrides)]
@@ -301,7 +313,9 @@ class HpcSlurmLauncher(_HpcLauncherBase):
     backend = "slurm"
 
     def _submit(self, backend: Backend, plan: SweepPlan) -> list[str | None]:
-        code = backend.submit_sweep(plan, False, launch_task)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):  # the array ids: logged below instead
+            code = backend.submit_sweep(plan, False, launch_task)
         record = json.loads((plan.sweep_dir / "sweep.json").read_text(encoding="utf-8"))
         if code != 0:
             raise HydraException(
@@ -318,10 +332,18 @@ class HpcSlurmLauncher(_HpcLauncherBase):
     def _wait(self, backend: Backend, plan: SweepPlan, ids: list[str | None]) -> list[str]:
         runs = [
             {"job_id": job_id, "run_dir": task.run_dir, "state": "PENDING"}
-            for job_id, task in zip(ids, plan.tasks)
+            for job_id, task in zip(ids, plan.tasks, strict=True)
         ]
         poll_s = float(self.params.get("poll_s") or 2.0)
+        limit = self.params.get("wait_timeout_s")
+        deadline = None if limit is None else time.monotonic() + float(limit)
         while any(r["state"] not in TERMINAL for r in runs):
+            if deadline is not None and time.monotonic() > deadline:
+                left = " ".join(f"{r['job_id']}={r['state']}" for r in runs)
+                raise HydraException(
+                    f"hpc_slurm: points still not ended after wait_timeout_s={limit} ({left}); "
+                    f"they go on: hpc status {plan.sweep_dir}"
+                )
             time.sleep(poll_s)
             for warning in backend.refresh_states(runs):
                 log.warning(f"hpc_slurm: {warning}")
@@ -337,8 +359,12 @@ class HpcLocalLauncher(_HpcLauncherBase):
             return [None] * len(plan.tasks)
         import cloudpickle  # noqa: PLC0415 (lazy: only when launching)
 
-        from hpc.files import write_atomic  # noqa: PLC0415 (lazy: only when launching)
+        # lazy, both: only when launching
+        from hpc.files import write_atomic  # noqa: PLC0415
+        from hpc.sweeps.plan import sweep_record, write_record  # noqa: PLC0415
 
+        first = next(iter(plan.shapes.values()))  # the record now: `hpc status` at once
+        write_record(plan.sweep_dir, sweep_record(plan, first.name, "local"))
         plan_file = plan.sweep_dir / "plan.pkl"
         write_atomic(plan_file, cloudpickle.dumps(plan), mode=0o600)
         log_file = plan.sweep_dir / "local-sweep.log"
