@@ -61,9 +61,9 @@ def test_every_group_option_is_found() -> None:
 @pytest.mark.parametrize("option", shipped_options())
 def test_fast_composition_equals_public_compose(option: str, extra: list[str]) -> None:
     register_configs()
-    overrides = [option, *extra]
-    fast = hydra_internals.compose(config.CONFIG_MODULE, config.CONFIG_NAME, overrides)
-    public = hydra_internals.compose_public(config.CONFIG_MODULE, config.CONFIG_NAME, overrides)
+    path, root, overrides = config.composition_inputs([option, *extra])
+    fast = hydra_internals.compose(path, root, overrides)
+    public = hydra_internals.compose_public(path, root, overrides)
     assert "hydra" not in fast and "hydra" not in public
     assert shape(fast) == shape(public)
     assert OmegaConf.is_struct(fast) and OmegaConf.is_struct(public)
@@ -83,7 +83,7 @@ def test_apply_overrides_fallback_equals_internals(
     overrides: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     register_configs()
-    base = hydra_internals.compose(config.CONFIG_MODULE, config.CONFIG_NAME, ["cluster=slurm"])
+    base = hydra_internals.compose(*config.composition_inputs(["cluster=slurm"]))
     with_internals = copy.deepcopy(base)
     hydra_internals.apply_overrides(with_internals, overrides)
     monkeypatch.setattr(hydra_internals, "_internals", lambda: None)

@@ -6,7 +6,9 @@ Only light modules are imported here; torch and mlflow load inside the job.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,8 +19,10 @@ from hpc.backend import NotSupported, SubmitError
 from hpc.registry import get_launcher
 from hpc.rundir import records
 from hpc.runtime.tracking import unsent_message
+from hpc.spec.compose import EMBEDDED
 from hpc.spec.errors import ConfigError
 from hpc.spec.jobspec import load_spec
+from hpc.spec.sources import ConfigSource, split_flags
 from hpc.sweeps.plan import plan_sweep
 
 if TYPE_CHECKING:
@@ -26,14 +30,19 @@ if TYPE_CHECKING:
     from hpc.spec.jobspec import JobSpec
 
 USAGE = """\
-usage: hpc-launch [-m|--multirun] [--cfg] [key=value ...]
+usage: hpc-launch [-m|--multirun] [--cfg] [-cd DIR] [-cp DIR] [-cn NAME] [key=value ...]
 
-Compose the job config (configs/config.yaml) with overrides and launch it.
-  hpc-launch                                  digits job, 2 local workers
+Compose the job config with overrides and launch it. Without a project: the example
+digits job (the package's config.yaml) on 2 local workers.
   hpc-launch job.epochs=3 resources.tasks_per_node=4
+  hpc-launch --config-dir conf model=large    your project: conf/config.yaml
+  hpc-launch -cd conf -m model=small,large    a sweep over your own group
   hpc-launch cluster=slurm dry_run=true       print the sbatch script only
   hpc-launch --cfg                            print the resolved config only
-Config groups: cluster={local,slurm,k8s,mpi} job={digits}
+Options: --config-dir/-cd DIR (add DIR to the search path; its config.yaml is the
+primary), --config-path/-cp DIR (the primary config's dir), --config-name/-cn NAME.
+Framework groups: cluster resources nccl preemption placement accounting; profiles
+are found in ~/.config/hpc-launch and /etc/hpc-launch (`hpc config` shows the path).
 """
 
 
@@ -44,12 +53,19 @@ def err(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="hpc-launch: %(message)s")
     args = list(sys.argv[1:] if argv is None else argv)
+    if os.getcwd() not in sys.path:  # the project's modules, as `python -m hpc.run` sees them
+        sys.path.insert(0, os.getcwd())
     if any(a in ("-h", "--help") for a in args):
         print(USAGE, end="")
         return 0
     multirun = False
     show_cfg = False
     overrides: list[str] = []
+    try:
+        source, args = split_flags(args)
+    except ConfigError as exc:
+        err(f"error: {exc}")
+        return 2
     for arg in args:
         if arg in ("-m", "--multirun"):
             multirun = True
@@ -61,13 +77,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             overrides.append(arg)
     if multirun:
-        return run_sweep(overrides)
-    return launch(overrides, show_cfg=show_cfg)
+        return run_sweep(overrides, source)
+    return launch(overrides, show_cfg=show_cfg, source=source)
 
 
-def launch(overrides: Sequence[str], show_cfg: bool = False) -> int:
+def launch(
+    overrides: Sequence[str], show_cfg: bool = False, source: ConfigSource = EMBEDDED
+) -> int:
     try:
-        spec = load_spec(overrides)
+        spec = load_spec(overrides, source=source)
         launcher = get_launcher(spec.launcher)
         plan = launcher.plan(spec, launcher.discover(spec))  # discovery first: plans are pure
     except ConfigError as exc:
@@ -81,6 +99,7 @@ def launch(overrides: Sequence[str], show_cfg: bool = False) -> int:
         return 0
     if spec.config.get("dry_run"):
         sys.stdout.write(plan.text)
+        show_config(spec)
         show_placement(spec, launcher.follows_by_default)
         return 0
     try:
@@ -95,6 +114,13 @@ def launch(overrides: Sequence[str], show_cfg: bool = False) -> int:
     if not launcher.follows_by_default and not spec.config.get("wait"):
         return 0
     return follow(handle, spec.name)
+
+
+def show_config(spec: JobSpec) -> None:
+    """On stderr (stdout holds the plan alone): the composed config the job will get."""
+    err(f"config (written to {spec.config_file}):")
+    for line in spec.config_yaml().splitlines():
+        print(f"  {line}", file=sys.stderr)
 
 
 def show_placement(spec: JobSpec, on_this_machine: bool) -> None:
@@ -175,11 +201,11 @@ def _tracking_note(run_dir: Path) -> str:
     return f"; {message}" if message else ""
 
 
-def run_sweep(overrides: Sequence[str]) -> int:
+def run_sweep(overrides: Sequence[str], source: ConfigSource = EMBEDDED) -> int:
     """``hpc-launch -m``: plan, then let the backend submit it (Slurm arrays, local tasks
     in turn); a backend without sweeps is a one-line error, exit 2."""
     try:
-        plan = plan_sweep(overrides)
+        plan = plan_sweep(overrides, source=source)
         first = next(iter(plan.shapes.values()))
         launcher = get_launcher(first.launcher)
     except ConfigError as exc:
@@ -189,7 +215,8 @@ def run_sweep(overrides: Sequence[str]) -> int:
         err(f"error: cluster: {exc.args[0]}")
         return 2
     try:
-        return launcher.submit_sweep(plan, bool(first.config.get("dry_run")), launch)
+        task = functools.partial(launch, source=source)
+        return launcher.submit_sweep(plan, bool(first.config.get("dry_run")), task)
     except NotSupported as exc:
         err(f"error: cluster: {exc}")
         return 2

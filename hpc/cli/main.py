@@ -19,6 +19,7 @@ DELEGATED = {
     "topo": "hpc.topology.cli:main",
     "cost": "hpc.cost.cli:main",
     "sweep": "hpc.slurm_schedules.cli:main",
+    "config": "hpc.cli.config:main",
 }
 
 

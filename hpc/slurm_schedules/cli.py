@@ -26,6 +26,7 @@ from hpc.slurm_schedules import cron, resubmit, scrontab, store
 from hpc.slurm_schedules.resubmit import _user
 from hpc.spec.errors import ConfigError
 from hpc.spec.jobspec import load_spec
+from hpc.spec.sources import split_flags
 from hpc.sweeps.plan import expand, plan_sweep
 
 MECHANISMS = ("auto", "scrontab", "resubmit")
@@ -95,16 +96,17 @@ def validate_overrides(overrides: list[str]) -> bool:
     """Validate as hpc-launch would; return whether it is a sweep (``-m``)."""
     if not overrides:
         raise ConfigError("OVERRIDES", "give the hpc-launch overrides after --")
+    source, overrides = split_flags(overrides)  # -cd/-cp/-cn: kept, each launch uses them
     if any(o.startswith("-") for o in overrides):
         bad = next(o for o in overrides if o.startswith("-"))
-        raise ConfigError(bad, "give hpc-launch overrides only (no options: -m is implied)")
+        raise ConfigError(bad, "give hpc-launch overrides and config flags only (-m is implied)")
     _, combos, _ = expand(overrides)
     multirun = combos != [[]]
     if multirun:
-        plan = plan_sweep(overrides)
+        plan = plan_sweep(overrides, source=source)
         spec = next(iter(plan.shapes.values()))
     else:
-        spec = load_spec(overrides)
+        spec = load_spec(overrides, source=source)
         if spec.config.get("wait"):
             raise ConfigError("wait", "a scheduled launch cannot wait for its job (wait=false)")
     if spec.launcher != "slurm":

@@ -10,27 +10,38 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
-from importlib.resources import files
+from dataclasses import replace
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpc import registry
 from hpc.spec import hydra_internals
 from hpc.spec.errors import ConfigError
 from hpc.spec.hydra_internals import override_parser
-from hpc.spec.schema import register_configs
+from hpc.spec.primary import FRAMEWORK_GROUPS, Primary, import_job_schema, load_primary, store_root
+from hpc.spec.schema import FRAMEWORK_KEYS, LaunchOptions, register_configs
+from hpc.spec.sources import (
+    PACKAGE_CONFIGS,
+    ConfigSource,
+    absolute_dir,
+    available,
+    search_path,
+)
 
-CONFIG_MODULE = "hpc.configs"
-CONFIG_NAME = "config"
+CONFIG_MODULE = PACKAGE_CONFIGS
 
 
-def compose(overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``config.yaml`` with ``overrides``; raise ConfigError on any problem."""
+EMBEDDED = ConfigSource()  # no project named: the package's example job
+
+
+def compose(overrides: Sequence[str] = (), source: ConfigSource = EMBEDDED) -> DictConfig:
+    """Compose the framework's sections, the user's primary config (``source``) and
+    ``overrides``; raise ConfigError on any problem."""
     check_override_syntax(overrides)
-    register_configs(cluster_choices(overrides))
+    path, root, overrides = composition_inputs(overrides, source)
     try:
-        cfg = hydra_internals.compose(CONFIG_MODULE, CONFIG_NAME, list(overrides))
+        cfg = hydra_internals.compose(path, root, overrides)
     except ConfigError:
         raise
     except Exception as exc:  # Hydra and OmegaConf raise many kinds; translate all
@@ -40,14 +51,61 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         raise error from None
     # `+key=value` may add keys a schema does not declare: reject them here.
     check_declared_keys(cfg)
+    check_options(cfg)
     OmegaConf.set_struct(cfg, True)
     return cfg
 
 
-def cluster_choices(overrides: Sequence[str]) -> list[str]:
+def check_options(cfg: DictConfig) -> None:
+    """The framework's top-level keys as their schema types them (the root is the
+    user's, so untyped): ``dry_run=maybe`` is an error, ``dry_run=yes`` a bool."""
+    typed = OmegaConf.structured(LaunchOptions)
+    for option in dataclasses.fields(LaunchOptions):
+        if option.name not in cfg:
+            continue
+        try:
+            typed[option.name] = cfg[option.name]
+        except Exception as exc:
+            raise ConfigError(option.name, _omegaconf_message(exc)) from None
+        with open_dict(cfg):
+            cfg[option.name] = typed[option.name]
+
+
+def composition_inputs(
+    overrides: Sequence[str], source: ConfigSource = EMBEDDED
+) -> tuple[list[tuple[str, str]], str, list[str]]:
+    """The search path, the root config's name and the overrides Hydra composes from."""
+    overrides, cli_path = take_searchpath(overrides)
+    source = replace(source, search_path=(*source.search_path, *cli_path))
+    primary = load_primary(source)
+    import_job_schema(primary, overrides)
+    register_configs(cluster_choices(overrides, primary))
+    root = store_root(primary)
+    path = available(search_path(source, primary.searchpath if primary else ()))
+    return path, root, overrides
+
+
+def take_searchpath(overrides: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
+    """``hydra.searchpath=[a,b]`` out of the overrides (the only hydra.* key used)."""
+    rest: list[str] = []
+    found: list[str] = []
+    for text in overrides:
+        key, _, _ = text.lstrip("+").partition("=")
+        if key != "hydra.searchpath":
+            rest.append(text)
+            continue
+        value = override_parser().parse_override(text).value()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError("hydra.searchpath", "must be a list of dirs: hydra.searchpath=[a,b]")
+        found += [v if "://" in v else absolute_dir("hydra.searchpath", v) for v in value]
+    return rest, tuple(found)
+
+
+def cluster_choices(overrides: Sequence[str], primary: Primary | None = None) -> list[str]:
     """The backends a composition may select: those named by ``cluster=`` overrides
-    (comma lists of a sweep too), else config.yaml's default; every installed one when
-    an override selects by a pattern. Only their schemas (and modules) are loaded."""
+    (comma lists of a sweep too) or the primary config, else the default; every
+    installed one when a choice is a pattern or a profile (it may extend any backend).
+    Only their schemas (and modules) are loaded."""
     named: list[str] = []
     for text in overrides:
         key, _, value = text.lstrip("+").partition("=")
@@ -56,17 +114,11 @@ def cluster_choices(overrides: Sequence[str]) -> list[str]:
         if any(mark in value for mark in "()[]*"):
             return registry.available()
         named.extend(v.strip() for v in value.split(","))
-    return named or [_default_cluster()]
-
-
-def _default_cluster() -> str:
-    text = (files(CONFIG_MODULE) / f"{CONFIG_NAME}.yaml").read_text()
-    loaded = OmegaConf.create(text)
-    defaults = loaded.get("defaults", []) if isinstance(loaded, DictConfig) else []
-    for entry in defaults:
-        if isinstance(entry, DictConfig) and "cluster" in entry:
-            return str(entry["cluster"])
-    return ""
+    if not named and primary is not None and "cluster" in primary.choices:
+        named = [primary.choices["cluster"]]
+    named = named or [FRAMEWORK_GROUPS["cluster"]]
+    installed = registry.available()
+    return named if all(name in installed for name in named) else installed
 
 
 def check_declared_keys(node: Any, prefix: str = "") -> None:
@@ -125,7 +177,10 @@ def translate_error(exc: BaseException, overrides: Sequence[str]) -> ConfigError
     for err in reversed(chain):
         full_key = getattr(err, "full_key", None)
         if full_key:
-            return ConfigError(str(full_key), _omegaconf_message(err))
+            message = _omegaconf_message(err)
+            if "is not in struct" in message:  # an untyped node: the key is new
+                message = f"no such key (a new key needs +{full_key}=VALUE)"
+            return ConfigError(str(full_key), message)
     text = " ".join(str(e) for e in chain)
     key = ""
     for pattern in _KEY_PATTERNS:
@@ -172,4 +227,9 @@ def to_container(cfg: DictConfig) -> dict[str, Any]:
     except Exception as exc:
         raise translate_error(exc, ()) from None
     assert isinstance(data, dict)
-    return {str(key): value for key, value in data.items()}
+    plain = {str(key): value for key, value in data.items()}
+    # job first, then the user's own sections, then the framework's (as config.yaml shows them)
+    framework = [key for key in FRAMEWORK_KEYS if key in plain and key != "job"]
+    user = [key for key in plain if key not in FRAMEWORK_KEYS]
+    order = [*(["job"] if "job" in plain else []), *user, *framework]
+    return {key: plain[key] for key in order}

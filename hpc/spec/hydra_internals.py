@@ -23,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpc.spec.errors import ConfigError
 
+_PACKAGE = "hpc.configs"  # the public API's primary config module (the search path adds the rest)
+
 
 @functools.lru_cache(maxsize=1)
 def override_parser() -> Any:
@@ -44,6 +46,9 @@ def _internals() -> dict[str, Any] | None:
             ConfigRepository,
         )
         from hydra._internal.config_search_path_impl import ConfigSearchPathImpl  # noqa: PLC0415
+        from hydra._internal.core_plugins.file_config_source import (  # noqa: PLC0415
+            FileConfigSource,
+        )
         from hydra._internal.core_plugins.importlib_resources_config_source import (  # noqa: PLC0415
             ImportlibResourcesConfigSource,
         )
@@ -66,7 +71,7 @@ def _internals() -> dict[str, Any] | None:
         "CachingConfigRepository": CachingConfigRepository,
         "ConfigRepository": ConfigRepository,
         "ConfigSearchPathImpl": ConfigSearchPathImpl,
-        "sources": (ImportlibResourcesConfigSource, StructuredConfigSource),
+        "sources": (FileConfigSource, ImportlibResourcesConfigSource, StructuredConfigSource),
         "create_defaults_list": create_defaults_list,
         "SourcesRegistry": SourcesRegistry,
     }
@@ -76,8 +81,12 @@ def internals_available() -> bool:
     return _internals() is not None
 
 
-def compose(config_module: str, config_name: str, overrides: Sequence[str]) -> DictConfig:
-    """Compose ``config_name`` from the package ``config_module`` with ``overrides``.
+SearchPath = Sequence[tuple[str, str]]  # (provider, URL: file://, pkg://), first match wins
+
+
+def compose(search_path: SearchPath, config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """Compose ``config_name`` (found on ``search_path`` or in the ConfigStore) with
+    ``overrides``.
 
     The result has no ``hydra`` node and struct mode on. Hydra's exceptions pass
     through untranslated (the caller names the key).
@@ -88,12 +97,12 @@ def compose(config_module: str, config_name: str, overrides: Sequence[str]) -> D
             raise ConfigError(override.input_line.split("=")[0], "hydra.* settings are not used")
     internals = _internals()
     if internals is None:
-        return compose_public(config_module, config_name, overrides)
-    return _compose_fast(internals, config_module, config_name, parsed)
+        return compose_public(search_path, config_name, overrides)
+    return _compose_fast(internals, search_path, config_name, parsed)
 
 
 def _compose_fast(
-    internals: dict[str, Any], config_module: str, config_name: str, parsed: list[Any]
+    internals: dict[str, Any], entries: SearchPath, config_name: str, parsed: list[Any]
 ) -> DictConfig:
     from hydra.types import RunMode  # noqa: PLC0415 (lazy: fast path only, after _internals())
 
@@ -101,10 +110,11 @@ def _compose_fast(
     # Hydra's create_config_search_path() also imports every installed Hydra plugin
     # to ask for search-path additions; the job config needs only its own groups.
     registry = internals["SourcesRegistry"].instance()
-    for source in internals["sources"]:  # pkg:// and structured:// (the ConfigStore)
+    for source in internals["sources"]:  # file://, pkg:// and structured:// (the ConfigStore)
         registry.register(source)
     search_path = internals["ConfigSearchPathImpl"]()
-    search_path.append("main", f"pkg://{config_module}")
+    for provider, url in entries:
+        search_path.append(provider, url)
     search_path.append("schema", "structured://")
     repo = internals["CachingConfigRepository"](
         internals["ConfigRepository"](config_search_path=search_path)
@@ -125,8 +135,11 @@ def _compose_fast(
     return cfg
 
 
-def compose_public(config_module: str, config_name: str, overrides: Sequence[str]) -> DictConfig:
-    """The same composition through Hydra's public API (slower: builds the hydra node)."""
+def compose_public(
+    search_path: SearchPath, config_name: str, overrides: Sequence[str]
+) -> DictConfig:
+    """The same composition through Hydra's public API (slower: builds the hydra node);
+    the search path travels as ``hydra.searchpath``."""
     # lazy, all of these: the public-API fallback only
     from hydra import compose as hydra_compose  # noqa: PLC0415
     from hydra import initialize_config_module  # noqa: PLC0415
@@ -136,8 +149,10 @@ def compose_public(config_module: str, config_name: str, overrides: Sequence[str
     backup = get_gh_backup()  # an app that is itself a Hydra app keeps its state
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_module(config_module=config_module, **version_base()):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+        with initialize_config_module(config_module=_PACKAGE, **version_base()):
+            entries = ",".join(f"'{url}'" for _, url in search_path)
+            extra = [f"hydra.searchpath=[{entries}]"]
+            cfg = hydra_compose(config_name=config_name, overrides=[*overrides, *extra])
     finally:
         restore_gh_from_backup(backup)
     with open_dict(cfg):
@@ -177,3 +192,47 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
                 OmegaConf.update(cfg, key, override.value(), merge=True, force_add=True)
         else:
             OmegaConf.update(cfg, key, override.value(), merge=True)
+
+
+def config_origins(
+    search_path: SearchPath, config_name: str, overrides: Sequence[str]
+) -> list[tuple[str, str, str, dict[str, Any]]] | None:
+    """The configs the composition merges, in order: (config path, package, source URL,
+    its own values). None where this Hydra lacks the internals (``hpc config`` then
+    shows values without their origin)."""
+    internals = _internals()
+    if internals is None:
+        return None
+    from hydra.types import RunMode  # noqa: PLC0415 (lazy: fast path only, after _internals())
+
+    parsed = override_parser().parse_overrides(list(overrides))
+    registry = internals["SourcesRegistry"].instance()
+    for source in internals["sources"]:
+        registry.register(source)
+    path = internals["ConfigSearchPathImpl"]()
+    for provider, url in search_path:
+        path.append(provider, url)
+    path.append("schema", "structured://")
+    repo = internals["CachingConfigRepository"](
+        internals["ConfigRepository"](config_search_path=path)
+    )
+    internals["ConfigLoaderImpl"].validate_sweep_overrides_legal(
+        parsed, RunMode.RUN, from_shell=True
+    )
+    defaults = internals["create_defaults_list"](
+        repo=repo,
+        config_name=config_name,
+        overrides_list=parsed,
+        prepend_hydra=False,
+        skip_missing=False,
+    )
+    found: list[tuple[str, str, str, dict[str, Any]]] = []
+    for entry in defaults.defaults:
+        loaded = repo.load_config(config_path=entry.config_path)
+        if loaded is None:
+            continue
+        values = OmegaConf.to_container(loaded.config, resolve=False)
+        assert isinstance(values, dict)
+        own = {str(k): v for k, v in values.items() if k != "defaults"}
+        found.append((str(entry.config_path), str(entry.package or ""), str(loaded.path), own))
+    return found

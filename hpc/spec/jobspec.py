@@ -15,6 +15,7 @@ import yaml
 from hpc.credentials import ENV_FILE, read_env_file, redact_uri, split_secrets, split_uri
 from hpc.rundir import records
 from hpc.spec.compose import (
+    EMBEDDED,
     ConfigError,
     check_override_syntax,
     compose,
@@ -22,6 +23,7 @@ from hpc.spec.compose import (
     to_container,
 )
 from hpc.spec.rules import flat_items, is_config_key, validate
+from hpc.spec.sources import ConfigSource
 
 CONFIG_FILE_NAME = "config.yaml"
 
@@ -75,7 +77,12 @@ class JobSpec:
         return yaml.safe_dump(data, sort_keys=False)
 
 
-def load_spec(overrides: Sequence[str] = (), *, now: _dt.datetime | None = None) -> JobSpec:
+def load_spec(
+    overrides: Sequence[str] = (),
+    *,
+    now: _dt.datetime | None = None,
+    source: ConfigSource = EMBEDDED,
+) -> JobSpec:
     """Compose, validate and resolve paths. Raises ConfigError naming the key.
 
     ``run_dir=<an existing run>`` resumes it: like ``resume=``, under the config it was
@@ -84,7 +91,7 @@ def load_spec(overrides: Sequence[str] = (), *, now: _dt.datetime | None = None)
     resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
     if resume and resume[-1]:
         return resume_spec(resume[-1], [o for o in overrides if not o.startswith("resume=")])
-    cfg = to_container(compose(overrides))
+    cfg = to_container(compose(overrides, source))
     validate(cfg)
     spec = spec_from_config(cfg, now=now)
     if records.record_path(spec.run_dir).exists():

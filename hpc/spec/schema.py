@@ -35,6 +35,9 @@ class JobConfig:
     name: str = MISSING
     entrypoint: str = MISSING  # "package.module:function" or "path/to/script.py"
     seed: int = 0
+    # A module hpc-launch imports before composing (it registers the user's structured
+    # configs in Hydra's ConfigStore); read from the primary config or an override.
+    schema: str | None = None
 
     @classmethod
     def check(cls, job: dict[str, Any]) -> None:
@@ -138,16 +141,9 @@ class AccountingConfig:
 
 
 @dataclass
-class Config:
-    job: Any = MISSING
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    cluster: Any = MISSING
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    preemption: PreemptionConfig = field(default_factory=PreemptionConfig)
-    placement: PlacementConfig = field(default_factory=PlacementConfig)
-    nccl: NcclConfig = field(default_factory=NcclConfig)
-    accounting: AccountingConfig = field(default_factory=AccountingConfig)
+class LaunchOptions:
+    """The framework's top-level keys (beside its sections)."""
+
     dry_run: bool = False
     wait: bool = False  # follow a submitted job until it ends (local runs always do)
     output_root: str = "outputs"
@@ -157,24 +153,48 @@ class Config:
     resume_allow_changes: list[str] = field(default_factory=list)
 
 
+# The framework's sections: each composed from its group (``configs/<name>/``) or, for
+# tracking and checkpoint, from its schema alone. Every other top-level key is the user's.
+SECTION_SCHEMAS: dict[str, type] = {
+    "resources": ResourcesConfig,
+    "tracking": TrackingConfig,
+    "checkpoint": CheckpointConfig,
+    "preemption": PreemptionConfig,
+    "placement": PlacementConfig,
+    "nccl": NcclConfig,
+    "accounting": AccountingConfig,
+}
+FRAMEWORK_KEYS = (
+    "job",
+    "resources",
+    "cluster",
+    *list(SECTION_SCHEMAS)[1:],
+    *(f.name for f in fields(LaunchOptions)),
+)
+
+
+def framework_root() -> dict[str, Any]:
+    """The root node every composition starts from: typed sections without a group of
+    their own, and the top-level options (typed again in validation)."""
+    return {
+        "tracking": TrackingConfig(),
+        "checkpoint": CheckpointConfig(),
+        **{f.name: getattr(LaunchOptions(), f.name) for f in fields(LaunchOptions)},
+    }
+
+
 def register_configs(clusters: Iterable[str] | None = None) -> None:
     """Register the schema and the structured bases the YAML groups extend, with the
     cluster schemas of these backends (None: every installed one)."""
     registry.register_schemas(registry.available() if clusters is None else clusters)
     cs = ConfigStore.instance()
-    if "hpc_schema.yaml" in cs.repo:  # once per process (Hydra 1.4 warns on re-registration)
+    if "base.yaml" in cs.repo.get("schema", {}).get("job", {}):  # once per process
         return
-    cs.store(name="hpc_schema", node=Config)
     # Schemas live in their own groups (schema/<group>/<name>) so they do not show
     # up as choices; the YAML files extend them with `- /schema/<group>/<name>@_here_`.
     for name, job_schema in job_schemas().items():
         cs.store(group="schema/job", name=name, node=job_schema)
     cs.store(group="schema/job", name="base", node=JobConfig)
     # schema/cluster/<name> comes from each backend (hpc.registry.register_schemas).
-    for group, schema in (
-        ("preemption", PreemptionConfig),
-        ("placement", PlacementConfig),
-        ("nccl", NcclConfig),
-        ("accounting", AccountingConfig),
-    ):
+    for group, schema in SECTION_SCHEMAS.items():
         cs.store(group=f"schema/{group}", name="default", node=schema)

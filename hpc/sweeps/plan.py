@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from hpc.credentials import looks_secret, split_uri, write_private
 from hpc.files import write_atomic
 from hpc.spec.compose import (
+    EMBEDDED,
     ConfigError,
     check_declared_keys,
     check_override_syntax,
@@ -39,6 +40,8 @@ from hpc.spec.compose import (
 from hpc.spec.hydra_internals import apply_overrides
 from hpc.spec.jobspec import spec_from_config
 from hpc.spec.rules import validate
+from hpc.spec.schema import FRAMEWORK_KEYS
+from hpc.spec.sources import ConfigSource
 
 SWEEP_FILE = "sweep.json"
 SCRIPT_SHAPING = ("resources.", "cluster.", "preemption.", "placement.", "nccl.")
@@ -60,6 +63,7 @@ class SweepPlan:
     tasks: list[Task]
     sweep_dir: Path
     shapes: dict[tuple[str, ...], Any] = field(default_factory=dict)  # shape -> JobSpec
+    source: ConfigSource = EMBEDDED  # where each task's config is composed from
 
 
 def expand(overrides: Sequence[str]) -> tuple[list[str], list[list[str]], set[str]]:
@@ -93,7 +97,11 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def plan_sweep(overrides: Sequence[str], now: _dt.datetime | None = None) -> SweepPlan:
+def plan_sweep(
+    overrides: Sequence[str],
+    now: _dt.datetime | None = None,
+    source: ConfigSource = EMBEDDED,
+) -> SweepPlan:
     """Validate every swept value and compose once per script shape."""
     fixed, combos, groups = expand(overrides)
     if len(combos) == 1 and not combos[0]:
@@ -111,11 +119,11 @@ def plan_sweep(overrides: Sequence[str], now: _dt.datetime | None = None) -> Swe
     base = None
     for task in tasks:
         if task.shape not in shapes:
-            cfg = compose([*fixed, *task.shape])
+            cfg = compose([*fixed, *task.shape], source)
             data = to_container(cfg)
             validate(data)
-            shapes[task.shape] = (cfg, spec_from_config(data, now=now))
-        cfg, spec = shapes[task.shape]
+            shapes[task.shape] = (cfg, spec_from_config(data, now=now), script_key(data))
+        cfg, spec, _ = shapes[task.shape]
         base = base or spec
         for override in task.overrides:
             if override in task.shape or (task.shape, override) in checked:
@@ -123,11 +131,26 @@ def plan_sweep(overrides: Sequence[str], now: _dt.datetime | None = None) -> Swe
             _check_value(cfg, override)
             checked.add((task.shape, override))
     assert base is not None
+    # Choices that compose to the same framework sections share one array (a user's
+    # `model=small,large` does not change the batch script; `resources=...` does).
+    canonical: dict[str, tuple[str, ...]] = {}
+    for shape, (_, _, key) in shapes.items():
+        canonical.setdefault(key, shape)
+    for task in tasks:
+        task.shape = canonical[shapes[task.shape][2]]
     stamp = (now or _dt.datetime.now()).strftime("%Y-%m-%d_%H-%M-%S")
     sweep_dir = base.run_dir.parent / f"sweep-{stamp}-{os.urandom(2).hex()}"
     for task in tasks:
         task.run_dir = str(sweep_dir / str(task.index))
-    return SweepPlan(fixed, tasks, sweep_dir, {k: v[1] for k, v in shapes.items()})
+    specs = {shape: shapes[shape][1] for shape in canonical.values()}
+    return SweepPlan(fixed, tasks, sweep_dir, specs, source)
+
+
+def script_key(data: dict[str, Any]) -> str:
+    """What a task's batch script is made of: the framework's sections and the job's name
+    (the renderer reads nothing else); the user's keys are read by the job itself."""
+    framework = {k: data[k] for k in FRAMEWORK_KEYS if k in data and k != "job"}
+    return json.dumps([data["job"]["name"], framework], sort_keys=True, default=str)
 
 
 def _check_value(cfg: Any, override: str) -> None:
@@ -174,6 +197,7 @@ def sweep_record(plan: SweepPlan, name: str, launcher: str) -> dict[str, Any]:
         "launcher": launcher,
         "sweep_dir": str(plan.sweep_dir),
         "base_overrides": [o for o in plan.base_overrides if not is_secret_override(o)],
+        "config_source": plan.source.to_record(),
         "created": time.time(),
         "arrays": [],
         "tasks": [

@@ -18,6 +18,7 @@ from hpc.launchers.slurm.job_steps import slurm_job_id
 from hpc.rundir import records
 from hpc.spec.errors import ConfigError
 from hpc.spec.jobspec import load_spec
+from hpc.spec.sources import ConfigSource
 from hpc.sweeps.plan import SWEEP_FILE, read_secret_overrides
 
 
@@ -26,7 +27,9 @@ def prepare(sweep_dir: Path, index: int) -> Path:
     task = sweep["tasks"][index]
     run_dir = Path(task["run_dir"])
     secret = read_secret_overrides(sweep_dir, index)
-    spec = load_spec([*sweep["base_overrides"], *task["overrides"], *secret, f"run_dir={run_dir}"])
+    source = ConfigSource.from_record(sweep.get("config_source"))
+    overrides = [*sweep["base_overrides"], *task["overrides"], *secret, f"run_dir={run_dir}"]
+    spec = load_spec(overrides, source=source)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     if spec.secrets:  # the batch script sources it before starting the workers
         write_env_file(run_dir / ENV_FILE, spec.secrets)
