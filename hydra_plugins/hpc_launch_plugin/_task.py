@@ -40,11 +40,7 @@ class Interrupted(BaseException):  # not an error: the point is requeued
 def point_of(cfg: dict[str, Any]) -> tuple[Path, int]:
     """The payload file and the point's Hydra job number, from the job section."""
     job = cfg["job"]
-    run_dir = Path(cfg["run_dir"])
-    payload = Path(job["hydra_payload"]) if job.get("hydra_payload") else run_dir.parent
-    if payload.is_dir():
-        payload = payload / PAYLOAD_FILE
-    return payload, int(job["hydra_index"] if "hydra_index" in job else job["seed"])
+    return Path(job["hydra_payload"]), int(job["hydra_index"])
 
 
 def load_payload(path: Path) -> dict[str, Any]:

@@ -180,27 +180,29 @@ class _HpcLauncherBase(Launcher):
         return sweep_config
 
     def _plan(self, sweep_dir: Path, nums: list[int]) -> SweepPlan:
-        """One hpc-launch sweep over the points' numbers, relocated into ``sweep_dir``."""
+        """One hpc-launch sweep over the points' numbers, its files in ``sweep_dir``: the
+        framework's sections only, plus a job section that names the points' entry point."""
         # lazy: Hydra imports plugins at startup; composition only when launching
         from hpc.spec.errors import ConfigError  # noqa: PLC0415
+        from hpc.spec.sources import FRAMEWORK_ONLY  # noqa: PLC0415
         from hpc.sweeps.plan import plan_sweep  # noqa: PLC0415
 
         assert self.config is not None
         name = str(self.params.get("job_name") or self.config.hydra.job.name)
         overrides = [
             *framework_overrides(self.params, self.backend),
-            f"job.name={hydra_value(name)}",
-            f"job.entrypoint={ENTRYPOINT}",
-            # The point's number; the payload lies in the sweep dir (run_dir's parent).
-            f"job.seed=choice({','.join(map(str, nums))})",
+            f"+job.name={hydra_value(name)}",
+            f"+job.entrypoint={ENTRYPOINT}",
+            f"+job.hydra_payload={hydra_value(str(sweep_dir / PAYLOAD_FILE))}",
+            f"+job.hydra_index=choice({','.join(map(str, nums))})",  # Hydra's job.num
         ]
         try:
-            plan = plan_sweep(overrides)
+            plan = plan_sweep(overrides, source=FRAMEWORK_ONLY)
         except ConfigError as exc:
             raise LauncherConfigError(f"hydra.launcher ({self.backend}): {exc}") from None
-        plan.sweep_dir = sweep_dir / HPC_DIR / plan.sweep_dir.name
+        plan.sweep_dir = sweep_dir
         for task in plan.tasks:
-            task.run_dir = str(plan.sweep_dir / str(task.index))
+            task.run_dir = str(sweep_dir / str(task.index))
         return plan
 
     def _write_payload(self, plan: SweepPlan, configs: dict[int, DictConfig]) -> None:
@@ -236,7 +238,8 @@ class _HpcLauncherBase(Launcher):
         configs = {
             num: self._sweep_config(ov, num) for num, ov in zip(nums, job_overrides, strict=True)
         }
-        plan = self._plan(sweep_dir, nums)
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        plan = self._plan(sweep_dir / HPC_DIR / f"sweep-{stamp}-{os.urandom(2).hex()}", nums)
         for num, overrides in zip(nums, job_overrides, strict=True):
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
         backend = get_launcher(self.backend)
@@ -298,9 +301,10 @@ def launch_task(overrides: Sequence[str]) -> int:
     from hpc.registry import get_launcher  # noqa: PLC0415
     from hpc.spec.errors import ConfigError  # noqa: PLC0415
     from hpc.spec.jobspec import load_spec  # noqa: PLC0415
+    from hpc.spec.sources import FRAMEWORK_ONLY  # noqa: PLC0415
 
     try:
-        spec = load_spec(overrides)
+        spec = load_spec(overrides, source=FRAMEWORK_ONLY)
         backend = get_launcher(spec.launcher)
         handle = backend.submit(backend.plan(spec, backend.discover(spec)))
     except (ConfigError, SubmitError) as exc:
