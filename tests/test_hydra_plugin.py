@@ -21,7 +21,11 @@ from typing import Any
 
 import pytest
 from hydra.core.utils import JobStatus
-from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
+from hydra.test_utils.launcher_common_tests import (
+    BatchedSweeperTestSuite,
+    IntegrationTestSuite,
+    LauncherTestSuite,
+)
 
 from slurm_helpers import require_cluster, wait_for_job
 from support import cli_env
@@ -58,10 +62,26 @@ class TestLocalIntegrationSuite(IntegrationTestSuite):
     pass
 
 
+# Several launch() calls into one sweep dir (what return-value sweepers do).
+BATCHES = ["hydra.sweeper.max_batch_size=2"]
+
+
+@pytest.mark.parametrize("launcher_name, overrides", [("hpc_local", [*LOCAL, *BATCHES])])
+class TestLocalBatchedSuite(BatchedSweeperTestSuite):
+    pass
+
+
 @pytest.mark.slurm
 @pytest.mark.usefixtures("cluster")
 @pytest.mark.parametrize("launcher_name, overrides", [("hpc_slurm", SLURM)])
 class TestSlurmLauncherSuite(LauncherTestSuite):
+    pass
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("cluster")
+@pytest.mark.parametrize("launcher_name, overrides", [("hpc_slurm", [*SLURM, *BATCHES])])
+class TestSlurmBatchedSuite(BatchedSweeperTestSuite):
     pass
 
 
@@ -161,6 +181,38 @@ def test_slurm_sweep_returns_task_values_from_full_jobs(
         assert run.data.tags["mlflow.parentRunId"] == parent
         assert run.data.tags["hydra.overrides"] == " ".join(ret.overrides)
         assert run.info.status == "FINISHED"
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("hydra_restore_singletons")
+def test_slurm_two_node_point_runs_the_task_function_on_every_rank(
+    hydra_sweep_runner: Any, tmp_path: Path
+) -> None:
+    """nodes=2: both ranks run the task function inside one torch.distributed group;
+    the value returned is rank 0's."""
+    require_cluster(min_nodes=2)
+
+    def task(cfg: Any) -> dict[str, Any]:
+        import torch
+        import torch.distributed as dist
+
+        total = torch.tensor([dist.get_rank() + 1])
+        dist.all_reduce(total)
+        return {"rank": dist.get_rank(), "world": dist.get_world_size(), "sum": int(total)}
+
+    overrides = [
+        "hydra/launcher=hpc_slurm",
+        *SLURM,
+        "hydra.launcher.nodes=2",
+        "hydra.launcher.tasks_per_node=1",
+        "+x=1,2",
+    ]
+    with sweep_runner(hydra_sweep_runner, overrides, task, tmp_path / "sweep") as sweep:
+        (returns,) = sweep.returns
+        sweep_dir = hpc_sweep_dir(tmp_path / "sweep")
+        log0 = next((sweep_dir / "logs").glob("slurm-*_0.out")).read_text()
+    assert [r.return_value for r in returns] == [{"rank": 0, "world": 2, "sum": 3}] * 2
+    assert "rank 0/2" in log0 and "rank 1/2" in log0
 
 
 def squeue(job_id: str) -> tuple[str, str] | None:
