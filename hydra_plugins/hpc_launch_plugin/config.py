@@ -48,7 +48,7 @@ class HpcLocalLauncherConf:
     preemption: dict[str, Any] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     poll_s: float = 2.0  # wait=true: seconds between state queries
-    wait_timeout_s: Any = None  # wait=true: give up waiting (the jobs go on) after this
+    wait_timeout_s: Any = None  # hpc_slurm, wait=true: stop waiting (the jobs go on)
 
 
 @dataclass

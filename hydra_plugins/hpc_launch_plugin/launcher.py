@@ -30,6 +30,7 @@ JobReturn COMPLETED with the point's job id as its value.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import io
 import json
@@ -84,18 +85,6 @@ RESOURCES = (
 SLURM_CLUSTER = ("python", "setup", "sbatch_args", "array_parallelism", "submit_retries")
 PREEMPTION = ("signal", "lead_s", "requeue")
 SECTIONS = ("tracking", "nccl", "placement", "accounting", "checkpoint", "preemption")
-TERMINAL = {
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "PREEMPTED",
-    "NODE_FAIL",
-    "OUT_OF_MEMORY",
-    "BOOT_FAIL",
-    "DEADLINE",
-    "LOST",
-}
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./:@+-]+\Z")
 
 
@@ -253,13 +242,13 @@ class _HpcLauncherBase(Launcher):
         states = self._wait(backend, plan, ids)
         return [self._result(plan, i, ov, states[i]) for i, ov in enumerate(job_overrides)]
 
+    @abc.abstractmethod
     def _submit(self, backend: Backend, plan: SweepPlan) -> list[str | None]:
         """Submit the sweep; each point's job id (None where it has none yet)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _wait(self, backend: Backend, plan: SweepPlan, ids: list[str | None]) -> list[str]:
-        """Each point's final state."""
-        raise NotImplementedError
+        """Block until every point has ended; each point's final state."""
 
     def _queued(
         self, plan: SweepPlan, index: int, overrides: Sequence[str], job_id: str | None
@@ -338,6 +327,8 @@ class HpcSlurmLauncher(_HpcLauncherBase):
             {"job_id": job_id, "run_dir": task.run_dir, "state": "PENDING"}
             for job_id, task in zip(ids, plan.tasks, strict=True)
         ]
+        from hpc.states import TERMINAL  # noqa: PLC0415 (lazy: only when launching)
+
         poll_s = float(self.params.get("poll_s") or 2.0)
         limit = self.params.get("wait_timeout_s")
         deadline = None if limit is None else time.monotonic() + float(limit)
