@@ -12,7 +12,8 @@ keeps hpc-launch's default:
 * preemption: ``signal``, ``lead_s``, ``requeue`` -> ``preemption.<key>``;
 * sections, as mappings: ``tracking``, ``nccl``, ``placement``, ``accounting``,
   ``checkpoint`` -> ``<section>.<key>=<value>`` (nested keys too:
-  ``nccl: {env: {NCCL_DEBUG: INFO}}``);
+  ``nccl: {env: {NCCL_DEBUG: INFO}}``; on the command line a key of these mappings is
+  new to Hydra: ``++hydra.launcher.nccl.profile=infiniband``);
 * ``overrides``: any further hpc-launch override as written on its command line
   (``nccl=infiniband``, a cluster profile).
 
