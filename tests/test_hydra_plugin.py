@@ -215,6 +215,20 @@ def test_slurm_two_node_point_runs_the_task_function_on_every_rank(
     assert "rank 0/2" in log0 and "rank 1/2" in log0
 
 
+@pytest.mark.slurm
+@pytest.mark.usefixtures("hydra_restore_singletons", "cluster")
+def test_slurm_point_that_dies_without_a_result_fails_the_sweep(
+    hydra_sweep_runner: Any, tmp_path: Path
+) -> None:
+    """A job that ends before the task function could return (here its setup fails)
+    comes back FAILED, naming the point, its state and where its log is."""
+    overrides = ["hydra/launcher=hpc_slurm", *SLURM, "hydra.launcher.setup=[exit 3]", "+x=1"]
+    failed = r"point \+x=1 ended FAILED without a result; its job's log is in "
+    sweep = sweep_runner(hydra_sweep_runner, overrides, None, tmp_path / "sweep")
+    with pytest.raises(RuntimeError, match=failed), sweep:
+        pass
+
+
 def squeue(job_id: str) -> tuple[str, str] | None:
     out = subprocess.run(
         ["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True, timeout=30
