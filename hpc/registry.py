@@ -17,18 +17,26 @@ from hydra.core.config_store import ConfigStore
 from hpc.backend import Launcher
 
 GROUP = "hpc_launch.launchers"
+JOB_SCHEMA_GROUP = "hpc_launch.job_schemas"  # name -> "module:SCHEMAS" (dict of JobConfigs)
 
 
 @functools.cache
-def _entry_points() -> dict[str, EntryPoint]:
+def _entry_points(group: str = GROUP) -> dict[str, EntryPoint]:
     # Every distribution, not entry_points()'s first one per name: a stale
     # hpc_launch.egg-info in a checkout (on sys.path as the cwd) must not hide the
     # installed metadata's backends.
     found: dict[str, EntryPoint] = {}
     for dist in distributions():
-        for ep in dist.entry_points.select(group=GROUP):
+        for ep in dist.entry_points.select(group=group):
             found.setdefault(ep.name, ep)
     return found
+
+
+def job_schema_entries() -> list[EntryPoint]:
+    """The installed job schemas' entry points (the example digits job's among them)."""
+    return [
+        _entry_points(JOB_SCHEMA_GROUP)[name] for name in sorted(_entry_points(JOB_SCHEMA_GROUP))
+    ]
 
 
 def available() -> list[str]:

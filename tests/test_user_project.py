@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from slurm_helpers import require_cluster, wait_for_job
 from support import hpc, hpc_launch
 
 
@@ -31,7 +32,8 @@ cfg = yaml.safe_load(open(cfg_file))
 rank = os.environ.get("RANK")
 out = os.path.join(os.path.dirname(cfg_file), f"seen-{rank}.json")
 json.dump({"model": cfg["model"], "data": cfg["data"], "rank": rank,
-           "world": os.environ.get("WORLD_SIZE"), "argv": sys.argv[1:]}, open(out, "w"))
+           "world": os.environ.get("WORLD_SIZE"), "argv": sys.argv[1:],
+           "node": os.environ.get("SLURMD_NODENAME")}, open(out, "w"))
 """
 
 
@@ -183,6 +185,72 @@ def test_users_structured_config_checks_their_keys(project: Path) -> None:
     assert line.startswith("hpc-launch: error: job.schema: cannot import 'no_such_module'")
 
 
+def test_structured_primary_config_from_the_users_module(project: Path) -> None:
+    write(
+        project / "myproj_primary.py",
+        """\
+        from dataclasses import dataclass, field
+        from hydra.core.config_store import ConfigStore
+
+        @dataclass
+        class Job:
+            name: str = "typed"
+            entrypoint: str = "train.py"
+
+        @dataclass
+        class Primary:
+            job: Job = field(default_factory=Job)
+            steps: int = 10
+
+        ConfigStore.instance().store(name="typed_primary", node=Primary)
+        """,
+    )
+    args = ["-cn", "typed_primary", "job.schema=myproj_primary"]
+    cfg = resolved(project, *args, "steps=20", "resources.tasks_per_node=3")
+    assert cfg["steps"] == 20 and cfg["job"]["name"] == "typed"
+    assert cfg["resources"]["tasks_per_node"] == 3 and cfg["cluster"]["kind"] == "local"
+    assert refused(project, *args, "steps=lots").startswith("hpc-launch: error: steps: Value")
+
+
+def test_users_job_schema_brings_its_value_rules(project: Path) -> None:
+    write(
+        project / "myproj_job.py",
+        """\
+        from dataclasses import dataclass
+        from hydra.core.config_store import ConfigStore
+        from hpc.spec.errors import ConfigError
+        from hpc.spec.schema import JobConfig
+
+        @dataclass
+        class TrainJob(JobConfig):
+            name: str = "typedjob"
+            entrypoint: str = "train.py"
+            warmup: int = 10
+
+            @classmethod
+            def check(cls, job):
+                if job["warmup"] < 0:
+                    raise ConfigError("job.warmup", f"must be >= 0, got {job['warmup']}")
+
+        ConfigStore.instance().store(group="job", name="train", node=TrainJob)
+        """,
+    )
+    write(project / "conf/typedjob.yaml", "defaults: [{job: train}, {model: small}, _self_]\n")
+    args = ["-cd", "conf", "-cn", "typedjob", "job.schema=myproj_job"]
+    assert resolved(project, *args, "job.warmup=5")["job"]["warmup"] == 5
+    line = refused(project, *args, "job.warmup=-1")
+    assert line == "hpc-launch: error: job.warmup: must be >= 0, got -1"
+    assert "job.warmupp" in refused(project, *args, "+job.warmupp=1")
+
+
+def test_searchpath_in_the_users_config(project: Path) -> None:
+    write(project / "shared/optim/lamb.yaml", "lr: 0.01\n")
+    primary = project / "conf/config.yaml"
+    write(primary, primary.read_text() + f"hydra:\n  searchpath: [file://{project / 'shared'}]\n")
+    cfg = resolved(project, "-cd", "conf", "optim=lamb")
+    assert cfg["optim"] == {"lr": 0.01} and "hydra" not in cfg
+
+
 def test_search_path_entries_and_team_path(project: Path) -> None:
     write(project / "shared/optim/lamb.yaml", "lr: 0.01\n")
     write(project / "team/model/huge.yaml", "layers: 96\nhidden: 12288\n")
@@ -325,3 +393,42 @@ def test_sweep_over_a_user_group_is_one_slurm_array(project: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     submits = [ln for ln in proc.stdout.splitlines() if ln.startswith("# sbatch --array=")]
     assert submits == ["# sbatch --array=0-3 sweep-0.sbatch 0"], proc.stdout
+
+
+@pytest.mark.slurm
+def test_two_node_slurm_run_of_a_user_script(project: Path) -> None:
+    require_cluster(min_nodes=2)
+    args = ["-cd", "conf", "cluster=slurm", "job.name=hpcU-two-node", "model=large"]
+    args += ["resources.nodes=2", "resources.tasks_per_node=1", "tracking.enabled=false"]
+    proc = hpc_launch([*args, "wait=true"], project, timeout=600, **env_of(project))
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (project / "outputs" / "hpcU-two-node").iterdir()
+    seen = [json.loads((run_dir / f"seen-{r}.json").read_text()) for r in (0, 1)]
+    assert [(s["rank"], s["world"], s["node"]) for s in seen] == [
+        ("0", "2", "n1"),
+        ("1", "2", "n2"),
+    ]
+    assert all(s["model"] == {"layers": 12, "hidden": 512} for s in seen)
+    assert json.loads((run_dir / "job.json").read_text())["state"] == "COMPLETED"
+
+
+@pytest.mark.slurm
+def test_sweep_over_a_user_group_runs_as_one_slurm_array(project: Path) -> None:
+    require_cluster()
+    args = ["-cd", "conf", "-m", "model=small,large", "data.seq_len=64,256", "cluster=slurm"]
+    args += ["job.name=hpcU-sweep", "resources.tasks_per_node=1", "tracking.enabled=false"]
+    proc = hpc_launch(args, project, **env_of(project))
+    assert proc.returncode == 0, proc.stderr
+    array_id = proc.stdout.strip()
+    assert array_id.isdigit(), f"one array id expected, got {proc.stdout!r}"
+    sweep_file = next((project / "outputs" / "hpcU-sweep").glob("sweep-*/sweep.json"))
+    sweep = json.loads(sweep_file.read_text())
+    assert sweep["config_source"]["config_dirs"] == [str(project / "conf")]
+    for index in range(4):
+        assert wait_for_job(f"{array_id}_{index}", timeout=600) == "COMPLETED"
+    seen = {
+        (s["model"]["layers"], s["data"]["seq_len"])
+        for t in sweep["tasks"]
+        for s in [json.loads((Path(t["run_dir"]) / "seen-0.json").read_text())]
+    }
+    assert seen == {(2, 64), (2, 256), (12, 64), (12, 256)}

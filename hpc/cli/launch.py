@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
+
 from hpc.backend import NotSupported, SubmitError
 from hpc.registry import get_launcher
 from hpc.rundir import records
@@ -22,6 +24,7 @@ from hpc.runtime.tracking import unsent_message
 from hpc.spec.compose import EMBEDDED
 from hpc.spec.errors import ConfigError
 from hpc.spec.jobspec import load_spec
+from hpc.spec.schema import FRAMEWORK_KEYS
 from hpc.spec.sources import ConfigSource, split_flags
 from hpc.sweeps.plan import plan_sweep
 
@@ -117,9 +120,11 @@ def launch(
 
 
 def show_config(spec: JobSpec) -> None:
-    """On stderr (stdout holds the plan alone): the composed config the job will get."""
-    err(f"config (written to {spec.config_file}):")
-    for line in spec.config_yaml().splitlines():
+    """On stderr (stdout holds the plan alone): the job's section and the user's own
+    keys as composed (the framework's sections show in the plan; ``--cfg`` prints all)."""
+    theirs = {k: v for k, v in spec.config.items() if k == "job" or k not in FRAMEWORK_KEYS}
+    err(f"config: job and your own keys (all of it: --cfg; written to {spec.config_file}):")
+    for line in yaml.safe_dump(theirs, sort_keys=False).splitlines():
         print(f"  {line}", file=sys.stderr)
 
 

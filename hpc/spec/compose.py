@@ -77,6 +77,10 @@ def composition_inputs(
     """The search path, the root config's name and the overrides Hydra composes from."""
     overrides, cli_path = take_searchpath(overrides)
     source = replace(source, search_path=(*source.search_path, *cli_path))
+    # An override's job.schema is imported first (it may register the primary config
+    # itself) and then dropped: a typed job section need not declare the key.
+    import_job_schema(None, overrides)
+    overrides = [o for o in overrides if o.lstrip("+").partition("=")[0] != "job.schema"]
     primary = load_primary(source)
     import_job_schema(primary, overrides)
     register_configs(cluster_choices(overrides, primary))
@@ -129,6 +133,8 @@ def check_declared_keys(node: Any, prefix: str = "") -> None:
     declared = (
         {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
     )
+    if declared is not None and not prefix:  # a user's schema of the whole config
+        declared |= set(FRAMEWORK_KEYS)
     for key in node:
         full = f"{prefix}{key!s}"
         if declared is not None and key not in declared:

@@ -127,7 +127,8 @@ def store_root(primary: Primary | None) -> str:
 
 
 def import_job_schema(primary: Primary | None, overrides: Sequence[str]) -> None:
-    """Import the module ``job.schema`` names (it registers the user's structured configs)."""
+    """Import the module ``job.schema`` names (it registers the user's structured configs);
+    an override wins over the primary config. Importing twice costs nothing."""
     module = primary.job_schema if primary else None
     for text in overrides:
         key, _, value = text.lstrip("+").partition("=")

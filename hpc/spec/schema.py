@@ -4,14 +4,12 @@ These dataclasses are the schema every composed config is checked against
 (types, unknown keys); each backend brings the schema of its ``cluster`` node
 (:mod:`hpc.backend`). Value rules that types cannot express (positive counts,
 time limits, GPUs available) live in :mod:`hpc.spec.rules`; a job's own rules live with
-its schema under ``hpc.jobs`` (:class:`JobConfig.check`).
+its schema (:class:`JobConfig.check`).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import pkgutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -27,46 +25,49 @@ from hpc.defaults import PREEMPTION_LEAD_S, PREEMPTION_SIGNAL
 class JobConfig:
     """Any job: what to run. Jobs with their own knobs extend this.
 
-    A job's schema lives with the job, in a ``hpc.jobs.<module>_config`` module whose
-    ``SCHEMAS`` maps a name to the schema (stored as ``schema/job/<name>``); its
-    :meth:`check` holds the job's own value rules.
+    A job's schema lives with the job: installed ones are named by an entry point
+    (group ``hpc_launch.job_schemas``, a module's ``SCHEMAS``, stored as
+    ``schema/job/<name>``); a user's subclass is found once its module is imported
+    (``job.schema``). Its :meth:`check` holds the job's own value rules.
     """
 
     name: str = MISSING
     entrypoint: str = MISSING  # "package.module:function" or "path/to/script.py"
     seed: int = 0
-    # A module hpc-launch imports before composing (it registers the user's structured
-    # configs in Hydra's ConfigStore); read from the primary config or an override.
-    schema: str | None = None
+    # An untyped (user's) job section may also hold `schema: my_project.schema`: a
+    # module hpc-launch imports before composing (hpc.spec.primary.import_job_schema).
 
     @classmethod
     def check(cls, job: dict[str, Any]) -> None:
         """The job's own value rules on its composed section; raise ConfigError."""
 
 
-JOB_SCHEMA_PACKAGE = "hpc.jobs"
-
-
-@functools.cache  # the installed job modules do not change within a process
+@functools.cache  # the installed job schemas do not change within a process
 def job_schemas() -> dict[str, type[JobConfig]]:
-    """Every job schema: ``SCHEMAS`` of each ``hpc.jobs.*_config`` module."""
-    package = importlib.import_module(JOB_SCHEMA_PACKAGE)
+    """Every installed job schema: the ``SCHEMAS`` dict each entry point of group
+    ``hpc_launch.job_schemas`` names (stored as ``schema/job/<name>``)."""
     found: dict[str, type[JobConfig]] = {}
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        if info.name.endswith("_config"):
-            module = importlib.import_module(f"{JOB_SCHEMA_PACKAGE}.{info.name}")
-            found.update(getattr(module, "SCHEMAS", {}))
+    for entry in registry.job_schema_entries():
+        found.update(entry.load())
     return found
 
 
 def job_schema_for(job: dict[str, Any]) -> type[JobConfig]:
-    """The most specific schema whose fields the composed ``job`` section all has."""
+    """The most specific schema whose fields the composed ``job`` section all has: an
+    installed one, or a user's ``JobConfig`` subclass (imported through ``job.schema``)."""
     best: type[JobConfig] = JobConfig
-    for schema in job_schemas().values():
+    for schema in [*job_schemas().values(), *_subclasses(JobConfig)]:
         names = {f.name for f in fields(schema)}
         if names <= job.keys() and len(names) > len(fields(best)):
             best = schema
     return best
+
+
+def _subclasses(cls: type[JobConfig]) -> list[type[JobConfig]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
 
 
 @dataclass
