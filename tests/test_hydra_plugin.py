@@ -488,3 +488,19 @@ def test_local_fire_and_forget_and_wait(app_dir: Path) -> None:
     assert not (hydra_dir / "1" / "result.txt").exists()
     assert record(sweep_dir / "0")["state"] == "COMPLETED"
     assert record(sweep_dir / "1")["state"] == "FAILED"
+
+
+@pytest.mark.usefixtures("hydra_restore_singletons")
+def test_local_return_value_that_cannot_travel_is_a_named_failure(
+    hydra_sweep_runner: Any, tmp_path: Path
+) -> None:
+    def task(cfg: Any) -> Any:
+        import threading
+
+        return threading.Lock() if cfg.x == 2 else cfg.x
+
+    overrides = ["hydra/launcher=hpc_local", *LOCAL, "+x=1,2"]
+    sweep = sweep_runner(hydra_sweep_runner, overrides, task, tmp_path / "sweep")
+    unpicklable = r"return value <unlocked _thread.lock .* cannot be pickled"
+    with pytest.raises(RuntimeError, match=unpicklable), sweep:
+        pass

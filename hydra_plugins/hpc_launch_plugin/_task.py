@@ -89,16 +89,18 @@ def run_point(payload: dict[str, Any], num: int, rank: int) -> Any:
 
 
 def write_return(path: Path, ret: Any) -> None:
-    import cloudpickle  # noqa: PLC0415 (lazy: only in the job)
+    # lazy, all: only in the job
+    import cloudpickle  # noqa: PLC0415
+    from hydra.core.utils import JobStatus  # noqa: PLC0415
 
-    from hpc.files import write_atomic  # noqa: PLC0415 (lazy: only in the job)
+    from hpc.files import write_atomic  # noqa: PLC0415
 
     try:
         data = cloudpickle.dumps(ret)
     except Exception as exc:  # an unpicklable value or exception: say what it was
         value = ret._return_value
         ret.return_value = RuntimeError(f"return value {value!r} cannot be pickled: {exc}")
-        ret.status = type(ret.status).FAILED
+        ret.status = JobStatus.FAILED
         data = cloudpickle.dumps(ret)
     write_atomic(path, data, mode=0o600)
 
@@ -117,7 +119,7 @@ def run(cfg: dict[str, Any]) -> int:
             )
 
         def interrupt(signum: int, frame: FrameType | None) -> None:
-            session.signals._handle(signum, frame)
+            session.signals.received = session.signals.received or signum
             raise Interrupted(signum)
 
         stops = {session.signals.preemption, signal.SIGTERM, signal.SIGINT}
