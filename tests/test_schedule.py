@@ -402,3 +402,24 @@ def test_scrontab_edits_keep_user_lines_under_concurrency(workdir: Path) -> None
     for name in ("c1", "c3"):
         assert sweep_cli(["remove", name], workdir, **env).returncode == 0
     assert store_file.read_text() == USER_CRONTAB + "30 6 * * 1 echo added-by-the-user-meanwhile\n"
+
+
+def test_schedule_validates_a_users_project(workdir: Path) -> None:
+    """Config flags travel with a schedule's overrides; a user project's bad choice is named."""
+    (workdir / "conf" / "model").mkdir(parents=True)
+    (workdir / "conf" / "config.yaml").write_text(
+        "defaults: [{model: small}, _self_]\njob: {name: mine, entrypoint: train.py}\n"
+    )
+    (workdir / "conf" / "model" / "small.yaml").write_text("layers: 2\n")
+    (workdir / "train.py").write_text("print('hi')\n")
+    cases = [
+        (["-cd", "conf", "cluster=slurm", "model=big,small"], "model: unknown choice 'big'"),
+        (["-cd", "conf", "--frobnicate", "cluster=slurm"], "--frobnicate: give hpc-launch"),
+        (["-cd", "nowhere", "cluster=slurm"], "-cd: config dir 'nowhere' does not exist"),
+    ]
+    for overrides, message in cases:
+        args = ["schedule", "--cron", "0 3 * * *", "--name", "x", "--", *overrides]
+        proc = sweep_cli(args, workdir)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert listing(workdir)["schedules"] == []
