@@ -332,16 +332,22 @@ class HpcSlurmLauncher(_HpcLauncherBase):
         poll_s = float(self.params.get("poll_s") or 2.0)
         limit = self.params.get("wait_timeout_s")
         deadline = None if limit is None else time.monotonic() + float(limit)
-        while any(r["state"] not in TERMINAL for r in runs):
-            if deadline is not None and time.monotonic() > deadline:
-                left = " ".join(f"{r['job_id']}={r['state']}" for r in runs)
-                raise HydraException(
-                    f"hpc_slurm: points still not ended after wait_timeout_s={limit} ({left}); "
-                    f"they go on: hpc status {plan.sweep_dir}"
-                )
-            time.sleep(poll_s)
-            for warning in backend.refresh_states(runs):
-                log.warning(f"hpc_slurm: {warning}")
+        try:
+            while any(r["state"] not in TERMINAL for r in runs):
+                if deadline is not None and time.monotonic() > deadline:
+                    left = " ".join(f"{r['job_id']}={r['state']}" for r in runs)
+                    raise HydraException(
+                        f"hpc_slurm: points still not ended after wait_timeout_s={limit} "
+                        f"({left}); they go on: hpc status {plan.sweep_dir}"
+                    )
+                time.sleep(poll_s)
+                for warning in backend.refresh_states(runs):
+                    log.warning(f"hpc_slurm: {warning}")
+        except KeyboardInterrupt:
+            log.warning(
+                f"hpc_slurm: no longer waiting; the points go on: hpc status {plan.sweep_dir}"
+            )
+            raise
         return [str(r["state"]) for r in runs]
 
 
