@@ -387,16 +387,26 @@ def test_slurm_fire_and_forget_returns_at_once_with_the_array_queued(app_dir: Pa
         assert (hydra_dir / str(index) / "result.txt").read_text() == f"{x} {array_id}_{index}"
         assert (hydra_dir / str(index) / ".hydra" / "overrides.yaml").exists()
         assert (sweep_dir / str(index) / "hydra-return.pkl").exists()
-    status = subprocess.run(
-        [sys.executable, "-m", "hpc.cli.main", "status", str(sweep_dir)],
-        cwd=app_dir,
-        env=cli_env(app_dir),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert status.returncode == 0, status.stderr
-    assert "2/2 done" in status.stdout and f"{array_id}_1" in status.stdout
+
+    def status() -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "hpc.cli.main", "status", str(sweep_dir)],
+            cwd=app_dir,
+            env=cli_env(app_dir),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    # squeue may still show a task COMPLETING for a moment after sacct has it COMPLETED.
+    def done() -> str | None:
+        out = status()
+        return out if "2/2 done" in out else None
+
+    shown = wait_for(done, "2/2 done", timeout=60)
+    assert f"{array_id}_1" in shown
 
 
 def test_slurm_array_script_of_a_plugin_sweep(app_dir: Path) -> None:
