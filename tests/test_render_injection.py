@@ -283,26 +283,44 @@ def test_sweep_array_script(python: str, sweep_dir: str, tmp_path: Path) -> None
         ]
 
 
-# --- the Hydra plugin's array script --------------------------------------------------
+# --- the Hydra plugin: hydra.launcher.* values become hpc-launch overrides -------------
 
 
 @EXAMPLES
-@given(name=HOSTILE, python=HOSTILE, sweep_dir=HOSTILE)
-def test_hydra_array_script(name: str, python: str, sweep_dir: str, tmp_path: Path) -> None:
-    from hydra_plugins.hpc_launch_plugin.launcher import HpcSlurmLauncher
+@given(name=HOSTILE, python=HOSTILE, setup=HOSTILE, extra=HOSTILE, partition=HOSTILE)
+def test_hydra_launcher_values_reach_the_job_config_intact(
+    name: str, python: str, setup: str, extra: str, partition: str, tmp_path: Path
+) -> None:
+    """Each value, quoted for Hydra's override grammar, composes back to itself; the
+    script of the resulting sweep then passes the checks above (or a named error)."""
+    from hpc.launchers.slurm.sweep import array_script
+    from hpc.spec.compose import compose, to_container
+    from hpc.sweeps.plan import SweepPlan
+    from hydra_plugins.hpc_launch_plugin.launcher import framework_overrides, hydra_value
 
-    launcher = HpcSlurmLauncher(job_name="sweep", time="00:07:00", setup=[])
-    record = {"name": name, "python": python_at(tmp_path, python), "cwd": str(tmp_path)}
-    for directory in (tmp_path / "sweep", tmp_path / sweep_dir):
-        try:
-            text = launcher._script(directory, record)
-        except ConfigError as exc:
-            assert_config_error(exc, "hydra.launcher.output")
-            continue
-        assert "--time=00:07:00" in sbatch_block(text)
-        calls = run(text, tmp_path)
-        task = "hydra_plugins.hpc_launch_plugin._task"
-        assert calls == [[record["python"], "-m", task, str(directory), "0"]]
+    params = {
+        "python": python_at(tmp_path, python),
+        "setup": [setup, "true"],
+        "sbatch_args": [f"--{extra}"],
+        "partition": partition,
+        "time": "00:07:00",
+        "nccl": {"env": {"NCCL_DEBUG": setup}},
+    }
+    overrides = [*framework_overrides(params, "slurm"), f"job.name={hydra_value(name)}"]
+    cfg = to_container(compose(overrides))
+    assert cfg["job"]["name"] == name
+    assert cfg["cluster"]["python"] == params["python"]
+    assert cfg["cluster"]["setup"] == [setup, "true"]
+    assert cfg["cluster"]["sbatch_args"] == [f"--{extra}"]
+    assert cfg["resources"]["partition"] == partition
+    assert cfg["nccl"]["env"] == {"NCCL_DEBUG": setup}
+    assert cfg["tracking"]["enabled"] is False  # not configured: off
+    try:
+        text = array_script(spec_from_config(cfg), SweepPlan([], [], tmp_path / "sweep"))
+    except ConfigError as exc:
+        assert_config_error(exc, "job.name", "resources.partition", "cluster.sbatch_args")
+        return
+    assert {"--signal=B:USR2@120", "--requeue", "--time=00:07:00"} <= set(sbatch_block(text))
 
 
 # --- schedules: the self-resubmitting job and the scrontab block ----------------------

@@ -21,14 +21,6 @@ def test_hpc_sbatch_wrapper_golden() -> None:
     check_golden("hpc_sbatch_wrapper.sh", text.replace(delimiter, "HPC_SBATCH_ORIGINAL_X"))
 
 
-def test_hydra_array_script_golden() -> None:
-    from hydra_plugins.hpc_launch_plugin.launcher import HpcSlurmLauncher
-
-    launcher = HpcSlurmLauncher(nodes=2, tasks_per_node=2, time="00:10:00", setup=["module load x"])
-    record = {"name": "app", "python": "/usr/bin/python3", "cwd": FIXED}
-    check_golden("hydra_array.sbatch", launcher._script(Path(FIXED) / "sweep", record))
-
-
 def test_schedule_job_golden(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from hpc.slurm_schedules import resubmit
     from hpc.slurm_schedules.store import Schedule

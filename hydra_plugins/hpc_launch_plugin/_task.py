@@ -1,113 +1,166 @@
-"""Run sweep points of a Hydra app (named ``_task``: Hydra's plugin scan skips it).
+"""One Hydra sweep point inside its hpc-launch job (named ``_task``: Hydra's plugin scan
+skips it).
 
-``python -m hydra_plugins.hpc_launch_plugin._task SWEEP_DIR INDEX``
-    one point (a Slurm array task: INDEX is offset + ``SLURM_ARRAY_TASK_ID``);
-``python -m hydra_plugins.hpc_launch_plugin._task SWEEP_DIR --local 0,1,2 [--parallel N]``
-    the listed points on this machine, N at a time (``hpc_local``).
+``job.entrypoint=hydra_plugins.hpc_launch_plugin._task:run``: ``hpc.run`` calls
+:func:`run` with the composed config on every rank. It opens the
+:class:`hpc.runtime.session.Session` (placement, NCCL variables, the accounting
+sampler, the MLflow child run, stop signals; torch.distributed when the point has
+several ranks), loads the launcher's payload (cloudpickle: the task function, the
+HydraContext, each point's sweep config and Hydra's singletons, custom OmegaConf
+resolvers included), and runs the task function through Hydra's ``run_job``, as
+Hydra's own launchers do. Rank 0 writes the ``JobReturn`` to
+``<run dir>/hydra-return.pkl``; the launcher reads it.
 
-A point re-runs the app as a normal Hydra run: ``PYTHON APP ARGS OVERRIDES
-hydra.run.dir=... hydra.job.num=I hydra.mode=RUN hydra.job.id=...`` in the
-working directory of the sweep. Its state goes to ``SWEEP_DIR/.hpc_tasks/I.json``.
-SIGTERM/SIGINT/SIGUSR1/SIGUSR2 are passed on to the app.
+A stop signal (the preemption signal, SIGTERM) interrupts the task function: the
+job exits with the preempted code, the batch script requeues it, and the function
+runs again from its start (as hydra-submitit-launcher does). A function that raised
+is returned as FAILED (with its exception) and fails the job.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from hpc.exitcodes import shell_code
-from hpc.files import write_atomic
-
-SWEEP_FILE = "sweep.json"
-STATUS_DIR = ".hpc_tasks"
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+PAYLOAD_FILE = "hydra-payload.pkl"
+PATHS_FILE = "hydra-payload.json"  # sys.path and cwd of the app, read before unpickling
+RETURN_FILE = "hydra-return.pkl"
 
 
-def _write_status(sweep_dir: Path, index: int, **fields: Any) -> None:
-    if os.environ.get("SLURM_PROCID", "0") != "0":
-        return  # one record per point, from the first rank
-    path = sweep_dir / STATUS_DIR / f"{index}.json"
-    path.parent.mkdir(exist_ok=True)
-    write_atomic(path, json.dumps({"index": index, "time": time.time(), **fields}) + "\n")
+class Interrupted(BaseException):  # not an error: the point is requeued
+    """Raised in the task function when a stop signal arrives (not an ``Exception``:
+    Hydra's run_job must not turn it into a FAILED return)."""
 
 
-def command(record: dict[str, Any], task: dict[str, Any], job_id: str) -> list[str]:
-    return [
-        record["python"],
-        *record["app"],
-        *record["args"],
-        *task["overrides"],
-        *task["hydra"],
-        f"hydra.job.id='{job_id}'",  # quoted: 12_3 would read as the number 123
-    ]
+def point_of(cfg: dict[str, Any]) -> tuple[Path, int]:
+    """The payload file and the point's Hydra job number, from the job section."""
+    job = cfg["job"]
+    return Path(job["hydra_payload"]), int(job["hydra_index"])
 
 
-def run_point(sweep_dir: Path, index: int, job_id: str | None = None) -> int:
-    record = json.loads((sweep_dir / SWEEP_FILE).read_text(encoding="utf-8"))
-    task = next(t for t in record["tasks"] if int(t["index"]) == index)
-    if job_id is None:
-        array = os.environ.get("SLURM_ARRAY_JOB_ID")
-        job_id = (
-            f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
-            if array
-            else os.environ.get("SLURM_JOB_ID", f"local_{index}")
-        )
-    _write_status(sweep_dir, index, state="RUNNING", job_id=job_id, host=os.uname().nodename)
-    proc = subprocess.Popen(command(record, task, job_id), cwd=record["cwd"])
+def load_payload(path: Path) -> dict[str, Any]:
+    import cloudpickle  # noqa: PLC0415 (lazy: only in the job)
 
-    def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
+    meta = json.loads((path.parent / PATHS_FILE).read_text(encoding="utf-8"))
+    for entry in reversed(meta["sys_path"]):  # the app's own modules, by reference
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    with open(path, "rb") as fh:
+        payload: dict[str, Any] = cloudpickle.load(fh)
+    return payload
 
-    if threading.current_thread() is threading.main_thread():  # handlers live there only
-        for sig in FORWARDED:
-            signal.signal(sig, forward)
-    code = shell_code(proc.wait())
-    _write_status(
-        sweep_dir,
-        index,
-        state="COMPLETED" if code == 0 else "FAILED",
-        exit_code=code,
-        job_id=job_id,
+
+def job_id() -> str:
+    """The Slurm array task (``ARRAY_TASK``), else the launcher's job id."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array:
+        return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+    return os.environ.get("HPC_JOB_ID") or os.environ.get("SLURM_JOB_ID") or "local"
+
+
+def run_point(payload: dict[str, Any], num: int, rank: int) -> Any:
+    """Hydra's ``run_job`` for point ``num``: returns its JobReturn."""
+    # lazy, all: Hydra's job side, only in the job
+    from hydra.core.singleton import Singleton  # noqa: PLC0415
+    from hydra.core.utils import run_job, setup_globals  # noqa: PLC0415
+    from omegaconf import open_dict  # noqa: PLC0415
+
+    Singleton.set_state(payload["singleton_state"])
+    setup_globals()
+    sweep_config = payload["sweep_configs"][num]
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = job_id()
+        sweep_config.hydra.job.num = num
+        if rank != 0:  # one copy of .hydra/ per point
+            sweep_config.hydra.output_subdir = None
+    os.chdir(str(sweep_config.hydra.runtime.cwd))
+    return run_job(
+        hydra_context=payload["hydra_context"],
+        task_function=payload["task_function"],
+        config=sweep_config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
     )
-    print(f"hpc-launch: hydra sweep point {index} exited with code {code}", flush=True)
-    return code
 
 
-def run_local(sweep_dir: Path, indices: list[int], parallel: int) -> int:
-    for index in indices:
-        _write_status(sweep_dir, index, state="PENDING", job_id=f"local_{index}")
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        codes = list(pool.map(lambda i: run_point(sweep_dir, i, f"local_{i}"), indices))
-    return next((c for c in codes if c), 0)
+def write_return(path: Path, ret: Any) -> None:
+    # lazy, all: only in the job
+    import cloudpickle  # noqa: PLC0415
+    from hydra.core.utils import JobStatus  # noqa: PLC0415
 
+    from hpc.files import write_atomic  # noqa: PLC0415
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
     try:
-        sweep_dir = Path(args[0])
-        if len(args) >= 3 and args[1] == "--local":
-            parallel = int(args[4]) if len(args) >= 5 and args[3] == "--parallel" else 1
-            return run_local(sweep_dir, [int(i) for i in args[2].split(",")], parallel)
-        return run_point(sweep_dir, int(args[1]))
-    except (IndexError, ValueError, StopIteration, OSError) as exc:
-        print(
-            "usage: python -m hydra_plugins.hpc_launch_plugin._task SWEEP_DIR INDEX|--local I,J "
-            f"[--parallel N] ({exc!r})",
-            file=sys.stderr,
-        )
-        return 2
+        data = cloudpickle.dumps(ret)
+    except Exception as exc:  # an unpicklable value or exception: say what it was
+        value = ret._return_value
+        ret.return_value = RuntimeError(f"return value {value!r} cannot be pickled: {exc}")
+        ret.status = JobStatus.FAILED
+        data = cloudpickle.dumps(ret)
+    write_atomic(path, data, mode=0o600)
+
+
+def run(cfg: dict[str, Any]) -> int:
+    """The job's entry point (every rank)."""
+    from hpc.runtime.session import Session  # noqa: PLC0415 (lazy: torch only in the job)
+
+    path, num = point_of(cfg)
+    payload = load_payload(path)
+    with Session(cfg) as session:
+        if session.is_main:  # the MLflow child run says which point it is
+            task = payload["sweep_configs"][num].hydra.overrides.task
+            session.tracker.set_tags(
+                {"hydra.job.num": str(num), "hydra.overrides": " ".join(map(str, task))}
+            )
+
+        def interrupt(signum: int, frame: FrameType | None) -> None:
+            session.signals.received = session.signals.received or signum
+            raise Interrupted(signum)
+
+        stops = {session.signals.preemption, signal.SIGTERM, signal.SIGINT}
+        previous = {s: signal.signal(s, interrupt) for s in stops}
+        try:
+            if session.signals.received:  # a stop signal before the session existed
+                raise Interrupted(session.signals.received)
+            ret = run_point(payload, num, session.rank)
+        except Interrupted:
+            session.stop_requested = True  # the session exits PREEMPTED: requeue
+            print(
+                f"hpc-launch: hydra point {num} interrupted ({session.signals.name}); "
+                "its task function runs again after the requeue",
+                flush=True,
+            )
+            return 0
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if session.is_main:
+            write_return(Path(cfg["run_dir"]) / RETURN_FILE, ret)
+        if ret.status.name == "FAILED":  # the job fails too (its exception in the log)
+            raise ret._return_value
+    return 0
+
+
+def local_sweep(plan_file: Path) -> int:
+    """``python -m hydra_plugins.hpc_launch_plugin._task PLAN``: a planned sweep on the
+    local backend, its points in turn (``hpc_local`` without ``wait``, in the background)."""
+    import cloudpickle  # noqa: PLC0415 (lazy: only here)
+
+    from hpc.registry import get_launcher  # noqa: PLC0415 (lazy: only here)
+    from hydra_plugins.hpc_launch_plugin.launcher import launch_task  # noqa: PLC0415 (cycle)
+
+    with open(plan_file, "rb") as fh:
+        plan = cloudpickle.load(fh)
+    return get_launcher("local").submit_sweep(plan, False, launch_task)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if len(sys.argv) != 2:
+        print("usage: python -m hydra_plugins.hpc_launch_plugin._task PLAN_FILE", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(local_sweep(Path(sys.argv[1])))

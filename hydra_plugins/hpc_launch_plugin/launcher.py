@@ -1,19 +1,38 @@
-"""Launchers: ``HpcSlurmLauncher`` (one job array) and ``HpcLocalLauncher`` (tasks in turn).
+"""Launchers: ``HpcSlurmLauncher`` and ``HpcLocalLauncher``, adapters over hpc-launch's
+own backends (``hpc.registry.get_launcher("slurm"|"local")``).
 
-Neither runs the task function in this process. Each sweep point re-runs the
-user's app (``sys.argv[0]``, or ``-m module``; same interpreter, same working
-directory) as a normal single Hydra run with that point's overrides plus
-``hydra.run.dir=<sweep dir>/<subdir>``, so the outputs land where Hydra's own
-multirun puts them. The points go into ``<sweep dir>/sweep.json`` (the same shape
-as hpc-launch's, so ``hpc status <sweep dir>`` works); each array task picks its
-point by ``SLURM_ARRAY_TASK_ID`` (:mod:`hydra_plugins.hpc_launch_plugin._task`).
+Each batch of sweep points (one ``launch()`` call) becomes ONE hpc-launch sweep:
+:func:`hpc.sweeps.plan.plan_sweep` over the point's index, submitted by the backend's
+``submit_sweep`` (on Slurm one job array rendered by the one renderer). So every point
+is a full hpc-launch job: preemption signal and requeue, placement, NCCL profile,
+the accounting sampler, an MLflow child run under the sweep's parent when tracking
+is configured (see :mod:`.config` for how ``hydra.launcher.*`` maps onto it). The
+job's entry point, :func:`hydra_plugins.hpc_launch_plugin._task.run`, runs the app's
+task function itself through Hydra's ``run_job``, as Hydra's own launchers do: the
+function, the HydraContext, each point's sweep config and Hydra's singletons travel
+in a cloudpickle payload.
 
-``launch`` returns once the array is queued (or the local runner started); with
-``hydra.launcher.wait=true`` it waits and returns each task's real status.
+Where things go: Hydra's outputs where Hydra puts them (``hydra.sweep.dir`` /
+``hydra.sweep.subdir``); hpc-launch's sweep (sweep.json, the batch script, Slurm logs)
+in ``<hydra.sweep.dir>/.hpc-launch/sweep-<time>-<id>/``, one run directory per point
+(job.json, config.yaml, checkpoints, accounting, ``hydra-return.pkl``); ``hpc status``
+on that directory or on the array id shows the points.
+
+``hydra.launcher.wait=true``: wait until every point has ended (on Slurm through
+requeues: a requeued point comes back PENDING, then RUNNING) and return each point's
+real JobReturn (``cfg``, ``hydra_cfg``, ``working_dir``, ``task_name``,
+``return_value``; a task function that raised is FAILED with its exception), so
+sweepers that read return values work. ``wait=false`` (the default) is
+fire-and-forget on the same code path: the points are queued (Slurm: one array;
+local: run in turn by a background process) and ``launch`` returns at once, each
+JobReturn COMPLETED with the point's job id as its value.
 """
 
 from __future__ import annotations
 
+import abc
+import contextlib
+import io
 import json
 import logging
 import os
@@ -23,73 +42,103 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.errors import CompactHydraException, HydraException
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hpc.defaults import EXIT_GRACE_S
-from hpc.files import write_atomic
-from hpc.launchers.slurm import render
-from hpc.quoting import shell_join, shell_word
-from hpc.rundir import records
-from hpc.states import TERMINAL
+from hydra_plugins.hpc_launch_plugin._task import (
+    PATHS_FILE,
+    PAYLOAD_FILE,
+    RETURN_FILE,
+)
+
+if TYPE_CHECKING:
+    from hpc.backend import Launcher as Backend
+    from hpc.sweeps.plan import SweepPlan
 
 log = logging.getLogger(__name__)
 
-SWEEP_FILE = "sweep.json"
-STATUS_DIR = ".hpc_tasks"  # <sweep dir>/.hpc_tasks/<index>.json, written by each task
-# Hydra overrides of the multirun that must not reach the single runs.
-_DROPPED_HYDRA = re.compile(r"^[~+]*hydra[./](launcher|sweeper|sweep\b|mode\b|job\.num|job\.id)")
-_CONFIG_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+
+class LauncherConfigError(CompactHydraException):
+    """A bad ``hydra.launcher`` value: Hydra prints this one line, no traceback."""
+
+
+ENTRYPOINT = "hydra_plugins.hpc_launch_plugin._task:run"
+HPC_DIR = ".hpc-launch"  # inside hydra.sweep.dir
+RESOURCES = (
+    "nodes",
+    "tasks_per_node",
+    "gpus_per_node",
+    "cpus_per_task",
+    "mem",
+    "time",
+    "partition",
+    "account",
+    "qos",
+    "constraint",
+)
+SLURM_CLUSTER = ("python", "setup", "sbatch_args", "array_parallelism", "submit_retries")
+PREEMPTION = ("signal", "lead_s", "requeue")
+SECTIONS = ("tracking", "nccl", "placement", "accounting", "checkpoint", "preemption")
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./:@+-]+\Z")
 
 
-def hydra_quote(value: str) -> str:
-    """A value for a Hydra override, quoted when it holds anything unusual."""
-    if _SAFE_VALUE.match(value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+def hydra_value(value: Any) -> str:
+    """``value`` in Hydra's override grammar (strings quoted when they need it)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    if _SAFE_VALUE.match(text) and text.lower() not in ("null", "true", "false"):
+        return text
+    # Inside quotes a backslash is literal except before a quote or at the end; `${`
+    # would be an interpolation: escape those (round trip tested in test_render_injection).
+    text = re.sub(r"(\\+)(?='|\Z)", lambda m: m.group(1) * 2, text).replace("'", "\\'")
+    text = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
+    return "'" + text + "'"
 
 
-def app_command() -> list[str]:
-    """How to start this app again: ``[script]`` or ``[-m, module]``."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name and spec.name != "__main__":
-        name = spec.name[: -len(".__main__")] if spec.name.endswith(".__main__") else spec.name
-        return ["-m", name]
-    return [os.path.abspath(sys.argv[0])]
+def _flatten(prefix: str, data: Any) -> list[str]:
+    if isinstance(data, dict):
+        return [o for k, v in data.items() for o in _flatten(f"{prefix}.{k}", v)]
+    return [f"++{prefix}={hydra_value(data)}"]  # ++: new keys of maps (nccl.env) too
 
 
-def config_flags(argv: Sequence[str]) -> list[str]:
-    """The ``--config-path/--config-name/--config-dir`` flags of the original command line."""
-    out: list[str] = []
-    items = list(argv)
-    i = 0
-    while i < len(items):
-        arg = items[i]
-        flag = arg.split("=", 1)[0]
-        if flag in _CONFIG_FLAGS:
-            if "=" in arg:
-                value = arg.split("=", 1)[1]
-            elif i + 1 < len(items):
-                i += 1
-                value = items[i]
-            else:
-                break
-            if flag in ("--config-path", "-cp", "--config-dir", "-cd"):
-                value = os.path.abspath(value) if not value.startswith("pkg://") else value
-            out += [flag, value]
-        i += 1
+def framework_overrides(params: dict[str, Any], backend: str) -> list[str]:
+    """hpc-launch overrides for the ``hydra.launcher.*`` params (None: its default)."""
+    out = [f"cluster={backend}"]
+    for key in RESOURCES:
+        if params.get(key) is not None:
+            out.append(f"resources.{key}={hydra_value(params[key])}")
+    if backend == "slurm":
+        for key in SLURM_CLUSTER:
+            if params.get(key) not in (None, []):
+                out.append(f"cluster.{key}={hydra_value(params[key])}")
+        for key in PREEMPTION:
+            if params.get(key) is not None:
+                out.append(f"preemption.{key}={hydra_value(params[key])}")
+    for section in SECTIONS:
+        out += _flatten(section, params.get(section) or {})
+    if not params.get("tracking") and not os.environ.get("MLFLOW_TRACKING_URI"):
+        out.append("tracking.enabled=false")  # tracking only when configured
+    out += [str(o) for o in params.get("overrides") or []]
     return out
 
 
 class _HpcLauncherBase(Launcher):
-    kind = "abstract"
+    backend = "abstract"
 
     def __init__(self, **params: Any) -> None:
         self.params: dict[str, Any] = {
@@ -107,297 +156,241 @@ class _HpcLauncherBase(Launcher):
         self.hydra_context = hydra_context
         self.task_function = task_function
 
-    # -- the sweep file ----------------------------------------------------------
+    # -- planning --------------------------------------------------------------------
 
-    def _subdir(self, overrides: Sequence[str], idx: int) -> str:
+    def _sweep_config(self, overrides: Sequence[str], num: int) -> DictConfig:
         assert self.config is not None and self.hydra_context is not None
-        raw = OmegaConf.to_container(self.config.hydra.sweep, resolve=False)
-        if isinstance(raw, dict) and str(raw.get("subdir")).replace(" ", "") == "${hydra.job.num}":
-            return str(idx)
-
         sweep_config = self.hydra_context.config_loader.load_sweep_config(
             self.config, list(overrides)
         )
         with open_dict(sweep_config):
-            sweep_config.hydra.job.id = f"job_{idx}"
-            sweep_config.hydra.job.num = idx
-        HydraConfig.instance().set_config(sweep_config)
-        return str(sweep_config.hydra.sweep.subdir)
+            sweep_config.hydra.job.id = f"job_id_for_{num}"  # the job sets the real one
+            sweep_config.hydra.job.num = num
+        return sweep_config
 
-    def _hydra_overrides(self) -> list[str]:
-        assert self.config is not None
-        given = OmegaConf.to_container(self.config.hydra.overrides.hydra, resolve=False)
-        return [str(o) for o in (given or []) if not _DROPPED_HYDRA.match(str(o))]
+    def _plan(self, sweep_dir: Path, nums: list[int]) -> SweepPlan:
+        """One hpc-launch sweep over the points' numbers, its files in ``sweep_dir``: the
+        framework's sections only, plus a job section that names the points' entry point."""
+        # lazy: Hydra imports plugins at startup; composition only when launching
+        from hpc.spec.errors import ConfigError  # noqa: PLC0415
+        from hpc.spec.sources import FRAMEWORK_ONLY  # noqa: PLC0415
+        from hpc.sweeps.plan import plan_sweep  # noqa: PLC0415
 
-    def _write_sweep(
-        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-    ) -> tuple[Path, dict[str, Any]]:
         assert self.config is not None
-        sweep_dir = Path(str(self.config.hydra.sweep.dir)).expanduser().resolve()
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / "logs").mkdir(exist_ok=True)
-        (sweep_dir / STATUS_DIR).mkdir(exist_ok=True)
-        path = sweep_dir / SWEEP_FILE
-        record: dict[str, Any]
-        if path.exists():  # a later batch of the same sweep (sweeper max_batch_size)
-            record = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            record = {
-                "name": str(self.config.hydra.job.name),
-                "launcher": f"hydra:{self.kind}",
-                "sweep_dir": str(sweep_dir),
-                "created": time.time(),
-                "python": str(self.params.get("python") or sys.executable),
-                "app": app_command(),
-                "args": [*config_flags(sys.argv[1:]), *self._hydra_overrides()],
-                "cwd": os.getcwd(),
-                "arrays": [],
-                "tasks": [],
-            }
-        for n, overrides in enumerate(job_overrides):
-            idx = initial_job_idx + n
-            run_dir = sweep_dir / self._subdir(overrides, idx)
-            record["tasks"].append(
-                {
-                    "index": idx,
-                    "overrides": list(overrides),
-                    "run_dir": str(run_dir),
-                    "hydra": [
-                        f"hydra.run.dir={hydra_quote(str(run_dir))}",
-                        f"hydra.job.num={idx}",
-                        "hydra.mode=RUN",
-                    ],
-                    "array_id": None,
-                    "array_index": None,
-                }
-            )
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-        _write_json(path, record)
-        return sweep_dir, record
+        name = str(self.params.get("job_name") or self.config.hydra.job.name)
+        overrides = [
+            *framework_overrides(self.params, self.backend),
+            f"+job.name={hydra_value(name)}",
+            f"+job.entrypoint={ENTRYPOINT}",
+            f"+job.hydra_payload={hydra_value(str(sweep_dir / PAYLOAD_FILE))}",
+            f"+job.hydra_index=choice({','.join(map(str, nums))})",  # Hydra's job.num
+        ]
+        try:
+            plan = plan_sweep(overrides, source=FRAMEWORK_ONLY)
+        except ConfigError as exc:
+            raise LauncherConfigError(f"hydra.launcher ({self.backend}): {exc}") from None
+        plan.sweep_dir = sweep_dir
+        for task in plan.tasks:
+            task.run_dir = str(sweep_dir / str(task.index))
+        return plan
+
+    def _write_payload(self, plan: SweepPlan, configs: dict[int, DictConfig]) -> None:
+        import cloudpickle  # noqa: PLC0415 (lazy: only when launching)
+
+        from hpc.files import write_atomic  # noqa: PLC0415 (lazy: only when launching)
+
+        plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "task_function": self.task_function,
+            "hydra_context": self.hydra_context,
+            "config": self.config,
+            "sweep_configs": configs,
+            "singleton_state": Singleton.get_state(),
+        }
+        paths = {"sys_path": [p for p in sys.path if p], "cwd": os.getcwd()}
+        write_atomic(plan.sweep_dir / PATHS_FILE, json.dumps(paths, indent=2) + "\n")
+        write_atomic(plan.sweep_dir / PAYLOAD_FILE, cloudpickle.dumps(payload), mode=0o600)
+
+    # -- launching -------------------------------------------------------------------
 
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
+        from hpc.registry import get_launcher  # noqa: PLC0415 (lazy: only when launching)
+
         assert self.config is not None
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        sweep_dir, record = self._write_sweep(job_overrides, initial_job_idx)
-        indices = list(range(initial_job_idx, initial_job_idx + len(job_overrides)))
-        handles = self._start(sweep_dir, record, indices)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).expanduser().absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        nums = [initial_job_idx + n for n in range(len(job_overrides))]
+        configs = {
+            num: self._sweep_config(ov, num) for num, ov in zip(nums, job_overrides, strict=True)
+        }
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        plan = self._plan(sweep_dir / HPC_DIR / f"sweep-{stamp}-{os.urandom(2).hex()}", nums)
+        for num, overrides in zip(nums, job_overrides, strict=True):
+            log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
+        backend = get_launcher(self.backend)
+        if self.params.get("dry_run"):  # the scripts on stdout; nothing written
+            backend.submit_sweep(plan, True, launch_task)
+            return [self._queued(plan, i, ov, None) for i, ov in enumerate(job_overrides)]
+        self._write_payload(plan, configs)
+        ids = self._submit(backend, plan)
         if not self.params.get("wait"):
-            return [
-                self._job_return(record, i, JobStatus.COMPLETED, {"queued": handles.get(i)})
-                for i in indices
-            ]
-        finals = self._wait(sweep_dir, record, indices)
-        out = []
-        for i in indices:
-            state, code = finals[i]
-            if state == "COMPLETED":
-                out.append(self._job_return(record, i, JobStatus.COMPLETED, None))
-            else:
-                task = _task(record, i)
-                error = RuntimeError(
-                    f"task {i} ({' '.join(task['overrides'])}): {state}"
-                    + (f" (exit code {code})" if code is not None else "")
-                    + f"; log in {sweep_dir / 'logs'}"
-                )
-                out.append(self._job_return(record, i, JobStatus.FAILED, error))
-        return out
+            return [self._queued(plan, i, ov, ids[i]) for i, ov in enumerate(job_overrides)]
+        states = self._wait(backend, plan, ids)
+        return [self._result(plan, i, ov, states[i]) for i, ov in enumerate(job_overrides)]
 
-    def _job_return(
-        self, record: dict[str, Any], index: int, status: JobStatus, value: Any
+    @abc.abstractmethod
+    def _submit(self, backend: Backend, plan: SweepPlan) -> list[str | None]:
+        """Submit the sweep; each point's job id (None where it has none yet)."""
+
+    @abc.abstractmethod
+    def _wait(self, backend: Backend, plan: SweepPlan, ids: list[str | None]) -> list[str]:
+        """Block until every point has ended; each point's final state."""
+
+    def _queued(
+        self, plan: SweepPlan, index: int, overrides: Sequence[str], job_id: str | None
     ) -> JobReturn:
-        task = _task(record, index)
         ret = JobReturn(
-            overrides=task["overrides"],
-            working_dir=task["run_dir"],
-            task_name=record["name"],
-            status=status,
+            overrides=list(overrides),
+            working_dir=plan.tasks[index].run_dir,
+            task_name=str(self.config.hydra.job.name) if self.config is not None else None,
+            status=JobStatus.COMPLETED,
         )
-        ret.return_value = value
+        ret.return_value = job_id
         return ret
 
-    def _start(self, sweep_dir: Path, record: dict[str, Any], indices: list[int]) -> dict[int, str]:
-        raise NotImplementedError
+    def _result(
+        self, plan: SweepPlan, index: int, overrides: Sequence[str], state: str
+    ) -> JobReturn:
+        """The JobReturn the point's job wrote, or a FAILED one saying why there is none."""
+        import cloudpickle  # noqa: PLC0415 (lazy: only when launching)
 
-    def _wait(
-        self, sweep_dir: Path, record: dict[str, Any], indices: list[int]
-    ) -> dict[int, tuple[str, int | None]]:
-        raise NotImplementedError
+        path = Path(plan.tasks[index].run_dir) / RETURN_FILE
+        if path.exists():
+            with open(path, "rb") as fh:
+                ret: JobReturn = cloudpickle.load(fh)
+            return ret
+        ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+        ret.working_dir = plan.tasks[index].run_dir
+        ret.return_value = RuntimeError(
+            f"hpc-launch: point {' '.join(overrides) or '(no overrides)'} ended {state} "
+            f"without a result; its job's log is in {plan.sweep_dir / 'logs'} and "
+            f"{plan.tasks[index].run_dir}"
+        )
+        return ret
 
 
-def _task(record: dict[str, Any], index: int) -> dict[str, Any]:
-    for task in record["tasks"]:
-        if task["index"] == index:
-            return task
-    raise KeyError(index)
+def launch_task(overrides: Sequence[str]) -> int:
+    """One point as a normal hpc-launch job, followed until it ends (local sweeps)."""
+    # lazy, all: the submit path, only when launching
+    from hpc.backend import SubmitError  # noqa: PLC0415
+    from hpc.registry import get_launcher  # noqa: PLC0415
+    from hpc.spec.errors import ConfigError  # noqa: PLC0415
+    from hpc.spec.jobspec import load_spec  # noqa: PLC0415
+    from hpc.spec.sources import FRAMEWORK_ONLY  # noqa: PLC0415
 
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-def task_status(sweep_dir: Path, index: int) -> dict[str, Any]:
     try:
-        return json.loads((sweep_dir / STATUS_DIR / f"{index}.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+        spec = load_spec(overrides, source=FRAMEWORK_ONLY)
+        backend = get_launcher(spec.launcher)
+        handle = backend.submit(backend.plan(spec, backend.discover(spec)))
+    except (ConfigError, SubmitError) as exc:
+        log.error(f"hpc-launch: {exc}")
+        return 2
+    return handle.wait()
 
 
 class HpcSlurmLauncher(_HpcLauncherBase):
-    kind = "slurm"
-    poll_s = 2.0
+    backend = "slurm"
 
-    def _script(self, sweep_dir: Path, record: dict[str, Any]) -> str:
-        """The array's batch script (``slurm/templates/hydra-array.sbatch``)."""
-        p = self.params
-        signal = p.get("signal") or render.SIGNAL
-        lead_s = render.LEAD_S if p.get("lead_s") is None else p["lead_s"]
-        opts: list[tuple[str, Any]] = [
-            ("job-name", p.get("job_name") or record["name"]),
-            ("nodes", p.get("nodes", 1)),
-            ("ntasks-per-node", p.get("tasks_per_node", 1)),
-            ("cpus-per-task", p.get("cpus_per_task", 1)),
-        ]
-        if p.get("gpus_per_node"):
-            opts.append(("gpus-per-node", p["gpus_per_node"]))
-        for key in ("mem", "time", "partition", "account", "qos", "constraint"):
-            if p.get(key) not in (None, ""):
-                opts.append((key, p[key]))
-        opts += [
-            ("output", f"{sweep_dir}/logs/slurm-%A_%a.out"),
-            ("open-mode", "append"),
-            ("chdir", record["cwd"]),
-            ("signal", render.signal_value(signal, lead_s)),
-        ]
-        directives = render.directives(
-            ((name, f"hydra.launcher.{name}", value) for name, value in opts),
-            requeue=p.get("requeue") is not False,
-            extra=p.get("sbatch_args") or [],
-            extra_key="hydra.launcher.sbatch_args",
-        )
-        words = [record["python"], "-m", "hydra_plugins.hpc_launch_plugin._task", str(sweep_dir)]
-        runner = f'{shell_join(words)} "$index"'
-        tasks, cpus = int(p.get("tasks_per_node", 1)), int(p.get("cpus_per_task", 1))
-        if int(p.get("nodes", 1)) * tasks > 1:
-            srun = render.srun_words(tasks, cpus, EXIT_GRACE_S, bind=False)
-            runner = f"{shell_join(srun)} {runner}"
-        return render.render(
-            "hydra-array.sbatch",
-            header=f"{shell_word(record['name'])} (sweep dir {shell_word(sweep_dir)})",
-            directives=render.sbatch_block(directives),
-            setup=render.block(str(line) for line in p.get("setup") or []),
-            **render.step_parts(shell_word(signal), runner),
-        )
-
-    def _start(self, sweep_dir: Path, record: dict[str, Any], indices: list[int]) -> dict[int, str]:
-        # lazy: Hydra imports plugins at startup; Slurm code only in a sweep
-        from hpc.launchers.slurm import client  # noqa: PLC0415
-        from hpc.launchers.slurm.sweep import chunks, max_array_size  # noqa: PLC0415
-
-        script = sweep_dir / f"hpc-array-{indices[0]}.sbatch"
-        script.write_text(self._script(sweep_dir, record), encoding="utf-8")
-
-        class _Point:  # what chunks() needs
-            def __init__(self, index: int) -> None:
-                self.index = index
-
-        parallel = self.params.get("array_parallelism")
-        handles: dict[int, str] = {}
-        for group in chunks([_Point(i) for i in indices], max_array_size()):
-            offset = group[0].index
-            spec = f"0-{len(group) - 1}" + (f"%{int(parallel)}" if parallel else "")
-            array_id = client.submit(
-                str(script),
-                [f"--array={spec}"],
-                script_args=[str(offset)],
-                retries=int(self.params.get("submit_retries", 5)),
+    def _submit(self, backend: Backend, plan: SweepPlan) -> list[str | None]:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):  # the array ids: logged below instead
+            code = backend.submit_sweep(plan, False, launch_task)
+        record = json.loads((plan.sweep_dir / "sweep.json").read_text(encoding="utf-8"))
+        if code != 0:
+            raise HydraException(
+                f"hpc_slurm: the sweep was not submitted (exit code {code}); {plan.sweep_dir}"
             )
-            record["arrays"].append({"array_id": array_id, "offset": offset, "count": len(group)})
-            for point in group:
-                task = _task(record, point.index)
-                task["array_id"], task["array_index"] = array_id, point.index - offset
-                handles[point.index] = f"{array_id}_{point.index - offset}"
-            _write_json(sweep_dir / SWEEP_FILE, record)
-        records.add_to_index(sweep_dir)
-        ids = ",".join(a["array_id"] for a in record["arrays"] if a["offset"] in indices)
+        ids = [f"{t['array_id']}_{t['array_index']}" for t in record["tasks"]]
+        arrays = ",".join(a["array_id"] for a in record["arrays"])
         log.info(
-            f"hpc_slurm: {len(indices)} tasks queued as Slurm array {ids}; "
-            f"hpc status {sweep_dir} shows them"
+            f"hpc_slurm: {len(ids)} points queued as Slurm array {arrays}; "
+            f"hpc status {plan.sweep_dir} shows them"
         )
-        return handles
+        return list(ids)
 
-    def _wait(
-        self, sweep_dir: Path, record: dict[str, Any], indices: list[int]
-    ) -> dict[int, tuple[str, int | None]]:
-        # lazy: Hydra imports plugins at startup; Slurm code only in a sweep
-        from hpc.launchers.slurm import client  # noqa: PLC0415
-        from hpc.launchers.slurm.runs import array_tasks  # noqa: PLC0415
+    def _wait(self, backend: Backend, plan: SweepPlan, ids: list[str | None]) -> list[str]:
+        runs = [
+            {"job_id": job_id, "run_dir": task.run_dir, "state": "PENDING"}
+            for job_id, task in zip(ids, plan.tasks, strict=True)
+        ]
+        from hpc.states import TERMINAL  # noqa: PLC0415 (lazy: only when launching)
 
-        arrays = sorted({str(_task(record, i)["array_id"]) for i in indices})
-        finals: dict[int, tuple[str, int | None]] = {}
-        while len(finals) < len(indices):
-            try:
-                states = client.states(arrays, retries=3)
-            except client.SlurmError as exc:
-                log.warning(f"hpc_slurm: {exc}; asking again")
-                states = {}
-            found: dict[str, Any] = {}
-            for key, state in states.items():
-                for array_task in array_tasks(key):
-                    found.setdefault(array_task, state)
-            for i in indices:
-                if i in finals:
-                    continue
-                task = _task(record, i)
-                known = found.get(f"{task['array_id']}_{task['array_index']}")
-                if known is not None and known.state in TERMINAL:
-                    finals[i] = (known.state, known.exit_code)
-            if len(finals) < len(indices):
-                time.sleep(self.poll_s)
-        return finals
+        poll_s = float(self.params.get("poll_s") or 2.0)
+        limit = self.params.get("wait_timeout_s")
+        deadline = None if limit is None else time.monotonic() + float(limit)
+        try:
+            while any(r["state"] not in TERMINAL for r in runs):
+                if deadline is not None and time.monotonic() > deadline:
+                    left = " ".join(f"{r['job_id']}={r['state']}" for r in runs)
+                    raise HydraException(
+                        f"hpc_slurm: points still not ended after wait_timeout_s={limit} "
+                        f"({left}); they go on: hpc status {plan.sweep_dir}"
+                    )
+                time.sleep(poll_s)
+                for warning in backend.refresh_states(runs):
+                    log.warning(f"hpc_slurm: {warning}")
+        except KeyboardInterrupt:
+            log.warning(
+                f"hpc_slurm: no longer waiting; the points go on: hpc status {plan.sweep_dir}"
+            )
+            raise
+        return [str(r["state"]) for r in runs]
 
 
 class HpcLocalLauncher(_HpcLauncherBase):
-    kind = "local"
+    backend = "local"
 
-    def _start(self, sweep_dir: Path, record: dict[str, Any], indices: list[int]) -> dict[int, str]:
-        log_file = sweep_dir / "logs" / f"local-{indices[0]}.log"
-        cmd = [
-            record["python"],
-            "-m",
-            "hydra_plugins.hpc_launch_plugin._task",
-            str(sweep_dir),
-            "--local",
-            ",".join(map(str, indices)),
-            "--parallel",
-            str(int(self.params.get("array_parallelism") or 1)),
-        ]
+    def _submit(self, backend: Backend, plan: SweepPlan) -> list[str | None]:
+        if self.params.get("wait"):
+            backend.submit_sweep(plan, False, launch_task)  # the points in turn, here
+            return [None] * len(plan.tasks)
+        import cloudpickle  # noqa: PLC0415 (lazy: only when launching)
+
+        # lazy, both: only when launching
+        from hpc.files import write_atomic  # noqa: PLC0415
+        from hpc.sweeps.plan import sweep_record, write_record  # noqa: PLC0415
+
+        first = next(iter(plan.shapes.values()))  # the record now: `hpc status` at once
+        write_record(plan.sweep_dir, sweep_record(plan, first.name, "local"))
+        plan_file = plan.sweep_dir / "plan.pkl"
+        write_atomic(plan_file, cloudpickle.dumps(plan), mode=0o600)
+        log_file = plan.sweep_dir / "local-sweep.log"
+        cmd = [sys.executable, "-m", "hydra_plugins.hpc_launch_plugin._task", str(plan_file)]
         with open(log_file, "ab") as out:
-            self._proc = subprocess.Popen(
+            proc = subprocess.Popen(
                 cmd,
-                cwd=record["cwd"],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # outlives this process; Ctrl-C here does not stop it
             )
-        record.setdefault("runners", []).append({"pid": self._proc.pid, "log": str(log_file)})
-        _write_json(sweep_dir / SWEEP_FILE, record)
-        records.add_to_index(sweep_dir)
         log.info(
-            f"hpc_local: {len(indices)} tasks running one after another in the background "
-            f"(pid {self._proc.pid}, log {log_file})"
+            f"hpc_local: {len(plan.tasks)} points running in turn in the background "
+            f"(pid {proc.pid}, log {log_file}; hpc status {plan.sweep_dir})"
         )
-        return {i: f"local-{self._proc.pid}-{i}" for i in indices}
+        return [f"local-{proc.pid}-{task.index}" for task in plan.tasks]
 
-    def _wait(
-        self, sweep_dir: Path, record: dict[str, Any], indices: list[int]
-    ) -> dict[int, tuple[str, int | None]]:
-        self._proc.wait()
-        finals: dict[int, tuple[str, int | None]] = {}
-        for i in indices:
-            status = task_status(sweep_dir, i)
-            finals[i] = (str(status.get("state", "FAILED")), status.get("exit_code"))
-        return finals
+    def _wait(self, backend: Backend, plan: SweepPlan, ids: list[str | None]) -> list[str]:
+        from hpc.rundir import records  # noqa: PLC0415 (lazy: only when launching)
+
+        states = []
+        for task in plan.tasks:
+            try:
+                states.append(str(records.load(Path(task.run_dir)).get("state")))
+            except (FileNotFoundError, ValueError):
+                states.append("FAILED")
+        return states

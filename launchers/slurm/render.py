@@ -2,9 +2,9 @@
 
 Templates live in the top-level ``slurm/templates/`` (package data, reached here
 through the link ``launchers/slurm/templates``): ``batch.sbatch`` (hpc-launch
-jobs and sweep arrays), ``hydra-array.sbatch`` (the Hydra plugin's arrays),
-``sbatch-wrapper.sh`` (hpc-sbatch) and ``schedule.sbatch``, plus the fragments
-they share (``forward.sh``, ``step.sh``, ``requeue.sh``).
+jobs and sweep arrays, the Hydra plugin's points included), ``sbatch-wrapper.sh``
+(hpc-sbatch) and ``schedule.sbatch``, plus the fragments they share (``forward.sh``,
+``step.sh``, ``requeue.sh``).
 
 A template names its values as ``{{ name }}``; bash's own ``$x``/``${x}`` stay
 as they are. Every name must be given (a missing one is a KeyError, a stray
