@@ -112,7 +112,10 @@ def test_public_fallback_keeps_an_initialised_hydra(monkeypatch: pytest.MonkeyPa
     """Inside a Hydra app (the plugin's route), the app's GlobalHydra survives a fallback."""
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.version import VersionBase
 
+    # initialize_config_module itself sets the process's version base: put it back after
+    monkeypatch.setattr(VersionBase.instance(), "version_base", VersionBase.instance().getbase())
     monkeypatch.setattr(hydra_internals, "_internals", lambda: None)
     with initialize_config_module(
         config_module=config.CONFIG_MODULE, **hydra_internals.version_base()
@@ -120,6 +123,11 @@ def test_public_fallback_keeps_an_initialised_hydra(monkeypatch: pytest.MonkeyPa
         config.compose(["job.epochs=2"])
         assert GlobalHydra.instance().is_initialized()
     assert not GlobalHydra.instance().is_initialized()
+    # Nor does a fallback change the process's version base (an app's hydra.job.chdir
+    # default follows it: a launcher's sweep would run in the wrong directory).
+    before = VersionBase.instance().getbase()
+    config.compose(["job.epochs=2"])
+    assert VersionBase.instance().getbase() == before
 
 
 def test_hydra_overrides_are_refused_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:

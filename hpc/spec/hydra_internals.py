@@ -153,8 +153,10 @@ def compose_public(
     from hydra import initialize_config_module  # noqa: PLC0415
     from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
     from hydra.initialize import get_gh_backup, restore_gh_from_backup  # noqa: PLC0415
+    from hydra.version import VersionBase  # noqa: PLC0415 (lazy: public-API fallback only)
 
-    backup = get_gh_backup()  # an app that is itself a Hydra app keeps its state
+    backup = get_gh_backup()  # an app that is itself a Hydra app keeps its state,
+    base = VersionBase.instance().getbase()  # its version base too (chdir etc. follow it)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=_PACKAGE, **version_base()):
@@ -163,6 +165,7 @@ def compose_public(
             cfg = hydra_compose(config_name=config_name, overrides=[*overrides, *extra])
     finally:
         restore_gh_from_backup(backup)
+        VersionBase.instance().version_base = base
     with open_dict(cfg):
         cfg.pop("hydra", None)
     OmegaConf.set_struct(cfg, True)
