@@ -129,10 +129,21 @@ def wait_for_job(job_id: int | str, timeout: float = 120.0, poll: float = 1.0) -
         time.sleep(poll)
 
 
-def sacct_fields(job_id: int | str, fields: Sequence[str]) -> dict[str, str]:
-    """Job-level (``-X``) sacct fields of a job, as a dict."""
-    res = _run(["sacct", "-X", "-n", "-P", "-j", str(job_id), "-o", ",".join(fields)])
-    if res.returncode != 0:
-        raise RuntimeError(f"sacct failed: {res.stderr.strip()}")
-    line = res.stdout.splitlines()[0] if res.stdout.strip() else ""
-    return dict(zip(fields, line.split("|"), strict=False))
+def sacct_fields(job_id: int | str, fields: Sequence[str], settle_s: float = 30) -> dict[str, str]:
+    """Job-level (``-X``) sacct fields of a job, as a dict.
+
+    slurmdbd records a job's end after the controller reports it: with ``State``
+    asked for, wait up to ``settle_s`` for the accounting to show a final state.
+    """
+    deadline = time.monotonic() + settle_s
+    while True:
+        res = _run(["sacct", "-X", "-n", "-P", "-j", str(job_id), "-o", ",".join(fields)])
+        if res.returncode != 0:
+            raise RuntimeError(f"sacct failed: {res.stderr.strip()}")
+        line = res.stdout.splitlines()[0] if res.stdout.strip() else ""
+        found = dict(zip(fields, line.split("|"), strict=False))
+        state = found.get("State", "").split(" ")[0]
+        settled = line and ("State" not in fields or state in TERMINAL_JOB_STATES)
+        if settled or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
