@@ -387,11 +387,8 @@ print("never", flush=True)
 """
 
 
-@pytest.mark.parametrize("signame", ["SIGUSR2", "SIGTERM"])
-def test_plain_script_without_a_handler_is_ended_by_the_signal(workdir: Path, signame: str) -> None:
-    """As under srun or torchrun: no handler of its own, the default action."""
-    script = workdir / "unhandled.py"
-    script.write_text(UNHANDLED)
+def ready_worker(workdir: Path, script: Path) -> subprocess.Popen[str]:
+    """``python -m hpc.run`` on the composed config of ``script``, once it printed ready."""
     cfg = hpc_launch(
         ["--cfg", f"job.entrypoint={script}", "accounting.enabled=false", *QUIET], workdir
     )
@@ -409,6 +406,16 @@ def test_plain_script_without_a_handler_is_ended_by_the_signal(workdir: Path, si
     for line in worker.stdout:
         if line.strip() == "ready":
             break
+    return worker
+
+
+@pytest.mark.parametrize("signame", ["SIGUSR2", "SIGTERM"])
+def test_plain_script_without_a_handler_is_ended_by_the_signal(workdir: Path, signame: str) -> None:
+    """As under srun or torchrun: no handler of its own, the default action."""
+    script = workdir / "unhandled.py"
+    script.write_text(UNHANDLED)
+    worker = ready_worker(workdir, script)
+    assert worker.stdout is not None
     time.sleep(0.2)
     worker.send_signal(getattr(signal, signame))
     assert worker.wait(timeout=30) == -getattr(signal, signame)
@@ -501,23 +508,8 @@ with Session.from_env() as s:
 def test_a_signal_before_the_session_opens_is_kept_for_it(workdir: Path) -> None:
     script = workdir / "session_later.py"
     script.write_text(SESSION_LATER)
-    cfg = hpc_launch(
-        ["--cfg", f"job.entrypoint={script}", "accounting.enabled=false", *QUIET], workdir
-    )
-    assert cfg.returncode == 0, cfg.stderr
-    config_file = workdir / "config.yaml"
-    config_file.write_text(cfg.stdout)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "hpc.run", str(config_file)],
-        cwd=workdir,
-        env=cli_env(workdir),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    worker = ready_worker(workdir, script)
     assert worker.stdout is not None
-    for line in worker.stdout:
-        if line.strip() == "ready":
-            break
     worker.send_signal(signal.SIGUSR2)
     out = worker.stdout.read()
     assert worker.wait(timeout=60) == 75, out

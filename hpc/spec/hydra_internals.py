@@ -120,6 +120,19 @@ def _repository(internals: dict[str, Any], entries: SearchPath) -> tuple[Any, An
     return search_path, repo
 
 
+def _defaults_list(
+    internals: dict[str, Any], repo: Any, config_name: str, parsed: list[Any]
+) -> Any:
+    """Hydra's defaults list of ``config_name`` (no ``hydra`` node, nothing skipped)."""
+    return internals["create_defaults_list"](
+        repo=repo,
+        config_name=config_name,
+        overrides_list=parsed,
+        prepend_hydra=False,
+        skip_missing=False,
+    )
+
+
 def _compose_fast(
     internals: dict[str, Any], entries: SearchPath, config_name: str, parsed: list[Any]
 ) -> DictConfig:
@@ -128,13 +141,7 @@ def _compose_fast(
     loader_cls = internals["ConfigLoaderImpl"]
     search_path, repo = _repository(internals, entries)
     loader_cls.validate_sweep_overrides_legal(parsed, RunMode.RUN, from_shell=True)
-    defaults = internals["create_defaults_list"](
-        repo=repo,
-        config_name=config_name,
-        overrides_list=parsed,
-        prepend_hydra=False,
-        skip_missing=False,
-    )
+    defaults = _defaults_list(internals, repo, config_name, parsed)
     loader = loader_cls(config_search_path=search_path)
     cfg = loader._compose_config_from_defaults_list(defaults=defaults.defaults, repo=repo)
     OmegaConf.set_struct(cfg, True)
@@ -221,13 +228,7 @@ def config_origins(
     internals["ConfigLoaderImpl"].validate_sweep_overrides_legal(
         parsed, RunMode.RUN, from_shell=True
     )
-    defaults = internals["create_defaults_list"](
-        repo=repo,
-        config_name=config_name,
-        overrides_list=parsed,
-        prepend_hydra=False,
-        skip_missing=False,
-    )
+    defaults = _defaults_list(internals, repo, config_name, parsed)
     found: list[tuple[str, str, str, dict[str, Any]]] = []
     for entry in defaults.defaults:
         loaded = repo.load_config(config_path=entry.config_path)
