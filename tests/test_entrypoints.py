@@ -282,14 +282,18 @@ def test_torchrun_script_as_the_mpijob_runs_it(workdir: Path) -> None:
         local.append(f"{key}={swap.get(value, value)}" if sep else word)
     if os.geteuid() != 0:
         local.remove("--allow-run-as-root")
+    # One file per rank: two ranks writing to mpirun's merged stdout can interleave mid-line.
+    per_rank = workdir / "mpirun-output"
+    local[1:1] = ["--output-filename", str(per_rank)]
     local += [sys.executable, "-m", "hpc.run", str(config_file)]
     done = subprocess.run(
         local, cwd=workdir, env=cli_env(workdir), capture_output=True, text=True, timeout=180
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "via openmpi" in done.stdout
-    assert_ddp_ran(ddp_lines(done.stdout), 2, 4)
-    assert {m.group(4) for m in ddp_lines(done.stdout).values()} == {"127.0.0.1"}
+    rank_out = "\n".join(p.read_text() for p in sorted(per_rank.glob("*/rank.*/stdout")))
+    assert "via openmpi" in rank_out
+    assert_ddp_ran(ddp_lines(rank_out), 2, 4)
+    assert {m.group(4) for m in ddp_lines(rank_out).values()} == {"127.0.0.1"}
 
 
 def _free_port() -> int:
