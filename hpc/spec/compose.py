@@ -229,7 +229,7 @@ def _guess_key(text: str, overrides: Sequence[str]) -> str:
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     """A plain, resolved dict (raises ConfigError on interpolation problems)."""
     try:
-        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True, enum_to_str=True)
     except Exception as exc:
         raise translate_error(exc, ()) from None
     assert isinstance(data, dict)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -96,11 +97,35 @@ class TrackingConfig:
     flush_timeout_s: float = 60.0
 
 
-@dataclass
+class CheckpointFormat(Enum):
+    torch = "torch"  # one torch.save file per rank (replicated or per-rank state)
+    dcp = "dcp"  # torch.distributed.checkpoint: sharded, reshardable to another world size
+
+
 class CheckpointConfig:
+    """Checkpoints: where, how often, how many kept, in which format, and whether the
+    step waits for the write (``async: true``: only for staging to host memory)."""
+
     dir: str | None = None  # default: <run_dir>/checkpoints
     every_steps: int = 50
     keep: int = 2
+    format: CheckpointFormat = CheckpointFormat.torch
+    # `async` is a Python keyword: the field is declared by name (no generated __init__).
+    __annotations__["async"] = bool
+    locals()["async"] = False
+
+    def __init__(self, **values: Any) -> None:
+        for item in fields(self):
+            setattr(self, item.name, values.pop(item.name, item.default))
+        if values:
+            raise TypeError(f"CheckpointConfig: unknown {sorted(values)}")
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return f"CheckpointConfig({values})"
+
+
+CheckpointConfig = dataclass(init=False, repr=False, eq=False)(CheckpointConfig)  # type: ignore[misc]
 
 
 @dataclass
