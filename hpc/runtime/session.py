@@ -47,6 +47,7 @@ from hpc.runtime.environment import ClusterEnvironment, RankInfo
 from hpc.runtime.node import NodeAccounting, place_rank, summarize_run
 from hpc.runtime.preemption import StopSignals
 from hpc.runtime.rank_discovery import from_env
+from hpc.runtime.stop_agreement import StopAgreement
 from hpc.runtime.tracking import (
     MlflowTracker,
     Tracker,
@@ -90,6 +91,7 @@ class Session:
             str((cfg.get("preemption") or {}).get("signal", PREEMPTION_SIGNAL))
         )
         self.stop_requested = False
+        self.stop_agreement = StopAgreement(1)  # the real one once the process group is up
         self._wrapped: list[Any] = []  # DDP wrappers from wrap_model(), released on exit
         self.config_hash = records.config_hash(cfg.get("job", {}))
         self.checkpoints = CheckpointManager(
@@ -171,6 +173,7 @@ class Session:
                 rank=self.rank,
                 world_size=self.world_size,
             )
+        self.stop_agreement = StopAgreement(self.world_size)
         node = self.env.node_name()
         print(
             f"hpc-launch: rank {self.rank}/{self.world_size} local_rank {self.local_rank} "
@@ -215,6 +218,7 @@ class Session:
             )
         if dist.is_available() and dist.is_initialized():
             if exc_type is None:
+                self.stop_agreement.close()  # its last all-reduce, before the group goes
                 dist.barrier()
             self._release_wrapped()
             dist.destroy_process_group()
@@ -304,13 +308,15 @@ class Session:
     def should_checkpoint(self, step: int) -> bool:
         """True every ``checkpoint.every_steps``, or when any rank got a stop signal.
 
-        All ranks must call this at the same step boundary: the ranks agree on the
-        stop flag with one all-reduce, so all of them checkpoint together.
+        All ranks must call this at the same step boundaries, and all of them get the
+        same answer at each call, so they checkpoint together. The stop flags travel in
+        an all-reduce that is started at one call and read at the next
+        (:class:`hpc.runtime.stop_agreement.StopAgreement`): no step waits on a
+        collective, and a signal is acted on one call after the rank saw it.
         """
-        flag = self._all_reduce(1 if self.signals.received else 0, "max")
-        if flag and not self.stop_requested:
+        if self.stop_agreement.agreed(self.signals.received is not None):
             self.stop_requested = True
-        return bool(flag) or step % self.every_steps == 0
+        return self.stop_requested or step % self.every_steps == 0
 
     def save_checkpoint(self, step: int, state: dict[str, Any]) -> Path:
         """Every rank saves its state; metrics up to ``step`` become committed."""
