@@ -4,11 +4,17 @@ errors surfaced in the training thread, and a failed save failing the run."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import random
+import signal
 import threading
+import time
 from pathlib import Path
 
+import async_kill_child
 import pytest
 import torch
+from test_checkpoint_crash import check_directory, crash_phase
 
 from hpc.runtime.checkpoint import LATEST, CheckpointManager
 from hpc.runtime.checkpoint_async import AsyncCheckpointer, AsyncCheckpointError
@@ -180,3 +186,73 @@ def test_a_failed_background_save_fails_the_run(workdir: Path, bad_rank: int) ->
     assert "AsyncCheckpointError" in out and "step 2 failed" in out, out
     assert not (run_dir / "FINISHED").exists()
     assert (run_dir / "checkpoints" / LATEST).read_text().strip() == "step-000000001"
+
+
+# -- kill -9 during asynchronous saves ---------------------------------------------------------
+
+KILL_TRIALS = 24
+KILL_ELEMENTS = 3_000_000  # float32: 12 MB per rank and checkpoint
+
+
+def _lines(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.slow
+def test_kill_9_during_async_saves_leaves_a_valid_checkpoint(tmp_path: Path) -> None:
+    """Two ranks save in a loop through AsyncCheckpointer; both get SIGKILL at random
+    moments (fixed seed), mostly while the background thread writes or commits. Each
+    time, a fresh manager must find the previous good checkpoint or the new one with
+    the staged content (never the in-place update after it), and the ranks resume."""
+    ctx = multiprocessing.get_context("forkserver")  # torch imported once, not per trial
+    ctx.set_forkserver_preload(["torch", "async_kill_child"])
+    directory = tmp_path / "checkpoints"
+    rng = random.Random(20261202)
+    confirmed, expected_resume = 0, None
+    phases: list[str] = []
+    in_background = 0
+    for trial in range(KILL_TRIALS):
+        logs = [tmp_path / "logs" / f"{trial}.{r}" for r in range(2)]
+        logs[0].parent.mkdir(exist_ok=True)
+        ranks = [
+            ctx.Process(
+                target=async_kill_child.run_rank,
+                args=(directory, tmp_path / "barrier" / str(trial), logs[r], r, 2, KILL_ELEMENTS),
+            )
+            for r in range(2)
+        ]
+        for proc in ranks:
+            proc.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not all("ready" in _lines(log) for log in logs):
+                assert time.monotonic() < deadline, [_lines(log) for log in logs]
+                assert all(p.is_alive() for p in ranks), [_lines(log) for log in logs]
+                time.sleep(0.005)
+            want = "fresh" if expected_resume is None else f"resumed {expected_resume}"
+            assert [_lines(log)[0] for log in logs] == [want, want], (trial, want)
+            start_step = expected_resume or 0
+            time.sleep(rng.uniform(0.0, 0.1) if trial < 2 else rng.uniform(0.05, 0.5))
+            order = ranks if rng.random() < 0.5 else ranks[::-1]
+            order[0].kill()
+            time.sleep(rng.choice([0.0, 0.0, rng.uniform(0.0, 0.05)]))  # one dies first
+            order[1].kill()
+        finally:
+            for proc in ranks:
+                proc.kill()
+                proc.join(timeout=30)
+        codes = [proc.exitcode for proc in ranks]
+        assert codes == [-signal.SIGKILL] * 2, (codes, [_lines(log)[-5:] for log in logs])
+        lines = _lines(logs[0])
+        saved = [int(line.split()[1]) for line in lines if line.startswith("saved ")]
+        in_background += lines[-1].startswith("staged ")
+        confirmed = max([confirmed, *saved])
+        attempted = max(saved or [start_step]) + 1
+        phases.append(crash_phase(directory))
+        expected_resume = check_directory(directory, confirmed, attempted)
+    print("kill landed:", {phase: phases.count(phase) for phase in sorted(set(phases))})
+    print(f"rank 0 had a save in the background at {in_background} of {KILL_TRIALS} kills")
+    assert confirmed > 0, "no save ever completed: the kills came too early"
+    assert in_background >= 3, f"only {in_background} kills hit a background save"
+    inside = len(phases) - phases.count("between saves")
+    assert inside >= 3, f"only {inside} kills landed inside a save: {phases}"
