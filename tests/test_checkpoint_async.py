@@ -55,6 +55,19 @@ def test_the_file_holds_the_staged_values_not_later_updates(tmp_path: Path) -> N
     assert saver.stager.nbytes == 0  # close() frees the buffers
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_staging_from_device_memory_is_a_pinned_snapshot(tmp_path: Path) -> None:
+    weight = torch.full((ELEMENTS,), 1.0, device="cuda")
+    saver = AsyncCheckpointer(CheckpointManager(tmp_path))
+    saver.save(1, {"w": weight, "step": 1})
+    assert all(b.is_pinned() and b.device.type == "cpu" for b in saver.stager._buffers)
+    weight.add_(100.0)  # on the device, right after the non-blocking copies
+    saver.close()
+    loaded = CheckpointManager(tmp_path).load_latest()
+    assert loaded is not None and loaded.state["w"].device.type == "cpu"
+    assert bool(torch.all(loaded.state["w"] == 1.0))
+
+
 def _ranks(directory: Path, world: int, wait_s: float = 60.0) -> list[AsyncCheckpointer]:
     """``world`` ranks as threads: a real barrier for the synchronous part only."""
     barrier = threading.Barrier(world)
