@@ -16,7 +16,7 @@ Printed: per rep and as medians, the step-blocking time of async vs sync (target
 write (target >= 70 %); the end-to-end async time (staging included) too.
 
     python benchmarks/bench_async_checkpoint.py [--mb 512] [--reps 3] [--dir DIR]
-    python benchmarks/bench_async_checkpoint.py --quick    # 32 MiB, 2 reps: a smoke run
+    python benchmarks/bench_async_checkpoint.py --quick    # 32 MiB, 3 reps: a smoke run
 """
 
 from __future__ import annotations
@@ -90,9 +90,9 @@ def main() -> int:
     ap.add_argument("--mb", type=int, default=512, help="state size in MiB")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp dir)")
-    ap.add_argument("--quick", action="store_true", help="32 MiB, 2 reps (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="32 MiB, 3 reps (a smoke run)")
     args = ap.parse_args()
-    mb, reps = (32, 2) if args.quick else (args.mb, args.reps)
+    mb, reps = (32, 3) if args.quick else (args.mb, args.reps)
     base = Path(tempfile.mkdtemp(prefix="bench_async_ckpt_", dir=args.dir))
     try:
         r = bench(mb, reps, base)
