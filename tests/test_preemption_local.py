@@ -32,10 +32,15 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[tupl
     return final_model(run_dir), loss_history(run_dir, f"sqlite:///{workdir / 'mlflow.db'}")
 
 
-def test_ten_random_preemptions_end_bitwise_equal(reference, workdir: Path) -> None:
+# Async: periodic checkpoints too, so that stops also come while a save is in flight.
+ASYNC_JOB = ["job.epochs=40", "checkpoint.every_steps=37", "checkpoint.async=true"]
+
+
+@pytest.mark.parametrize("job", [JOB, ASYNC_JOB], ids=["sync", "async"])
+def test_ten_random_preemptions_end_bitwise_equal(reference, workdir: Path, job) -> None:
     rng = random.Random(1234)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hpc.cli.launch", *JOB],
+        [sys.executable, "-m", "hpc.cli.launch", *job],
         cwd=workdir,
         env=cli_env(workdir),
         stdout=subprocess.PIPE,

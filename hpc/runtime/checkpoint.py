@@ -98,15 +98,32 @@ class CheckpointManager:
 
     def save(self, step: int, state: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
         """Every rank calls this with its own state; returns the committed directory."""
-        import torch  # noqa: PLC0415 (lazy: torch only in the job)
+        tmp = self.prepare(step)
+        self.write_rank(tmp, state)
+        self.barrier()
+        final = self.commit(step, tmp, meta) if self.rank == 0 else self.step_dir(step)
+        self.barrier()
+        return final
 
-        final = self.step_dir(step)
-        tmp = self.directory / f".{final.name}.tmp"
+    # The phases of save(), also run by hpc.runtime.checkpoint_async (write and commit
+    # there in a background thread, with files instead of barriers in between).
+    def tmp_dir(self, step: int) -> Path:
+        return self.directory / f".{self.step_dir(step).name}.tmp"
+
+    def prepare(self, step: int) -> Path:
+        """Rank 0 clears and creates the temp directory of ``step``; all ranks then meet."""
+        tmp = self.tmp_dir(step)
         if self.rank == 0:
             self.directory.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)  # debris of an interrupted save
             tmp.mkdir()
         self.barrier()
+        return tmp
+
+    def write_rank(self, tmp: Path, state: dict[str, Any]) -> None:
+        """This rank's file (sha256 while writing, fsync), then its side file (atomic)."""
+        import torch  # noqa: PLC0415 (lazy: torch only in the job)
+
         path = tmp / f"rank{self.rank}.pt"
         with open(path, "wb") as raw:
             writer = _HashingWriter(raw)  # checksum while writing: no read-back pass
@@ -123,38 +140,39 @@ class CheckpointManager:
                 }
             ),
         )
-        self.barrier()
-        if self.rank == 0:
-            files, contents = {}, {}
-            for side in sorted(tmp.glob("rank*.json")):
-                info = json.loads(side.read_text(encoding="utf-8"))
-                name = side.with_suffix(".pt").name
-                files[name] = {"sha256": info["sha256"], "bytes": info["bytes"]}
-                contents[name] = info["contents"]
-                side.unlink()
-            manifest = {
-                "step": step,
-                "world_size": self.world_size,
-                "files": files,
-                "contents": contents,
-                "time": time.time(),
-                **(meta or {}),
-            }
-            write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
-            fsync_dir(tmp)
-            if final.exists() and self._manifest(final) is not None:
-                # The same step saved again (a run resumed at its last step): a step
-                # names one training state, and LATEST may point here, so keep it.
-                shutil.rmtree(tmp)
-            else:
-                if final.exists():  # a broken one at this step: out of the way first
-                    os.replace(final, self.directory / f".{final.name}.broken")
-                os.replace(tmp, final)
-                shutil.rmtree(self.directory / f".{final.name}.broken", ignore_errors=True)
-            fsync_dir(self.directory)
-            write_atomic(self.directory / LATEST, final.name + "\n")
-            self._prune()
-        self.barrier()
+
+    def commit(self, step: int, tmp: Path, meta: dict[str, Any] | None = None) -> Path:
+        """Rank 0, once every rank's side file exists: manifest, rename, LATEST, prune."""
+        final = self.step_dir(step)
+        files, contents = {}, {}
+        for side in sorted(tmp.glob("rank*.json")):
+            info = json.loads(side.read_text(encoding="utf-8"))
+            name = side.with_suffix(".pt").name
+            files[name] = {"sha256": info["sha256"], "bytes": info["bytes"]}
+            contents[name] = info["contents"]
+            side.unlink()
+        manifest = {
+            "step": step,
+            "world_size": self.world_size,
+            "files": files,
+            "contents": contents,
+            "time": time.time(),
+            **(meta or {}),
+        }
+        write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
+        fsync_dir(tmp)
+        if final.exists() and self._manifest(final) is not None:
+            # The same step saved again (a run resumed at its last step): a step
+            # names one training state, and LATEST may point here, so keep it.
+            shutil.rmtree(tmp)
+        else:
+            if final.exists():  # a broken one at this step: out of the way first
+                os.replace(final, self.directory / f".{final.name}.broken")
+            os.replace(tmp, final)
+            shutil.rmtree(self.directory / f".{final.name}.broken", ignore_errors=True)
+        fsync_dir(self.directory)
+        write_atomic(self.directory / LATEST, final.name + "\n")
+        self._prune()
         return final
 
     def _prune(self) -> None:

@@ -43,6 +43,7 @@ from hpc.files import write_atomic
 from hpc.rundir import records
 from hpc.runtime import failures
 from hpc.runtime.checkpoint import CheckpointManager, LoadedCheckpoint
+from hpc.runtime.checkpoint_async import AsyncCheckpointer
 from hpc.runtime.environment import ClusterEnvironment, RankInfo
 from hpc.runtime.node import NodeAccounting, place_rank, summarize_run
 from hpc.runtime.preemption import StopSignals
@@ -100,6 +101,10 @@ class Session:
             rank=self.info.rank,
             world_size=self.info.world_size,
             barrier=self.barrier,
+        )
+        # checkpoint.async: saves stage to host memory and write in a background thread.
+        self._async: AsyncCheckpointer | None = (
+            AsyncCheckpointer(self.checkpoints) if cfg["checkpoint"].get("async") else None
         )
 
     @classmethod
@@ -195,6 +200,14 @@ class Session:
     ) -> None:
         import torch.distributed as dist  # noqa: PLC0415 (lazy: torch only in the job)
 
+        # A save in flight finishes first, whatever ended the block; its failure fails
+        # a run that would otherwise have finished or been checkpointed.
+        save_error = self._close_async()
+        if save_error is not None:
+            if exc is None:
+                exc_type, exc = type(save_error), save_error
+            else:
+                log.error("and the checkpoint in flight failed: %s", save_error)
         preempted = exc_type is None and self.stop_requested
         if exc is not None and not isinstance(exc, KeyboardInterrupt | SystemExit):
             failures.record(self.run_dir, self.rank, exc)  # who failed first, for the launcher
@@ -228,6 +241,18 @@ class Session:
             self.signals.uninstall()
         if preempted:
             raise SystemExit(PREEMPTED)
+        if save_error is not None and exc is save_error:
+            raise save_error
+
+    def _close_async(self) -> BaseException | None:
+        """Wait for the background save, free its buffers; its error, if any."""
+        if self._async is None:
+            return None
+        try:
+            self._async.close()
+        except Exception as exc:
+            return exc
+        return None
 
     # -- the model -------------------------------------------------------------------------
     def wrap_model(self, model: Any, **ddp_options: Any) -> Any:
@@ -319,18 +344,52 @@ class Session:
         return self.stop_requested or step % self.every_steps == 0
 
     def save_checkpoint(self, step: int, state: dict[str, Any]) -> Path:
-        """Every rank saves its state; metrics up to ``step`` become committed."""
+        """Every rank saves its state; metrics up to ``step`` become committed.
+
+        Returns the checkpoint's directory. With ``checkpoint.async`` the call blocks
+        only while ``state`` is staged (copied to host memory: one copy of the state's
+        tensor bytes per rank, reused by the next save); the write and the commit run
+        in the background, so the directory may not be committed yet when this
+        returns, and the metrics are committed after LATEST moved. A new save, a stop
+        (``stop_requested``: this call then waits) and the session's exit wait for the
+        save in flight; a failed background save raises at the next of these. See
+        :meth:`wait_for_checkpoint`.
+        """
         meta = {"config_hash": self.config_hash}
-        path = self.checkpoints.save(step, state, meta=meta)
-        if self.is_main:
-            self.tracker.commit(step)
-            if self.stop_requested:
-                print(
-                    f"hpc-launch: stopping at step {step} ({self.signals.name or 'signal'}): "
-                    f"checkpoint {path.name} committed",
-                    flush=True,
-                )
+        stopping = self.stop_requested
+        if self._async is None:
+            path = self.checkpoints.save(step, state, meta=meta)
+            if self.is_main:
+                self._committed(step, path, stopping)
+            return path
+
+        def committed(done: int, final: Path) -> None:  # rank 0, the background thread
+            self._committed(done, final, stopping)
+
+        path = self._async.save(step, state, meta=meta, on_commit=committed)
+        if stopping:  # the job exits next: the checkpoint must be committed first
+            self.wait_for_checkpoint()
         return path
+
+    def wait_for_checkpoint(self) -> None:
+        """Wait for an asynchronous save in flight (nothing to do without one).
+
+        Raises :class:`~hpc.runtime.checkpoint_async.AsyncCheckpointError` when it
+        failed. On rank 0 the checkpoint is committed when this returns; on the other
+        ranks their part of it is durable.
+        """
+        if self._async is not None:
+            self._async.wait()
+
+    def _committed(self, step: int, path: Path, stopping: bool) -> None:
+        """Rank 0, after LATEST moved to ``path``: commit the metrics up to ``step``."""
+        self.tracker.commit(step)
+        if stopping:
+            print(
+                f"hpc-launch: stopping at step {step} ({self.signals.name or 'signal'}): "
+                f"checkpoint {path.name} committed",
+                flush=True,
+            )
 
     def resume(self, map_location: str | None = None) -> LoadedCheckpoint | None:
         """Load the newest checkpoint every rank can verify; restore RNG states.
