@@ -43,6 +43,7 @@ from hpc.files import write_atomic
 from hpc.rundir import records
 from hpc.runtime import failures
 from hpc.runtime.checkpoint import CheckpointManager, LoadedCheckpoint
+from hpc.runtime.checkpoint_dcp import DcpCheckpointManager, make_checkpoints
 from hpc.runtime.environment import ClusterEnvironment, RankInfo
 from hpc.runtime.node import NodeAccounting, place_rank, summarize_run
 from hpc.runtime.preemption import StopSignals
@@ -92,12 +93,13 @@ class Session:
         self.stop_requested = False
         self._wrapped: list[Any] = []  # DDP wrappers from wrap_model(), released on exit
         self.config_hash = records.config_hash(cfg.get("job", {}))
-        self.checkpoints = CheckpointManager(
-            cfg["checkpoint"].get("dir") or self.run_dir / "checkpoints",
-            keep=int(cfg["checkpoint"].get("keep", 2)),
+        self.checkpoints: CheckpointManager | DcpCheckpointManager = make_checkpoints(
+            cfg["checkpoint"],
+            self.run_dir / "checkpoints",
             rank=self.info.rank,
             world_size=self.info.world_size,
             barrier=self.barrier,
+            all_reduce=self._all_reduce,
         )
 
     @classmethod
@@ -326,27 +328,59 @@ class Session:
                 )
         return path
 
-    def resume(self, map_location: str | None = None) -> LoadedCheckpoint | None:
+    def resume(
+        self, map_location: str | None = None, *, state: dict[str, Any] | None = None
+    ) -> LoadedCheckpoint | None:
         """Load the newest checkpoint every rank can verify; restore RNG states.
 
         The ranks agree on one step (all-reduce MIN of each rank's newest valid one).
         Rank 0 then drops metrics past that step which no checkpoint covers.
+
+        ``state`` names the objects to load into, in place, under the keys they were saved
+        with: ``s.resume(state={"model": model, "optimizer": opt})``.
+
+        * ``checkpoint.format=dcp`` requires it (and ``save_checkpoint`` takes the same
+          objects: ``{"model": model, "optimizer": opt, "step": ..., "rng": s.rng_state()}``).
+          Model and optimizer state (FSDP2 / DTensor shards) are resharded into this run's
+          world size. The returned ``state`` holds the saved extras (non-tensor values) and
+          the template's objects. At the saved world size each rank gets its own extras
+          and RNG back (bitwise resume). At another world size every rank gets rank 0's
+          extras (so keep them global: step, epoch, a global data position) and no ``rng``:
+          each rank is re-seeded from (``job.seed``, step, rank) instead, a fresh stream per
+          rank that is the same on every restart at that size. An optimizer state that does
+          not fit this run's optimizer fails with ``CheckpointError`` (one line).
+        * torch format: optional; modules and optimizers in it get ``load_state_dict`` from
+          the checkpoint's entry of the same key (the returned state holds the state dicts).
         """
         location = map_location or str(self.device)
         agreed: int | None = None
         loaded: LoadedCheckpoint | None = None
-        while True:  # every rank runs the same iterations: lo/hi are the same everywhere
-            loaded = self.checkpoints.load_latest(location, at_most=agreed)
-            mine = loaded.step if loaded else -1
-            lo, hi = self._all_reduce(mine, "min"), self._all_reduce(mine, "max")
-            if lo == hi:
-                break
-            agreed = lo
-            if lo < 0:  # some rank has no usable checkpoint at all: start afresh
-                loaded = None
-                break
+        if isinstance(self.checkpoints, DcpCheckpointManager):
+            if state is None:
+                raise ValueError(
+                    "checkpoint.format=dcp: call resume(state={'model': model, 'optimizer': "
+                    "optimizer}) to load the checkpoint in place into them"
+                )
+            loaded = self.checkpoints.load_latest(state)  # agrees on a step, then loads
+        else:
+            while True:  # every rank runs the same iterations: lo/hi are the same everywhere
+                loaded = self.checkpoints.load_latest(location, at_most=agreed)
+                mine = loaded.step if loaded else -1
+                lo, hi = self._all_reduce(mine, "min"), self._all_reduce(mine, "max")
+                if lo == hi:
+                    break
+                agreed = lo
+                if lo < 0:  # some rank has no usable checkpoint at all: start afresh
+                    loaded = None
+                    break
+            for key, target in (state or {}).items() if loaded is not None else ():
+                if hasattr(target, "load_state_dict") and key in loaded.state:
+                    target.load_state_dict(loaded.state[key])
         if loaded is not None and "rng" in loaded.state:
             self.set_rng_state(loaded.state["rng"])
+        elif loaded is not None and loaded.manifest.get("world_size") != self.world_size:
+            seed = int(self.cfg["job"].get("seed", 0))
+            self.seed((seed * 1_000_003 + loaded.step * 65_537 + self.rank) % 2**32)
         step = loaded.step if loaded else 0
         if self.is_main and loaded is not None:
             self._check_config_hash(loaded)
@@ -355,7 +389,8 @@ class Session:
             if loaded is not None:
                 print(
                     f"hpc-launch: resumed from {loaded.path.name} at step {step}"
-                    f"{f' ({dropped} uncommitted metrics dropped)' if dropped else ''}",
+                    f"{f' ({dropped} uncommitted metrics dropped)' if dropped else ''}"
+                    f"{_resharded(loaded, self.world_size)}",
                     flush=True,
                 )
         return loaded
@@ -465,6 +500,13 @@ def resume_changes_tag(extra: dict[str, Any]) -> dict[str, str]:
     changes = history[-1].get("changes") or {}
     text = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in changes.items())
     return {"resume_changes": text[:5000]}
+
+
+def _resharded(loaded: LoadedCheckpoint, world_size: int) -> str:
+    saved = loaded.manifest.get("world_size", world_size)
+    if loaded.manifest.get("format") != "dcp" or saved == world_size:
+        return ""
+    return f" (resharded from {saved} to {world_size} ranks)"
 
 
 def _record_or_none(run_dir: Path) -> dict[str, Any] | None:

@@ -123,6 +123,7 @@ def validate(cfg: dict[str, Any]) -> None:
     _validate_node_setup(cfg)
     _positive(cfg, "checkpoint.every_steps")
     _at_least(cfg, "checkpoint.keep", 1)
+    _validate_checkpoint_format(cfg["checkpoint"])
     _validate_tracking(cfg["tracking"])
     grace = cfg["cluster"].get("exit_grace_s")
     if grace is not None and not 1 <= grace <= 86400:  # NaN fails too
@@ -353,6 +354,14 @@ def _validate_node_setup(cfg: dict[str, Any]) -> None:
         raise ConfigError("placement.link_layer", f"{layer!r} is not InfiniBand or Ethernet")
     if not cfg["accounting"]["interval_s"] > 0:
         raise ConfigError("accounting.interval_s", "must be > 0")
+
+
+def _validate_checkpoint_format(checkpoint: dict[str, Any]) -> None:
+    fmt = checkpoint.get("format", "torch")
+    if getattr(fmt, "value", fmt) == "dcp" and checkpoint.get("async"):
+        raise ConfigError(
+            "checkpoint.async", "is not supported with checkpoint.format=dcp (DCP saves block)"
+        )
 
 
 def _validate_tracking(tracking: dict[str, Any]) -> None:
