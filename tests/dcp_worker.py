@@ -1,6 +1,9 @@
 """One rank of the DCP tests (run by tests/test_checkpoint_dcp.py, one process per rank).
 
-    python tests/dcp_worker.py train CKPT_DIR OUT_DIR START STOP SAVE_AT[,SAVE_AT...] [sgd|adam]
+    python tests/dcp_worker.py train CKPT_DIR OUT_DIR START STOP SAVE_AT[,...] [sgd|adam] [EXPECT]
+
+START > 0 resumes from the newest checkpoint at or below START; it must be step EXPECT
+(default START). A CheckpointError is printed and exits 3.
 
 Environment: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (gloo). The model is an FSDP2
 ``fully_shard`` Linear(8, 12) in float64 trained with SGD (momentum 0.5, lr 2**-7) on a
@@ -62,6 +65,7 @@ def main() -> int:
     start, stop = int(sys.argv[4]), int(sys.argv[5])
     save_at = {int(s) for s in sys.argv[6].split(",") if s}
     optimizer = sys.argv[7] if len(sys.argv) > 7 else "sgd"
+    expect = int(sys.argv[8]) if len(sys.argv) > 8 else start  # the step the resume finds
     assert mode == "train", mode
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -78,16 +82,18 @@ def main() -> int:
             loaded = manager.load_latest({"model": model, "optimizer": opt}, at_most=start)
         except CheckpointError as exc:
             print(f"CheckpointError: {exc}", flush=True)
+            dist.barrier()  # all ranks failed alike: tear down together
             dist.destroy_process_group()
             return 3
-        assert loaded is not None and loaded.step == start, loaded
-        assert loaded.state["step"] == start and loaded.state["model"] is model
+        assert loaded is not None and loaded.step == expect, loaded
+        assert loaded.state["step"] == expect and loaded.state["model"] is model
         same = loaded.manifest["world_size"] == world
         assert ("rng" in loaded.state) == same, (loaded.manifest["world_size"], world)
-        step = start
+        step = expect
+        print(f"resumed {step}", flush=True)
         full = full_state(model, opt)
         if rank == 0:
-            torch.save(full, out_dir / f"loaded-{start}-ws{world}.pt")
+            torch.save(full, out_dir / f"loaded-{step}-ws{world}.pt")
     while step < stop:
         x, t = batch(step, rank, world)
         opt.zero_grad(set_to_none=True)
@@ -104,6 +110,7 @@ def main() -> int:
     full = full_state(model, opt)
     if rank == 0:
         torch.save(full, out_dir / f"final-{stop}-ws{world}.pt")
+    dist.barrier()  # no rank closes its connections while another still uses them
     dist.destroy_process_group()
     return 0
 

@@ -34,12 +34,14 @@ file's size, and a 1/world_size share of the checksums each), then load it colle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,10 +78,25 @@ def _extra_name(rank: int) -> str:
     return f"rank{rank}.extra.pt"
 
 
+def _distributed() -> bool:
+    import torch.distributed as dist  # noqa: PLC0415 (lazy: torch only in the job)
+
+    return dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """Silence DCP's warning that a save/load without a process group is a local one."""
+    with warnings.catch_warnings():
+        if not _distributed():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def _default_barrier() -> None:
     import torch.distributed as dist  # noqa: PLC0415 (lazy: torch only in the job)
 
-    if dist.is_available() and dist.is_initialized():
+    if _distributed():
         dist.barrier()
 
 
@@ -180,7 +197,13 @@ class DcpCheckpointManager:
             tmp.mkdir()
         self.barrier()
         writer = dcp.FileSystemWriter(tmp, sync_files=True, thread_count=self.thread_count)
-        dcp.save(split.sharded, storage_writer=writer, process_group=self.process_group)
+        with _single_process_quiet():
+            dcp.save(
+                split.sharded,
+                storage_writer=writer,
+                process_group=self.process_group,
+                no_dist=not _distributed(),
+            )
         with open(tmp / _extra_name(self.rank), "wb") as fh:
             torch.save(split.extras, fh)
             fh.flush()
@@ -331,7 +354,13 @@ class DcpCheckpointManager:
         if missing:
             raise CheckpointError(f"{where} has no {', '.join(missing)} state")
         try:
-            dcp.load(split.sharded, checkpoint_id=path, process_group=self.process_group)
+            with _single_process_quiet():
+                dcp.load(
+                    split.sharded,
+                    checkpoint_id=path,
+                    process_group=self.process_group,
+                    no_dist=not _distributed(),
+                )
         except Exception as exc:  # DCP's planner: missing keys, shapes that differ, ...
             first = next((line for line in str(exc).splitlines() if line.strip()), repr(exc))
             raise CheckpointError(
