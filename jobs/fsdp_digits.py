@@ -36,7 +36,7 @@ def shard(model: nn.Module, world_size: int) -> nn.Module:
             if isinstance(layer, nn.Linear):
                 fully_shard(layer)
         fully_shard(model)
-        model.set_gradient_divide_factor(1.0)  # type: ignore[operator]
+        model.set_gradient_divide_factor(1.0)
     return model
 
 

@@ -270,7 +270,7 @@ class DcpCheckpointManager:
             for name, info in manifest["files"].items():
                 if (path / name).stat().st_size != info["bytes"]:
                     raise ValueError(f"{name} has the wrong size")
-            return manifest  # type: ignore[no-any-return]
+            return manifest
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("checkpoint %s is incomplete or corrupt (%s): skipped", path, exc)
             return None

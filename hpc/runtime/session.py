@@ -373,9 +373,10 @@ class Session:
                 if lo < 0:  # some rank has no usable checkpoint at all: start afresh
                     loaded = None
                     break
-            for key, target in (state or {}).items() if loaded is not None else ():
-                if hasattr(target, "load_state_dict") and key in loaded.state:
-                    target.load_state_dict(loaded.state[key])
+            saved = loaded.state if loaded is not None else {}
+            for key, target in (state or {}).items():
+                if hasattr(target, "load_state_dict") and key in saved:
+                    target.load_state_dict(saved[key])
         if loaded is not None and "rng" in loaded.state:
             self.set_rng_state(loaded.state["rng"])
         elif loaded is not None and loaded.manifest.get("world_size") != self.world_size:
