@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from torch import nn
 from hpc.runtime.checkpoint import LATEST, MANIFEST, CheckpointManager
 from hpc.runtime.checkpoint_dcp import DcpCheckpointManager
 
-from support import REPO, hpc_launch
+from support import REPO, cli_env, hpc_launch
 
 WORKER = Path(__file__).with_name("dcp_worker.py")
 
@@ -253,6 +255,67 @@ def test_the_fsdp_job_resumes_on_fewer_ranks(workdir: Path) -> None:
     assert "after 88 steps (world size 3)" in again.stdout
     accuracy = float(again.stdout.split("final accuracy ")[1].split()[0])
     assert accuracy > 0.85, again.stdout
+    # And on one rank: no process group, an unsharded model loads the shards in full.
+    single = hpc_launch(
+        [
+            f"resume={run_dir}",
+            "job.epochs=3",
+            "resources.tasks_per_node=1",
+            "resume_allow_changes=[job.epochs,resources.tasks_per_node]",
+        ],
+        workdir,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "at step 88 (resharded from 3 to 1 ranks)" in single.stdout
+    assert "after 132 steps (world size 1)" in single.stdout
+
+
+def full_checkpoint(run_dir: Path, out: Path) -> dict[str, Any]:
+    """The newest DCP checkpoint of a run as one full state dict (DCP's own converter)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    latest = (run_dir / "checkpoints" / LATEST).read_text().strip()
+    dcp_to_torch_save(run_dir / "checkpoints" / latest, out)
+    return torch.load(out, weights_only=False)
+
+
+@pytest.mark.slow
+def test_a_preempted_fsdp_run_resumes_bitwise_at_the_same_world_size(tmp_path: Path) -> None:
+    job = [*FSDP_JOB, "job.epochs=3", "checkpoint.every_steps=100000"]
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    plain = hpc_launch(job, reference)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    work = tmp_path / "preempted"
+    work.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpc.cli.launch", *job],
+        cwd=work,
+        env=cli_env(work),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    sent = False
+    for line in proc.stdout:  # type: ignore[union-attr]
+        lines.append(line)
+        if line.startswith("hpc-launch: rank 0/2") and not sent:  # the first start
+            time.sleep(0.5)  # some steps into the run
+            proc.send_signal(signal.SIGUSR2)
+            sent = True
+    assert proc.wait(timeout=300) == 0, "".join(lines[-30:])
+    text = "".join(lines)
+    assert "stopping at step" in text and "resumed from step-" in text, text[-3000:]
+    assert "after 132 steps (world size 2)" in text
+    (ref_run,) = (reference / "outputs" / "digits").iterdir()
+    (run,) = (work / "outputs" / "digits").iterdir()
+    want = flat(full_checkpoint(ref_run, tmp_path / "ref.pt"))
+    got = flat(full_checkpoint(run, tmp_path / "got.pt"))
+    assert want.keys() == got.keys() and any(k.startswith("model.") for k in want)
+    for key, value in want.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, got[key]), key
 
 
 def test_async_with_dcp_is_a_config_error(workdir: Path) -> None:
