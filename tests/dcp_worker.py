@@ -2,8 +2,9 @@
 
     python tests/dcp_worker.py train CKPT_DIR OUT_DIR START STOP SAVE_AT[,...] [sgd|adam] [EXPECT]
 
-START > 0 resumes from the newest checkpoint at or below START; it must be step EXPECT
-(default START). A CheckpointError is printed and exits 3.
+DCP_ASYNC=1 saves asynchronously (``blocking=False``). START > 0 resumes from the newest
+checkpoint at or below START; it must be step EXPECT (default START). A CheckpointError
+is printed and exits 3.
 
 Environment: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (gloo). The model is an FSDP2
 ``fully_shard`` Linear(8, 12) in float64 trained with SGD (momentum 0.5, lr 2**-7) on a
@@ -66,6 +67,7 @@ def main() -> int:
     save_at = {int(s) for s in sys.argv[6].split(",") if s}
     optimizer = sys.argv[7] if len(sys.argv) > 7 else "sgd"
     expect = int(sys.argv[8]) if len(sys.argv) > 8 else start  # the step the resume finds
+    asynchronous = os.environ.get("DCP_ASYNC") == "1"
     assert mode == "train", mode
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -103,10 +105,15 @@ def main() -> int:
         step += 1
         if step in save_at:
             state = {"model": model, "optimizer": opt, "step": step, "rng": torch.get_rng_state()}
-            manager.save(step, state, meta={"writer": "dcp-test"})
+            # DCP_ASYNC=1: the save returns once staged; training goes on at once and
+            # changes the parameters in place while the shards are still being written.
+            manager.save(step, state, meta={"writer": "dcp-test"}, blocking=not asynchronous)
             full = full_state(model, opt)
             if rank == 0:
                 torch.save(full, out_dir / f"saved-{step}-ws{world}.pt")
+    committed = manager.wait()  # the last asynchronous save, if any
+    if asynchronous and rank == 0:
+        assert committed is not None and (committed / "manifest.json").exists(), committed
     full = full_state(model, opt)
     if rank == 0:
         torch.save(full, out_dir / f"final-{stop}-ws{world}.pt")

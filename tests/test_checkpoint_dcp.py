@@ -37,12 +37,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def ranks(world: int, *args: object, timeout: float = 240) -> list[subprocess.CompletedProcess]:
+def ranks(
+    world: int, *args: object, timeout: float = 240, **extra: str
+) -> list[subprocess.CompletedProcess]:
     """Run the worker on ``world`` ranks; every rank's completed process."""
     port = free_port()
     procs = []
     for rank in range(world):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
+        env.update(extra)
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
         procs.append(
@@ -66,8 +69,8 @@ def ranks(world: int, *args: object, timeout: float = 240) -> list[subprocess.Co
     return done
 
 
-def ok(world: int, *args: object) -> None:
-    done = ranks(world, *args)
+def ok(world: int, *args: object, **extra: str) -> None:
+    done = ranks(world, *args, **extra)
     assert [p.returncode for p in done] == [0] * world, done[0].stdout[-3000:]
 
 
@@ -162,6 +165,21 @@ def test_a_flipped_shard_makes_all_ranks_resume_from_the_previous_one(tmp_path: 
     assert all("resumed 1" in p.stdout for p in done)
     assert "__1_0.distcp fails its checksum: skipped" in done[0].stdout + done[1].stdout
     assert_bitwise_equal(out / "saved-1-ws2.pt", out / "loaded-1-ws2.pt")
+
+
+def test_asynchronous_saves_hold_the_state_of_their_step(tmp_path: Path) -> None:
+    ckpt, out = tmp_path / "checkpoints", tmp_path / "out"
+    out.mkdir()
+    # Saves at steps 1, 2, 3 return once staged; the next steps update the parameters
+    # in place while the shards are written; a new save waits for the previous one.
+    ok(2, ckpt, out, 0, 4, "1,2,3", DCP_ASYNC="1")
+    manager = DcpCheckpointManager(ckpt, keep=3)
+    assert manager.valid_steps() == [3, 2, 1]
+    assert (ckpt / LATEST).read_text().strip() == "step-000000003"
+    assert not list(ckpt.glob(".*.tmp")), "a save was left uncommitted"
+    for step in (1, 2, 3):  # each loads back as the state at its step, at 3 ranks
+        ok(3, ckpt, out, step, step, "")
+        assert_bitwise_equal(out / f"saved-{step}-ws2.pt", out / f"loaded-{step}-ws3.pt")
 
 
 # -- one process, no process group (world size 1) ------------------------------------------

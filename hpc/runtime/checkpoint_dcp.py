@@ -30,6 +30,13 @@ Commit protocol as in :mod:`hpc.runtime.checkpoint`: write into ``.step-N.tmp``,
 file, each rank hashes its own files, rank 0 writes the manifest, renames, moves LATEST,
 prunes. Load: the ranks agree on the newest step every rank verifies (manifest, every
 file's size, and a 1/world_size share of the checksums each), then load it collectively.
+
+Asynchronous saves (``asynchronous=True`` or ``save(..., blocking=False)``): the call returns
+once ``dcp.async_save`` has staged the shards in host memory (a copy of the rank's shards:
+the staged bytes per rank equal its ``.distcp`` file); the writes run on a dedicated gloo
+group; each rank's thread then fsyncs and hashes its files and rank 0's thread commits (the
+same protocol) once every rank's file list exists: files, no collectives. ``wait()`` joins
+the save in flight (every save, load and ``close()`` does first).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -113,6 +121,22 @@ def _default_all_reduce(value: int, op: str) -> int:
 
 
 @dataclass(frozen=True)
+class _Summary:
+    """What the manifest says about the state (no tensors: kept by a background commit)."""
+
+    step: int
+    sharded: list[str]
+    extras: list[str]
+    optimizer: dict[str, Any] | None
+
+
+@dataclass
+class _Pending:
+    final: Path
+    thread: threading.Thread
+
+
+@dataclass(frozen=True)
 class _Split:
     sharded: dict[str, Any]  # what DCP saves/loads
     extras: dict[str, Any]  # the rank's torch.save file
@@ -169,6 +193,8 @@ class DcpCheckpointManager:
         all_reduce: Callable[[int, str], int] | None = None,
         process_group: Any = None,
         thread_count: int = 1,
+        asynchronous: bool = False,
+        commit_timeout_s: float = 1800.0,
     ) -> None:
         self.directory = Path(directory)
         self.keep = max(1, keep)
@@ -178,16 +204,37 @@ class DcpCheckpointManager:
         self.all_reduce = all_reduce or _default_all_reduce
         self.process_group = process_group
         self.thread_count = thread_count
+        self.asynchronous = asynchronous
+        self.commit_timeout_s = commit_timeout_s
+        self._group: Any = None
+        self._pending: _Pending | None = None
+        self._error: BaseException | None = None
 
     def step_dir(self, step: int) -> Path:
         return self.directory / f"{PREFIX}{step:09d}"
 
     # -- save --------------------------------------------------------------------------------
-    def save(self, step: int, state: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
-        """Every rank calls this (collective); returns the committed directory."""
+    def save(
+        self,
+        step: int,
+        state: dict[str, Any],
+        meta: dict[str, Any] | None = None,
+        *,
+        blocking: bool | None = None,
+    ) -> Path:
+        """Every rank calls this (collective); returns the (to be) committed directory.
+
+        Asynchronous (``asynchronous=True`` or ``blocking=False``): returns once the state
+        is staged (copied to host memory by ``dcp.async_save``); DCP writes on a dedicated
+        gloo group in the background, then each rank's thread fsyncs and hashes its files
+        and rank 0's commits once every rank's file list exists (files, no collectives).
+        A new save, :meth:`wait` and :meth:`close` wait for the one in flight.
+        """
         import torch  # noqa: PLC0415 (lazy: torch only in the job)
         import torch.distributed.checkpoint as dcp  # noqa: PLC0415
 
+        background = self.asynchronous if blocking is None else not blocking
+        self.wait()  # one save at a time
         split = _split(state)
         final = self.step_dir(step)
         tmp = self.directory / f".{final.name}.tmp"
@@ -196,7 +243,25 @@ class DcpCheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)  # debris of an interrupted save
             tmp.mkdir()
         self.barrier()
+        with open(tmp / _extra_name(self.rank), "wb") as fh:
+            torch.save(split.extras, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         writer = dcp.FileSystemWriter(tmp, sync_files=True, thread_count=self.thread_count)
+        summary = _Summary(step, sorted(split.sharded), sorted(split.extras), split.optimizer)
+        if background and _distributed():
+            future = dcp.async_save(
+                split.sharded, storage_writer=writer, process_group=self._async_group()
+            )
+            done = getattr(future, "upload_completion", future)  # a Future or a response
+            thread = threading.Thread(
+                target=self._finish_in_background,
+                args=(done, tmp, final, summary, meta),
+                name=f"dcp-commit-{step}",
+            )
+            self._pending = _Pending(final, thread)
+            thread.start()
+            return final
         with _single_process_quiet():
             dcp.save(
                 split.sharded,
@@ -204,10 +269,23 @@ class DcpCheckpointManager:
                 process_group=self.process_group,
                 no_dist=not _distributed(),
             )
-        with open(tmp / _extra_name(self.rank), "wb") as fh:
-            torch.save(split.extras, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        self._list_files(tmp)
+        self.barrier()
+        if self.rank == 0:
+            self._commit(tmp, final, summary, meta)
+        self.barrier()
+        return final
+
+    def _async_group(self) -> Any:
+        """A gloo group for the background writes (created once, by every rank together)."""
+        import torch.distributed as dist  # noqa: PLC0415 (lazy: torch only in the job)
+
+        if self._group is None:
+            self._group = dist.new_group(backend="gloo")
+        return self._group
+
+    def _list_files(self, tmp: Path) -> None:
+        """fsync and hash this rank's files; its list, written last, says it is done."""
         mine = [_extra_name(self.rank), *(p.name for p in tmp.glob(f"__{self.rank}_*.distcp"))]
         if self.rank == 0:
             mine.append(".metadata")
@@ -218,26 +296,58 @@ class DcpCheckpointManager:
                 os.fsync(fh.fileno())
             files[name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
         write_atomic(tmp / f"rank{self.rank}.files.json", json.dumps(files))
-        self.barrier()
-        if self.rank == 0:
-            self._commit(step, tmp, final, split, meta)
-        self.barrier()
-        return final
+
+    def _finish_in_background(
+        self, done: Any, tmp: Path, final: Path, summary: _Summary, meta: dict[str, Any] | None
+    ) -> None:
+        try:
+            done.result()  # DCP's writes (and its collectives on the dedicated group)
+            self._list_files(tmp)
+            if self.rank != 0:
+                return
+            deadline = time.monotonic() + self.commit_timeout_s
+            lists = [tmp / f"rank{r}.files.json" for r in range(self.world_size)]
+            while not all(p.exists() for p in lists):  # the other ranks' threads, via files
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"not every rank listed its files in {tmp}")
+                time.sleep(0.01)
+            self._commit(tmp, final, summary, meta)
+        except BaseException as exc:
+            log.error("asynchronous checkpoint %s failed: %s", final.name, exc)
+            self._error = exc
+
+    def wait(self) -> Path | None:
+        """Wait for the save in flight (if any); its directory, or an error it raised.
+
+        On rank 0 the checkpoint is committed (LATEST moved) when this returns; on other
+        ranks their part is durable and listed."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        pending.thread.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise CheckpointError(f"asynchronous checkpoint {pending.final.name}: {error}")
+        return pending.final
+
+    def close(self) -> None:
+        """Wait for the save in flight; call before the process group is destroyed."""
+        self.wait()
 
     def _commit(
-        self, step: int, tmp: Path, final: Path, split: _Split, meta: dict[str, Any] | None
+        self, tmp: Path, final: Path, summary: _Summary, meta: dict[str, Any] | None
     ) -> None:
         files: dict[str, Any] = {}
         for side in sorted(tmp.glob("rank*.files.json")):
             files.update(json.loads(side.read_text(encoding="utf-8")))
             side.unlink()
         manifest = {
-            "step": step,
+            "step": summary.step,
             "world_size": self.world_size,
             "format": FORMAT,
             "files": dict(sorted(files.items())),
-            "contents": {"sharded": sorted(split.sharded), "extras": sorted(split.extras)},
-            "optimizer": split.optimizer,
+            "contents": {"sharded": summary.sharded, "extras": summary.extras},
+            "optimizer": summary.optimizer,
             "time": time.time(),
             **(meta or {}),
         }
@@ -320,6 +430,7 @@ class DcpCheckpointManager:
         only when the world size is the saved one. ``map_location`` is unused (DCP loads
         into the template's devices).
         """
+        self.wait()
         agreed, found = at_most, None
         while True:  # every rank runs the same iterations: lo/hi are the same everywhere
             found = self.verify_newest(at_most=agreed)
@@ -398,7 +509,15 @@ def make_checkpoints(
     fmt = getattr(fmt, "value", fmt)  # the schema's enum, or its string
     if fmt == FORMAT:
         return DcpCheckpointManager(
-            directory, keep, rank, world_size, barrier=barrier, all_reduce=all_reduce
+            directory,
+            keep,
+            rank,
+            world_size,
+            barrier=barrier,
+            all_reduce=all_reduce,
+            # hpc.spec.rules refuses async with dcp until the Session waits for the save in
+            # flight (wait()) before a preempted exit and before destroying the groups.
+            asynchronous=bool(checkpoint_cfg.get("async", False)),
         )
     return CheckpointManager(
         directory, keep=keep, rank=rank, world_size=world_size, barrier=barrier
