@@ -341,5 +341,5 @@ def test_async_with_dcp_is_a_config_error(workdir: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "hpc-launch: error: checkpoint.async: is not supported with checkpoint.format=dcp "
-        "(DCP saves block)"
+        "yet (the session does not wait for an asynchronous DCP save)"
     )

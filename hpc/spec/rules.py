@@ -360,7 +360,9 @@ def _validate_checkpoint_format(checkpoint: dict[str, Any]) -> None:
     fmt = checkpoint.get("format", "torch")
     if getattr(fmt, "value", fmt) == "dcp" and checkpoint.get("async"):
         raise ConfigError(
-            "checkpoint.async", "is not supported with checkpoint.format=dcp (DCP saves block)"
+            "checkpoint.async",
+            "is not supported with checkpoint.format=dcp yet (the session does not wait "
+            "for an asynchronous DCP save)",
         )
 
 
