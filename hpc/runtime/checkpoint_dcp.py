@@ -15,7 +15,8 @@ The state passed to :meth:`DcpCheckpointManager.save` (and the template passed t
   ``"optimizer"``: its ``Optimizer``. Their state goes through
   ``torch.distributed.checkpoint.state_dict.get_state_dict`` / ``set_state_dict``, so sharded
   parameters and optimizer state are saved as shards and resharded on load.
-* any other ``DTensor`` value: saved through DCP and loaded in place (resharded).
+* any other ``DTensor`` value, or a dict/list holding DTensors (a sharded state dict):
+  saved through DCP and loaded in place (resharded).
 * everything else (ints, RNG state, plain tensors, ...): the rank's extras, one
   ``torch.save`` file per rank. (Plain tensors stay here on purpose: DCP would take them
   as replicated and keep one rank's copy.)
@@ -167,11 +168,22 @@ def _split(state: dict[str, Any]) -> _Split:
     for key, value in state.items():
         if key in sharded:
             continue
-        if isinstance(value, DTensor):
+        if _has_dtensor(value, DTensor):
             sharded[key] = value
         else:
             extras[key] = value
     return _Split(sharded, extras, described)
+
+
+def _has_dtensor(tree: Any, dtensor: type) -> bool:
+    """A DTensor, or a dict/list holding one (a sharded state dict the caller made)."""
+    if isinstance(tree, dtensor):
+        return True
+    if isinstance(tree, dict):
+        return any(_has_dtensor(v, dtensor) for v in tree.values())
+    if isinstance(tree, list | tuple):
+        return any(_has_dtensor(v, dtensor) for v in tree)
+    return False
 
 
 class DcpCheckpointManager:
