@@ -9,6 +9,8 @@ by side, alternating, ``--reps`` times each:
   checksum, ``torch.load``; not copied into the model: DCP's load time includes that);
 * DCP: ``DcpCheckpointManager.save({"model": m, "optimizer": o})`` and ``load_latest`` of
   the same into the model and optimizer (in place);
+* DCP asynchronous (``blocking=False``): the time the call blocks (staging to host
+  memory) and until ``wait()`` returns (written, hashed, committed);
 * then 2 ranks load the newest DCP checkpoint (resharded 4 -> 2; the torch format cannot).
 
 Times are rank 0's, from a barrier before to a barrier after (the slowest rank). Prints
@@ -108,6 +110,11 @@ def rank_main(rank: int, world: int, port: int, mode: str, args: dict[str, Any])
             record(times, "dcp save", timed(functools.partial(dcp_mgr.save, rep, state)))
             record(times, "torch load", timed(torch_mgr.load_latest))
             record(times, "dcp load", timed(functools.partial(dcp_mgr.load_latest, template)))
+            # Asynchronous: what the step waits for (staging), then the rest in the background.
+            later = args["reps"] + rep
+            save = functools.partial(dcp_mgr.save, later, {**state, "step": later}, blocking=False)
+            record(times, "dcp async blocked", timed(save))
+            record(times, "dcp async total", times["dcp async blocked"][-1] + timed(dcp_mgr.wait))
     else:  # the resharded load
         for _ in range(args["reps"]):
             record(times, "dcp load 4->2", timed(functools.partial(dcp_mgr.load_latest, template)))
@@ -154,8 +161,10 @@ def main() -> int:
     print(f"checkpoint bytes: torch {sizes['torch'] / 1e6:.0f} MB, dcp {sizes['dcp'] / 1e6:.0f} MB")
     for name, seconds in median.items():
         size = sizes["torch" if name.startswith("torch") else "dcp"]
-        print(f"  {name:14s} {seconds:8.3f} s  {size / seconds / 1e6:8.0f} MB/s")
+        print(f"  {name:18s} {seconds:8.3f} s  {size / seconds / 1e6:8.0f} MB/s")
     print(f"ratio dcp/torch save: {median['dcp save'] / median['torch save']:.2f}")
+    blocked = median["dcp async blocked"] / median["dcp save"]
+    print(f"ratio dcp async step-blocking / dcp save: {blocked:.2f}")
     print(f"ratio dcp/torch load: {median['dcp load'] / median['torch load']:.2f}")
     resharded = median["dcp load 4->2"] / median["dcp load"]
     print(f"ratio resharded 4->2 load / dcp load at 4: {resharded:.2f}")
