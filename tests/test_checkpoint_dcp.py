@@ -9,6 +9,7 @@ to one that never did. Comparisons are on the full state gathered on rank 0
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -210,6 +211,7 @@ def save_two(directory: Path) -> DcpCheckpointManager:
         (".metadata", "flip", ".metadata fails its checksum"),
         ("rank0.extra.pt", "delete", "incomplete or corrupt"),
         (MANIFEST, "delete", "incomplete or corrupt"),
+        (MANIFEST, "unlist", "the manifest lists no rank0.extra.pt"),
     ],
 )
 def test_a_corrupt_newest_dcp_checkpoint_falls_back(
@@ -221,6 +223,10 @@ def test_a_corrupt_newest_dcp_checkpoint_falls_back(
         path.write_bytes(path.read_bytes()[:-10])
     elif how == "flip":
         flip(path)
+    elif how == "unlist":  # a manifest that misses a rank's file (all sizes still match)
+        manifest = json.loads(path.read_text())
+        del manifest["files"]["rank0.extra.pt"]
+        path.write_text(json.dumps(manifest))
     else:
         path.unlink()
     model = linear(0.0)

@@ -389,7 +389,11 @@ class DcpCheckpointManager:
             manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
             if manifest.get("format") != FORMAT:
                 raise ValueError(f"format {manifest.get('format', 'torch')!r}, not 'dcp'")
-            for name, info in manifest["files"].items():
+            files = manifest["files"]
+            expected = [".metadata", *map(_extra_name, range(int(manifest["world_size"])))]
+            if missing := [name for name in expected if name not in files]:
+                raise ValueError(f"the manifest lists no {missing[0]}")
+            for name, info in files.items():
                 if (path / name).stat().st_size != info["bytes"]:
                     raise ValueError(f"{name} has the wrong size")
             return manifest
