@@ -379,7 +379,7 @@ class Session:
                     target.load_state_dict(saved[key])
         if loaded is not None and "rng" in loaded.state:
             self.set_rng_state(loaded.state["rng"])
-        elif loaded is not None and loaded.manifest.get("world_size") != self.world_size:
+        elif loaded is not None and _resharded(loaded, self.world_size):  # dcp, other size
             seed = int(self.cfg["job"].get("seed", 0))
             self.seed((seed * 1_000_003 + loaded.step * 65_537 + self.rank) % 2**32)
         step = loaded.step if loaded else 0
