@@ -111,6 +111,7 @@ def resharded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return ckpt, out
 
 
+@pytest.mark.slow
 def test_resume_4_to_2_to_3_ranks_is_bitwise_equal(resharded: tuple[Path, Path]) -> None:
     ckpt, out = resharded
     # Each reshard loads exactly what was saved: parameters and optimizer state.
@@ -136,6 +137,7 @@ def test_resume_4_to_2_to_3_ranks_is_bitwise_equal(resharded: tuple[Path, Path])
     ]
 
 
+@pytest.mark.slow
 def test_an_optimizer_that_does_not_fit_fails_in_one_line(resharded: tuple[Path, Path]) -> None:
     ckpt, out = resharded
     done = ranks(2, ckpt, out, 4, 5, "", "adam")
@@ -155,6 +157,7 @@ def flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_a_flipped_shard_makes_all_ranks_resume_from_the_previous_one(tmp_path: Path) -> None:
     ckpt, out = tmp_path / "checkpoints", tmp_path / "out"
     out.mkdir()
@@ -168,6 +171,7 @@ def test_a_flipped_shard_makes_all_ranks_resume_from_the_previous_one(tmp_path: 
     assert_bitwise_equal(out / "saved-1-ws2.pt", out / "loaded-1-ws2.pt")
 
 
+@pytest.mark.slow
 def test_asynchronous_saves_hold_the_state_of_their_step(tmp_path: Path) -> None:
     ckpt, out = tmp_path / "checkpoints", tmp_path / "out"
     out.mkdir()
