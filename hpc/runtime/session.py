@@ -44,6 +44,7 @@ from hpc.rundir import records
 from hpc.runtime import failures
 from hpc.runtime.checkpoint import CheckpointManager, LoadedCheckpoint
 from hpc.runtime.checkpoint_async import AsyncCheckpointer
+from hpc.runtime.checkpoint_dcp import DcpCheckpointManager, make_checkpoints
 from hpc.runtime.environment import ClusterEnvironment, RankInfo
 from hpc.runtime.node import NodeAccounting, place_rank, summarize_run
 from hpc.runtime.preemption import StopSignals
@@ -95,17 +96,22 @@ class Session:
         self.stop_agreement = StopAgreement(1)  # the real one once the process group is up
         self._wrapped: list[Any] = []  # DDP wrappers from wrap_model(), released on exit
         self.config_hash = records.config_hash(cfg.get("job", {}))
-        self.checkpoints = CheckpointManager(
-            cfg["checkpoint"].get("dir") or self.run_dir / "checkpoints",
-            keep=int(cfg["checkpoint"].get("keep", 2)),
+        self.checkpoints: CheckpointManager | DcpCheckpointManager = make_checkpoints(
+            cfg["checkpoint"],
+            self.run_dir / "checkpoints",
             rank=self.info.rank,
             world_size=self.info.world_size,
             barrier=self.barrier,
+            all_reduce=self._all_reduce,
         )
         # checkpoint.async: saves stage to host memory and write in a background thread.
+        # With format=dcp the DCP manager saves asynchronously itself (dcp.async_save).
         self._async: AsyncCheckpointer | None = (
-            AsyncCheckpointer(self.checkpoints) if cfg["checkpoint"].get("async") else None
+            AsyncCheckpointer(self.checkpoints)
+            if cfg["checkpoint"].get("async") and isinstance(self.checkpoints, CheckpointManager)
+            else None
         )
+        self._dcp_pending: int | None = None  # the step of an asynchronous DCP save in flight
 
     @classmethod
     def from_env(cls, cfg: dict[str, Any] | DictConfig | None = None) -> Session:
@@ -246,10 +252,10 @@ class Session:
 
     def _close_async(self) -> BaseException | None:
         """Wait for the background save, free its buffers; its error, if any."""
-        if self._async is None:
-            return None
         try:
-            self._async.close()
+            if self._async is not None:
+                self._async.close()
+            self._wait_for_dcp()
         except Exception as exc:
             return exc
         return None
@@ -357,6 +363,13 @@ class Session:
         """
         meta = {"config_hash": self.config_hash}
         stopping = self.stop_requested
+        if isinstance(self.checkpoints, DcpCheckpointManager) and self.checkpoints.asynchronous:
+            self._wait_for_dcp()  # the previous one; its metrics commit once it is durable
+            path = self.checkpoints.save(step, state, meta=meta)
+            self._dcp_pending = step
+            if stopping:
+                self._wait_for_dcp()
+            return path
         if self._async is None:
             path = self.checkpoints.save(step, state, meta=meta)
             if self.is_main:
@@ -380,6 +393,16 @@ class Session:
         """
         if self._async is not None:
             self._async.wait()
+        self._wait_for_dcp()
+
+    def _wait_for_dcp(self) -> None:
+        """Wait for an asynchronous DCP save; rank 0 then commits the metrics it covers."""
+        if self._dcp_pending is None or not isinstance(self.checkpoints, DcpCheckpointManager):
+            return
+        step, self._dcp_pending = self._dcp_pending, None
+        path = self.checkpoints.wait()
+        if self.is_main and path is not None:
+            self._committed(step, path, self.stop_requested)
 
     def _committed(self, step: int, path: Path, stopping: bool) -> None:
         """Rank 0, after LATEST moved to ``path``: commit the metrics up to ``step``."""
@@ -391,27 +414,60 @@ class Session:
                 flush=True,
             )
 
-    def resume(self, map_location: str | None = None) -> LoadedCheckpoint | None:
+    def resume(
+        self, map_location: str | None = None, *, state: dict[str, Any] | None = None
+    ) -> LoadedCheckpoint | None:
         """Load the newest checkpoint every rank can verify; restore RNG states.
 
         The ranks agree on one step (all-reduce MIN of each rank's newest valid one).
         Rank 0 then drops metrics past that step which no checkpoint covers.
+
+        ``state`` names the objects to load into, in place, under the keys they were saved
+        with: ``s.resume(state={"model": model, "optimizer": opt})``.
+
+        * ``checkpoint.format=dcp`` requires it (and ``save_checkpoint`` takes the same
+          objects: ``{"model": model, "optimizer": opt, "step": ..., "rng": s.rng_state()}``).
+          Model and optimizer state (FSDP2 / DTensor shards) are resharded into this run's
+          world size. The returned ``state`` holds the saved extras (non-tensor values) and
+          the template's objects. At the saved world size each rank gets its own extras
+          and RNG back (bitwise resume). At another world size every rank gets rank 0's
+          extras (so keep them global: step, epoch, a global data position) and no ``rng``:
+          each rank is re-seeded from (``job.seed``, step, rank) instead, a fresh stream per
+          rank that is the same on every restart at that size. An optimizer state that does
+          not fit this run's optimizer fails with ``CheckpointError`` (one line).
+        * torch format: optional; modules and optimizers in it get ``load_state_dict`` from
+          the checkpoint's entry of the same key (the returned state holds the state dicts).
         """
         location = map_location or str(self.device)
         agreed: int | None = None
         loaded: LoadedCheckpoint | None = None
-        while True:  # every rank runs the same iterations: lo/hi are the same everywhere
-            loaded = self.checkpoints.load_latest(location, at_most=agreed)
-            mine = loaded.step if loaded else -1
-            lo, hi = self._all_reduce(mine, "min"), self._all_reduce(mine, "max")
-            if lo == hi:
-                break
-            agreed = lo
-            if lo < 0:  # some rank has no usable checkpoint at all: start afresh
-                loaded = None
-                break
+        if isinstance(self.checkpoints, DcpCheckpointManager):
+            if state is None:
+                raise ValueError(
+                    "checkpoint.format=dcp: call resume(state={'model': model, 'optimizer': "
+                    "optimizer}) to load the checkpoint in place into them"
+                )
+            loaded = self.checkpoints.load_latest(state)  # agrees on a step, then loads
+        else:
+            while True:  # every rank runs the same iterations: lo/hi are the same everywhere
+                loaded = self.checkpoints.load_latest(location, at_most=agreed)
+                mine = loaded.step if loaded else -1
+                lo, hi = self._all_reduce(mine, "min"), self._all_reduce(mine, "max")
+                if lo == hi:
+                    break
+                agreed = lo
+                if lo < 0:  # some rank has no usable checkpoint at all: start afresh
+                    loaded = None
+                    break
+            saved = loaded.state if loaded is not None else {}
+            for key, target in (state or {}).items():
+                if hasattr(target, "load_state_dict") and key in saved:
+                    target.load_state_dict(saved[key])
         if loaded is not None and "rng" in loaded.state:
             self.set_rng_state(loaded.state["rng"])
+        elif loaded is not None and _resharded(loaded, self.world_size):  # dcp, other size
+            seed = int(self.cfg["job"].get("seed", 0))
+            self.seed((seed * 1_000_003 + loaded.step * 65_537 + self.rank) % 2**32)
         step = loaded.step if loaded else 0
         if self.is_main and loaded is not None:
             self._check_config_hash(loaded)
@@ -420,7 +476,8 @@ class Session:
             if loaded is not None:
                 print(
                     f"hpc-launch: resumed from {loaded.path.name} at step {step}"
-                    f"{f' ({dropped} uncommitted metrics dropped)' if dropped else ''}",
+                    f"{f' ({dropped} uncommitted metrics dropped)' if dropped else ''}"
+                    f"{_resharded(loaded, self.world_size)}",
                     flush=True,
                 )
         return loaded
@@ -530,6 +587,13 @@ def resume_changes_tag(extra: dict[str, Any]) -> dict[str, str]:
     changes = history[-1].get("changes") or {}
     text = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in changes.items())
     return {"resume_changes": text[:5000]}
+
+
+def _resharded(loaded: LoadedCheckpoint, world_size: int) -> str:
+    saved = loaded.manifest.get("world_size", world_size)
+    if loaded.manifest.get("format") != "dcp" or saved == world_size:
+        return ""
+    return f" (resharded from {saved} to {world_size} ranks)"
 
 
 def _record_or_none(run_dir: Path) -> dict[str, Any] | None:
