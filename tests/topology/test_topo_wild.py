@@ -124,12 +124,12 @@ WILD: dict[str, tuple[dict[int, tuple[str, int | None]], list[str], dict]] = {
             (0, "NIC1"): "NODE",
         },
     ),
-    "dgx1-2gpu-nv1-mlx5-old-driver.txt": (
+    "2gpu-nv1-mlx5-old-driver.txt": (
         aff((2, "0-7", None)),
         ["mlx5_0"],
         {(0, 1): "NV1", (1, "mlx5_0"): "PHB"},
     ),
-    "v100-4gpu-nv1-nv2-mlx5-sys.txt": (
+    "4gpu-nv1-nv2-mlx5-sys-old-driver.txt": (
         aff((4, "0-15", None)),
         ["mlx5_0"],
         {(0, 1): "NV1", (0, 3): "NV2", (1, 2): "NV2", (2, "mlx5_0"): "SYS"},
