@@ -199,8 +199,9 @@ def infer_siblings_from_ranges(
     sibling of CPU ``c`` is ``c + T/2`` with ``T`` the total CPU count -- the pairing
     ``thread_siblings_list`` in sysfs reports there. The guess is made only when the
     CPUs are exactly ``0..T-1`` and every affinity list has several ranges (runs of at
-    least two CPUs) and is symmetric under ``+T/2`` (low cores plus their high twins). Otherwise, e.g. for a
-    single range like ``0-31``, it returns ``{}``: every listed CPU counts as a core.
+    least two CPUs) and is symmetric under ``+T/2`` (low cores plus their high twins).
+    Otherwise, e.g. for a single range like ``0-31`` or single CPUs like ``0,2,4``, it
+    returns ``{}``: every listed CPU counts as a core.
     """
     sets = [s for s in affinities if s]
     allcpus = frozenset().union(*sets) if sets else frozenset()
