@@ -113,6 +113,23 @@ def test_file_without_final_newline() -> None:
     assert (rec.job_id, rec.state, rec.partition) == ("89", "FAILED", "dragen")
 
 
+def test_jobid_alloctres_only_mig_and_typed_gpus(capsys: pytest.CaptureFixture[str]) -> None:
+    path = FIX / "slurm-mail_P_header_jobid-alloctres_mig-typed-gpu.psv"
+    allocs = allocations(table(path))
+    want = []
+    for r in allocs:
+        pairs = dict(p.split("=", 1) for p in r["alloctres"].split(","))
+        (typed,) = [k.split(":", 1)[1] for k in pairs if k.startswith("gres/gpu:")]
+        want.append((r["jobid"], int(pairs["gres/gpu"]), typed, int(pairs["cpu"])))
+    recs = read_sacct(path).records()
+    # gres/gpu:<type>=1 next to gres/gpu=1 is one GPU, and gres/cpu is not a GPU
+    assert [(r.job_id, r.gpus, r.gpu_type, r.ncpus) for r in recs] == want
+    assert want[0][2] == "a100_3g.20gb"  # a MIG slice, counted as the GPU it is billed as
+    doc, err = report(capsys, "--sacct", str(path))
+    check(doc, 0, 0.0, 0.0)
+    assert "skipped 2 row(s): no Start time" in err
+
+
 # --- JSON outputs ------------------------------------------------------------------------
 def _job_figures(job: dict) -> tuple[int, int]:
     """(GPUs, CPUs) of a job's allocated TRES, read from the JSON directly."""
