@@ -134,6 +134,12 @@ WILD: dict[str, tuple[dict[int, tuple[str, int | None]], list[str], dict]] = {
         ["mlx5_0"],
         {(0, 1): "NV1", (0, 3): "NV2", (1, 2): "NV2", (2, "mlx5_0"): "SYS"},
     ),
+    "pcie-4xk40m-2socket-mlx4-soc-2017.txt": (
+        aff((2, "0-5", None), (2, "6-11", None)),
+        ["mlx4_0"],
+        # the pre-2018 spelling SOC is read as SYS
+        {(0, 1): "PHB", (0, 2): "SYS", (1, 3): "SYS", (2, "mlx4_0"): "PHB", (0, "mlx4_0"): "SYS"},
+    ),
     "pcie-8gpu-node-phb-2numa-no-nics.txt": (
         aff((6, "0-15,32-47", 0), (2, "16-31,48-63", 1)),
         [],
