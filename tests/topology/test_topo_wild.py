@@ -255,3 +255,18 @@ def test_preamble_without_any_header_fails_at_the_first_line(tmp_path: Path) -> 
     bad.write_text("NVIDIA Topology: \nnvidia-smi: command not found\n", encoding="utf-8")
     with pytest.raises(TopologyParseError, match=rf"^{bad}:1: header row lists no GPU"):
         read_nvsmi(bad)
+
+
+# `nvidia-smi topo -p2p rw` from the same post as pcie-2x5090-phb-legend.txt (club-3090#1229),
+# copied verbatim (up to the legend's second entry): a different matrix, not `topo -m`.
+P2P_RW = (
+    " \tGPU0\tGPU1\t\n GPU0\tX\tGNS\t\n GPU1\tGNS\tX\t\n"
+    "\nLegend:\n\n  X    = Self\n  OK   = Status Ok\n"
+)
+
+
+def test_p2p_matrix_is_not_a_topology(tmp_path: Path) -> None:
+    path = tmp_path / "p2p.txt"
+    path.write_text(P2P_RW, encoding="utf-8")
+    with pytest.raises(TopologyParseError, match=rf"^{path}:2: bad link 'GNS' in column GPU1$"):
+        read_nvsmi(path)
