@@ -198,9 +198,10 @@ def infer_siblings_from_ranges(
     after (``0-47,96-143`` / ``48-95,144-191`` on a 96-core, 2-socket machine), so the
     sibling of CPU ``c`` is ``c + T/2`` with ``T`` the total CPU count -- the pairing
     ``thread_siblings_list`` in sysfs reports there. The guess is made only when the
-    CPUs are exactly ``0..T-1`` and every affinity list has several ranges and is
-    symmetric under ``+T/2`` (low cores plus their high twins). Otherwise, e.g. for a
-    single range like ``0-31``, it returns ``{}``: every listed CPU counts as a core.
+    CPUs are exactly ``0..T-1`` and every affinity list has several ranges (runs of at
+    least two CPUs) and is symmetric under ``+T/2`` (low cores plus their high twins).
+    Otherwise, e.g. for a single range like ``0-31`` or single CPUs like ``0,2,4``, it
+    returns ``{}``: every listed CPU counts as a core.
     """
     sets = [s for s in affinities if s]
     allcpus = frozenset().union(*sets) if sets else frozenset()
@@ -210,7 +211,12 @@ def infer_siblings_from_ranges(
     half = total // 2
     for s in sets:
         low = {c for c in s if c < half}
-        if "," not in format_cpulist(s) or s != frozenset(low | {c + half for c in low}):
+        ranges = format_cpulist(s).split(",")
+        # Only runs of CPUs (``0-47,96-143``): a list of single CPUs such as
+        # ``0,2,4,6,8,10`` is some other numbering, and pairing it would be a guess.
+        if len(ranges) < 2 or any("-" not in r for r in ranges):
+            return {}
+        if s != frozenset(low | {c + half for c in low}):
             return {}
     pairs: dict[int, frozenset[int]] = {}
     for c in range(half):

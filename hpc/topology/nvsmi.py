@@ -1,10 +1,15 @@
 """Parse the text printed by ``nvidia-smi topo -m`` into a :class:`Topology`.
 
-Handled variants (all seen in real outputs): tab-separated or tab-expanded (spaces);
-NIC columns named ``NIC0``.. with a ``NIC Legend`` (``NIC0: mlx5_0``) or named after the
-device (``mlx5_0``) without legend; with or without the ``NUMA Affinity`` and
-``GPU NUMA ID`` columns; empty or ``N/A`` affinity cells; ANSI underline codes around the
-header; the old ``SOC`` spelling of ``SYS``.
+Handled variants (all seen in real outputs, see tests/fixtures/topologies/SOURCES.md):
+tab-separated or tab-expanded (spaces), indented (pasted into Markdown); empty cells and
+doubled tabs (drivers pad ``NUMA Affinity`` with a second tab before ``GPU NUMA ID``); NIC
+columns named ``NIC0``.. with a ``NIC Legend`` (``NIC1: mlx5_3``, ``NIC8: mlx5_bond_0``)
+or named after the device (``mlx5_0``, ``mlx4_0``) without legend; with or without the
+``NUMA Affinity`` and ``GPU NUMA ID`` columns; NIC rows missing (output cut short);
+empty or ``N/A`` cells; ANSI underline codes around the header (with or without the ESC
+byte); CRLF line ends and trailing spaces; lines before the header (a prompt, "NVIDIA
+Topology:"); the old ``SOC`` spelling of ``SYS``. A link cell ``N/A`` is kept as is
+(an unknown link, sorted last by :func:`hpc.topology.model.link_distance`).
 
 ``GPU NUMA ID`` is the NUMA node of the GPU's own memory (coherent systems) and is not
 used; a GPU's NUMA node is the ``NUMA Affinity`` column (the CPU side).
@@ -41,6 +46,7 @@ _HEADER_TOKEN = re.compile("|".join(re.escape(c) for c in _ATTR_COLUMNS) + r"|\S
 _GPU_NAME = re.compile(r"^GPU(\d+)$")
 _LEGEND_LINE = re.compile(r"^\s*(\S+)\s*:\s*(\S+)\s*$")
 _EMPTY = ("", "N/A", "n/a")
+_UNKNOWN_LINK = "N/A"
 
 
 @dataclass
@@ -66,14 +72,17 @@ def parse_nvsmi(
     siblings: Mapping[int, frozenset[int]] | None = None,
 ) -> Topology:
     """Parse ``nvidia-smi topo -m`` text. Errors name ``path`` and the line number."""
-    lines = [_ANSI.sub("", ln).rstrip("\r\n") for ln in text.splitlines()]
+    lines = [_ANSI.sub("", ln).rstrip() for ln in text.splitlines()]
 
     def fail(msg: str, line: int | None = None) -> TopologyParseError:
         return TopologyParseError(msg, path, line)
 
-    start = next((i for i, ln in enumerate(lines) if ln.strip()), None)
-    if start is None:
+    first = next((i for i, ln in enumerate(lines) if ln.strip()), None)
+    if first is None:
         raise fail("empty topology text")
+    # The header is the first line whose first cell is GPU0 (lines before it are a
+    # prompt or a caption); without one, the first non-blank line is reported.
+    start = next((i for i in range(first, len(lines)) if _is_header(lines[i])), first)
     devices, attrs = _parse_header(lines[start])
     gpu_cols = [d for d in devices if _GPU_NAME.match(d)]
     if not gpu_cols:
@@ -81,7 +90,7 @@ def parse_nvsmi(
 
     rows: dict[str, _Row] = {}
     end = start + 1
-    while end < len(lines) and lines[end].strip() and not lines[end].startswith("Legend"):
+    while end < len(lines) and lines[end].strip() and lines[end].split()[0] != "Legend:":
         row = _parse_row(lines[end], end + 1, devices, attrs, fail)
         if row.label in rows:
             raise fail(f"duplicate row {row.label!r}", row.line)
@@ -95,6 +104,11 @@ def parse_nvsmi(
     return _build(rows, devices, legend, siblings, fail)
 
 
+def _is_header(line: str) -> bool:
+    cells = line.split()
+    return bool(cells) and cells[0] == "GPU0"
+
+
 def _parse_header(line: str) -> tuple[list[str], list[str]]:
     if "\t" in line:
         cells = [c.strip() for c in line.split("\t")]
@@ -106,31 +120,41 @@ def _parse_header(line: str) -> tuple[list[str], list[str]]:
 
 
 def _parse_row(line: str, lineno: int, devices: list[str], attrs: list[str], fail) -> _Row:
-    if "\t" in line:
-        cells = [c.strip() for c in line.split("\t")]
-        # Trailing empty cells are empty attribute columns (NIC rows); drop them only.
-        while len(cells) > 1 + len(devices) and not cells[-1]:
-            cells.pop()
-    else:
-        cells = line.split()
+    tabbed = "\t" in line
+    cells = [c.strip() for c in line.split("\t")] if tabbed else line.split()
     label = cells[0]
     if label not in devices:
         raise fail(f"row label {label!r} is not a column of the header", lineno)
     links = cells[1 : 1 + len(devices)]
-    if len(links) < len(devices):
-        raise fail(f"expected {len(devices)} link columns, found {len(links)}", lineno)
-    rest = cells[1 + len(devices) :]
+    if len(links) < len(devices) or (tabbed and "" in links):
+        found = len([v for v in links if v])
+        raise fail(f"expected {len(devices)} link columns, found {found}", lineno)
+    rest = _attr_cells(cells[1 + len(devices) :], len(attrs))
     if len(rest) > len(attrs):
         raise fail(f"{len(rest) - len(attrs)} more column(s) than the header has", lineno)
     for col, value in zip(devices, links, strict=True):
         if value == "SOC":  # pre-2018 drivers
             value = "SYS"
-        if not is_link(value):
+        if value != _UNKNOWN_LINK and not is_link(value):
             raise fail(f"bad link {value!r} in column {col}", lineno)
         if (col == label) != (value == "X"):
             raise fail(f"'X' must be exactly on the diagonal (column {col})", lineno)
     links = ["SYS" if v == "SOC" else v for v in links]
     return _Row(lineno, label, links, dict(zip(attrs, rest, strict=False)))
+
+
+def _attr_cells(rest: list[str], wanted: int) -> list[str]:
+    """The attribute cells of a row, one per attribute column of the header.
+
+    Trailing empty cells are dropped (NIC rows). When the row still has more cells than
+    the header (drivers print ``0\\t\\tN/A``: a doubled tab after ``NUMA Affinity``), the
+    empty cells are padding and only the others count, in order.
+    """
+    while rest and not rest[-1]:
+        rest = rest[:-1]
+    if len(rest) > wanted:
+        rest = [c for c in rest if c]
+    return rest
 
 
 def _parse_nic_legend(lines: list[str], start: int, fail) -> dict[str, str]:

@@ -40,10 +40,11 @@ EXPECTED = {
 
 
 def test_every_fixture_is_covered() -> None:
-    assert sorted(EXPECTED) == ALL
+    # The others are checked in test_topo_wild.py (which checks that all are covered).
+    assert set(EXPECTED) <= set(ALL)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_fixture_parses(name: str) -> None:
     topo = read_nvsmi(TOPOLOGIES / name)
     ngpus, nics, samples = EXPECTED[name]

@@ -10,6 +10,8 @@ batch by batch; each batch is reduced at once to typed allocation columns
   first line into the right number of fields. Multi-byte delimiters (``☃``, ``^|^``)
   are mapped to a control byte first.
 * ``--parsable`` ends every line with the delimiter: the extra empty column is dropped.
+* sacct's default fixed-width table (no ``--parsable2``) is refused with a clear error:
+  it truncates values to the column width (``JobName%30``), so it cannot be trusted.
 """
 
 from __future__ import annotations
@@ -85,6 +87,13 @@ def detect_layout(
         if trailing:
             names.pop()
         return Layout(names, delimiter, True, trailing, line)
+    if delimiter is None and _is_fixed_width_header(line):
+        raise CostInputError(
+            source,
+            "fixed-width sacct output (no --parsable2): its columns are cut to width, "
+            "so it cannot be read; rerun sacct with --parsable2 (-P)",
+            1,
+        )
     if not fields:
         raise CostInputError(
             source,
@@ -108,6 +117,17 @@ def detect_layout(
         )
     trailing = count == n + 1 and line.endswith(delimiter)
     return Layout(list(fields), delimiter, False, trailing, line)
+
+
+def _is_fixed_width_header(line: str) -> bool:
+    """sacct's default table header: field names padded with runs of spaces."""
+    names = line.split()
+    return (
+        len(names) > 1
+        and "  " in line.strip()
+        and all(NAME_RE.match(n) for n in names)
+        and any(n.lower() in ("jobid", "jobidraw") for n in names)
+    )
 
 
 def _is_header(line: str, delimiter: str) -> bool:
