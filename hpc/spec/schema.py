@@ -115,13 +115,13 @@ class CheckpointConfig:
     locals()["async"] = False
 
     def __init__(self, **values: Any) -> None:
-        for item in fields(self):
+        for item in fields(self):  # type: ignore[arg-type]
             setattr(self, item.name, values.pop(item.name, item.default))
         if values:
             raise TypeError(f"CheckpointConfig: unknown {sorted(values)}")
 
     def __repr__(self) -> str:
-        values = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        values = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))  # type: ignore[arg-type]
         return f"CheckpointConfig({values})"
 
 
