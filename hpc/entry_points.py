@@ -11,6 +11,7 @@ that brings its own distributions) importlib.metadata answers instead.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
@@ -70,8 +71,13 @@ def _plain_paths() -> bool:
 
 def _metadata_dirs() -> list[str]:
     """The metadata folders of sys.path, in importlib.metadata's order."""
+    return _metadata_dirs_of(tuple(sys.path), os.getcwd())
+
+
+@functools.lru_cache(maxsize=4)  # a backend's and a job schema's lookups share one listing
+def _metadata_dirs_of(path: tuple[str, ...], _cwd: str) -> list[str]:
     found: list[str] = []
-    for root in sys.path:
+    for root in path:
         try:
             children = os.listdir(root or ".")
         except OSError:
