@@ -114,10 +114,24 @@ def _repository(internals: dict[str, Any], entries: SearchPath) -> tuple[Any, An
     for provider, url in entries:
         search_path.append(provider, url)
     search_path.append("schema", "structured://")
-    repo = internals["CachingConfigRepository"](
-        internals["ConfigRepository"](config_search_path=search_path)
-    )
-    return search_path, repo
+    delegate = internals["ConfigRepository"](config_search_path=search_path)
+    return search_path, _caching(internals["CachingConfigRepository"], delegate)
+
+
+def _caching(cls: Any, delegate: Any) -> Any:
+    """Hydra's CachingConfigRepository over ``delegate``, without copying it.
+
+    Its __init__ deep-copies the delegate (so that initialize_sources() cannot change a
+    repository someone else holds), and with it the whole ConfigStore: ~9 ms, 4% of a
+    dry run. This delegate is built for one composition and never used again. Where
+    __init__ does anything else (another Hydra release), it runs as usual.
+    """
+    if cls.__init__.__code__.co_names != ("copy", "deepcopy", "delegate", "cache"):
+        return cls(delegate)
+    repo = cls.__new__(cls)
+    repo.delegate = delegate
+    repo.cache = {}
+    return repo
 
 
 def _defaults_list(
