@@ -27,6 +27,7 @@ Exit code 0 only when no check FAILs. Without a GPU every check SKIPs (exit 0).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -434,6 +435,9 @@ def check_async_staging(opts: Options) -> str:
 
 def check_step_overhead(opts: Options) -> str:
     _torch_cuda()
+    missing = [m for m in ("omegaconf", "hydra", "yaml") if importlib.util.find_spec(m) is None]
+    if missing:  # composing the job's config needs them (a bare CUDA image may lack them)
+        raise Skip(f"{', '.join(missing)} not installed (carry the hydra-core, omegaconf wheels)")
     proc = subprocess.run(
         [sys.executable, __file__, "--step-child", str(100 if opts.quick else 400)],
         capture_output=True,
