@@ -64,3 +64,25 @@ def test_an_unexpected_package_init_is_imported_as_usual():
     assert hydra_light._parse(usual.replace("from hydra import utils", "setup()")) is None
     assert hydra_light._parse(usual.replace('["utils"]', '["other"]')) is None
     assert hydra_light._parse(usual + "x = 1\n") is None
+
+
+DEFERRED = """
+import io, contextlib
+from hpc.cli.launch import main
+with contextlib.redirect_stdout(io.StringIO()):
+    assert main(["dry_run=true"]) == 0
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+cs = ConfigStore.instance()
+assert "config.yaml" not in cs.repo.get("hydra", {}), "hydra/config stored by a dry run"
+import hydra.{module}
+node = cs.repo["hydra"]["config.yaml"]
+from hydra.conf import HydraConf
+assert node.provider == "hydra" and node.node == OmegaConf.structured(HydraConf())
+print("stored")
+"""
+
+
+def test_hydra_config_is_stored_on_first_use_of_the_public_api(tmp_path):
+    for module in ("initialize", "compose", "main", "utils"):
+        assert _run(DEFERRED.replace("{module}", module), cwd=str(tmp_path)) == "stored\n"
