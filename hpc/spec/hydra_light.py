@@ -80,7 +80,7 @@ def deferred_hydra_config() -> Iterator[None]:
             return
         real(self, name=name, node=node, group=group, **kw)
 
-    ConfigStore.store = store  # type: ignore[method-assign]
+    ConfigStore.store = store  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:
