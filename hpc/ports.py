@@ -5,7 +5,6 @@ free-port picker for launchers that start every rank themselves."""
 from __future__ import annotations
 
 import re
-import socket
 
 PORT_BASE, PORT_SPAN = 10000, 20000
 
@@ -17,6 +16,8 @@ def port_for_job(job_id: str) -> int:
 
 def free_port(host: str = "") -> int:
     """A TCP port free on ``host`` (``""``: every interface) at the time of asking."""
+    import socket  # noqa: PLC0415 (lazy: a dry run plans without it)
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from importlib.metadata import EntryPoint, distributions
 from importlib.resources import files
 
 from hydra.core.config_store import ConfigStore
 
 from hpc.backend import Launcher
+from hpc.entry_points import EntryPoint, entry_points
 
 GROUP = "hpc_launch.launchers"
 JOB_SCHEMA_GROUP = "hpc_launch.job_schemas"  # name -> "module:SCHEMAS" (dict of JobConfigs)
@@ -26,9 +26,8 @@ def _entry_points(group: str = GROUP) -> dict[str, EntryPoint]:
     # hpc_launch.egg-info in a checkout (on sys.path as the cwd) must not hide the
     # installed metadata's backends.
     found: dict[str, EntryPoint] = {}
-    for dist in distributions():
-        for ep in dist.entry_points.select(group=group):
-            found.setdefault(ep.name, ep)
+    for ep in entry_points(group):
+        found.setdefault(ep.name, ep)
     return found
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from hpc.defaults import EXIT_GRACE_S, PREEMPTION_SIGNAL
 from hpc.exitcodes import PREEMPTED, shell_code
@@ -40,6 +39,9 @@ from hpc.runtime import failures
 from hpc.runtime.checkpoint import latest_step
 from hpc.runtime.preemption import restarts_without_progress, signal_number
 from hpc.spec.jobspec import JobSpec, redact_uri
+
+if TYPE_CHECKING:
+    import subprocess
 
 WORKER_MODULE = "hpc.run"
 SignalMeaning = Literal["restart", "stop", "pass"]
@@ -165,6 +167,8 @@ class LocalJob(JobHandle):
         env.update(self.plan.spec.secrets)  # never in the plan: also in secrets.env (0600)
         env["MASTER_PORT"] = str(free_port(env["MASTER_ADDR"]))
         env["HPC_JOB_ID"] = self.job_id
+        import subprocess  # noqa: PLC0415 (lazy: ~8 ms with socket, not needed to plan)
+
         failures.clear(self.run_dir)
         for rank, command in enumerate(self.plan.commands):
             rank_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank))

@@ -15,12 +15,11 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from hpc.exitcodes import shell_code
 from hpc.launchers.base import NOTHING_DISCOVERED, Launcher, MachineFacts, Plan, prepare_run
@@ -36,6 +35,9 @@ from hpc.rundir import records
 from hpc.spec.errors import ConfigError
 from hpc.spec.jobspec import JobSpec
 from hpc.spec.rules import check_local_gpus, local_gpu_count
+
+if TYPE_CHECKING:
+    import subprocess
 
 # Set by the ranks' environment, never inherited from the shell that runs hpc-launch:
 # a stray RANK/MASTER_PORT would make the ranks take the torchrun contract instead.
@@ -141,6 +143,8 @@ class MpiJob(LocalJob):
         self._mpirun_lines: list[str] = []
 
     def start(self) -> None:
+        import subprocess  # noqa: PLC0415 (lazy: not needed to plan)
+
         env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
         env.update(self.plan.env)
         env["HPC_JOB_ID"] = self.job_id

@@ -20,13 +20,11 @@ import yaml
 from hpc.backend import NotSupported, SubmitError
 from hpc.registry import get_launcher
 from hpc.rundir import records
-from hpc.runtime.tracking import unsent_message
 from hpc.spec.compose import EMBEDDED
 from hpc.spec.errors import ConfigError
 from hpc.spec.jobspec import load_spec
 from hpc.spec.schema import FRAMEWORK_KEYS
 from hpc.spec.sources import ConfigSource, split_flags
-from hpc.sweeps.plan import plan_sweep
 
 if TYPE_CHECKING:
     from hpc.backend import JobHandle
@@ -199,6 +197,8 @@ def follow(handle: JobHandle, name: str) -> int:
 
 def _tracking_note(run_dir: Path) -> str:
     """``; metrics not in MLflow yet ...`` when the run's metrics could not be sent."""
+    from hpc.runtime.tracking import unsent_message  # noqa: PLC0415 (lazy: after a followed run)
+
     try:
         message = unsent_message(records.load(run_dir))
     except (FileNotFoundError, ValueError):
@@ -209,6 +209,8 @@ def _tracking_note(run_dir: Path) -> str:
 def run_sweep(overrides: Sequence[str], source: ConfigSource = EMBEDDED) -> int:
     """``hpc-launch -m``: plan, then let the backend submit it (Slurm arrays, local tasks
     in turn); a backend without sweeps is a one-line error, exit 2."""
+    from hpc.sweeps.plan import plan_sweep  # noqa: PLC0415 (lazy: -m only)
+
     try:
         plan = plan_sweep(overrides, source=source)
         first = next(iter(plan.shapes.values()))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -57,6 +56,8 @@ def prepare_store(uri: str, experiment: str, timeout_s: float = 300.0) -> str | 
     Returns None when done (or nothing to do), else why it could not (the workers
     then retry on their own).
     """
+    import subprocess  # noqa: PLC0415 (lazy: a dry run imports this module, never runs it)
+
     path = sqlite_path(uri)
     if path is None or store_ready(path):
         return None
