@@ -371,7 +371,7 @@ def _project_stager() -> Any:
     then stages raw (pinned buffers, ``copy_(non_blocking=True)``, one synchronize).
     """
     try:
-        from hpc.runtime.checkpoint_async import Stager  # type: ignore[import-not-found]
+        from hpc.runtime.checkpoint_async import Stager
     except ImportError:
         return None
     return Stager()
