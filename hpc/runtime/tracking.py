@@ -267,7 +267,7 @@ class MlflowTracker(SpoolTracker):
         with self.spool.sending():  # a rewind waits for this cycle (and vice versa)
             self._send_batches(final, Metric, Param, RunTag)
 
-    def _send_batches(self, final: bool, Metric: Any, Param: Any, RunTag: Any) -> None:  # noqa: N803
+    def _send_batches(self, final: bool, Metric: Any, Param: Any, RunTag: Any) -> None:
         metrics: list[Any] = []
         params: dict[str, Any] = {}
         tags: dict[str, Any] = {}
