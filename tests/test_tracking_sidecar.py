@@ -183,3 +183,27 @@ def test_server_outage_with_the_sidecar_loses_and_duplicates_nothing(
     run_dir = next((workdir / "outputs" / "digits").iterdir())
     check_mlflow_run(run_dir, server.url)  # every step once, in order; one run; FINISHED
     assert not os.path.exists(run_dir / "PREEMPTED") and EPOCHS == 150
+
+
+def test_without_the_sidecar_the_rank_sends_itself(workdir: Path) -> None:
+    """``HPC_SIDECAR=0`` (as when it cannot start): the in-process sender, same result."""
+    from mlflow.tracking import MlflowClient
+
+    run_dir = workdir / "run"
+    proc = hpc_launch(
+        [f"run_dir={run_dir}", f"job.entrypoint={PROBE}", "job.epochs=1"],
+        workdir,
+        timeout=300,
+        HPC_SIDECAR="0",
+    )
+    assert proc.returncode == 0, proc.stderr
+    output = proc.stdout + proc.stderr
+    assert mlflow_lines(output) == ["hpc-test: rank 0 mlflow imported: True"], output[-3000:]
+    assert output.count("sidecar not available") == 1, output[-3000:]  # warned once
+    assert int((run_dir / "sidecar.pid").read_text()) == -1
+    record = json.loads((run_dir / "job.json").read_text())
+    assert record["extra"]["tracking"]["state"] == "sent"
+    assert record["extra"]["accounting"]["samples"] >= 1
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    steps = [m.step for m in client.get_metric_history(record["mlflow_run_id"], "loss")]
+    assert sorted(steps) == list(range(1, 24))

@@ -54,10 +54,15 @@ def enabled() -> bool:
 
 
 def warn_fallback(what: str, why: str) -> None:
-    """Once per process and role: the sidecar is not used, the work stays in the rank."""
-    if what not in _warned:
+    """Once per process: the sidecar is not used, its work stays in the rank."""
+    if not _warned:
         _warned.add(what)
-        log.warning("hpc-launch: sidecar not available (%s): %s in the training process", why, what)
+        log.warning(
+            "hpc-launch: sidecar not available (%s): the %s and what else it would run"
+            " stay in the training process",
+            why,
+            what,
+        )
 
 
 class Sidecar:
@@ -223,10 +228,11 @@ class _Service:
                 self.reply({"unsent": left})
 
     def _start(self, msg: dict[str, Any]) -> str | None:
-        with contextlib.suppress(OSError):
-            if msg.get("cpus"):
+        if msg.get("cpus"):
+            with contextlib.suppress(OSError):  # CPUs outside this cpuset: keep the rank's
                 os.sched_setaffinity(0, msg["cpus"])
-            if msg.get("nice"):
+        if msg.get("nice"):
+            with contextlib.suppress(OSError):
                 os.nice(int(msg["nice"]))
         spec = msg.get("sampler")
         if spec is None:
