@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from hpc.credentials import redact
 from hpc.runtime.tracking import SpoolTracker, record_unsent, warn_unsent
 
 log = logging.getLogger(__name__)
@@ -317,9 +318,10 @@ def main() -> int:
             try:
                 service.handle(json.loads(line))
             except Exception as exc:  # never silent, never fatal to the rank
-                log.warning("hpc-launch sidecar: %s: %s", type(exc).__name__, exc)
+                error = redact(f"{type(exc).__name__}: {exc}")[:300]
+                log.warning("hpc-launch sidecar: %s", error)
                 with contextlib.suppress(Exception):
-                    service.reply({"ok": False, "error": str(exc)[:200]})
+                    service.reply({"ok": False, "error": error})
     service.gone()
     return 0
 
