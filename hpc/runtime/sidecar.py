@@ -73,6 +73,7 @@ class Sidecar:
         self.proc = proc
         self.roles: set[str] = set()
         self._buffer = b""
+        self._requests = 0
 
     @classmethod
     def start(
@@ -116,22 +117,30 @@ class Sidecar:
             return False
 
     def request(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any] | None:
-        """Send ``message``; its answer, or None when none came within ``timeout_s``."""
-        if not self.send(message):
+        """Send ``message``; its answer, or None when none came within ``timeout_s``.
+
+        Answers carry the request's ``id``: a late answer to an earlier request that
+        timed out is skipped, never taken for this one's.
+        """
+        self._requests += 1
+        if not self.send({**message, "id": self._requests}):
             return None
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout_s
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                return None
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return None
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
+        while True:
+            while b"\n" not in self._buffer:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    return None
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return None
+                self._buffer += chunk
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            answer = json.loads(line)
+            if answer.get("id") == self._requests:
+                return answer
 
     def track(self, spec: dict[str, Any]) -> bool:
         answer = self.request({"op": "track", **spec}, START_TIMEOUT_S)
@@ -203,13 +212,15 @@ class _Service:
         self.tracker: Any = None
         self.lock = threading.Lock()
         self.done = False
+        self.request_id: int | None = None
 
     def reply(self, message: dict[str, Any]) -> None:
-        self.out.write(json.dumps(message) + "\n")
+        self.out.write(json.dumps({**message, "id": self.request_id}) + "\n")
         self.out.flush()
 
     def handle(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
+        self.request_id = msg.get("id")
         with self.lock:
             if op == "wake":
                 if self.tracker is not None:
