@@ -21,7 +21,9 @@ the ranks cannot end it before the rank's own finish.
 
 Placement: on the node's CPUs that no local rank is bound to when placement left
 some (:func:`hpc.runtime.node.sidecar_cpus`), else on all the job's CPUs at
-``nice`` 10: it then only runs when a rank's core is idle. ``HPC_SIDECAR=0``
+``nice`` 10: it then mostly runs when a rank's core waits. The nice comes once the
+sender is warm (mlflow imported, the server met; ``WARM_S`` at most), so that heavy
+start cannot be starved into the rank's final wait. ``HPC_SIDECAR=0``
 keeps the in-process sender and sampler (also the fallback when it cannot start).
 """
 
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 60.0  # a cold Python with psutil on a busy node
 REPLY_GRACE_S = 15.0  # past flush_timeout_s: the final status call and the reply
 GONE_FLUSH_S = 5.0
+WARM_S = 60.0  # the sidecar runs at normal priority until its sender is warm, this at most
 _warned: set[str] = set()
 
 
@@ -213,6 +216,7 @@ class _Service:
         self.lock = threading.Lock()
         self.done = False
         self.request_id: int | None = None
+        self.nice = 0
 
     def reply(self, message: dict[str, Any]) -> None:
         self.out.write(json.dumps({**message, "id": self.request_id}) + "\n")
@@ -243,9 +247,8 @@ class _Service:
         if msg.get("cpus"):
             with contextlib.suppress(OSError):  # CPUs outside this cpuset: keep the rank's
                 os.sched_setaffinity(0, msg["cpus"])
-        if msg.get("nice"):
-            with contextlib.suppress(OSError):
-                os.nice(int(msg["nice"]))
+        self.nice = int(msg.get("nice") or 0)
+        threading.Thread(target=self._renice_when_warm, name="renice", daemon=True).start()
         spec = msg.get("sampler")
         if spec is None:
             return None
@@ -258,6 +261,22 @@ class _Service:
         except Exception as exc:  # accounting never stops training
             return f"{type(exc).__name__}: {exc}"
         return None
+
+    def _renice_when_warm(self) -> None:
+        """Lower the priority once the sender has imported mlflow and met the server
+        (at most ``WARM_S`` after start; at once after it when nothing is tracked).
+
+        That start is the sidecar's one heavy piece of work (seconds of CPU); at low
+        priority on a busy node it could still be pending when the rank's finish
+        waits on it. After it, sending is light.
+        """
+        deadline = time.monotonic() + WARM_S
+        while time.monotonic() < deadline:
+            tracker = self.tracker
+            if tracker is not None and (tracker._client is not None or tracker.errors):
+                break
+            time.sleep(0.2)
+        renice(self.nice)
 
     def _stop_sampler(self) -> None:
         sampler, self.sampler = self.sampler, None
@@ -284,6 +303,16 @@ class _Service:
             if os.getppid() != self.parent:
                 self.gone()
                 os._exit(0)
+
+
+def renice(nice: int) -> None:
+    """Every thread of this process at nice ``nice`` at least (Linux: nice is per thread)."""
+    if not nice:
+        return
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]:
+        with contextlib.suppress(OSError, ValueError):
+            current = os.getpriority(os.PRIO_PROCESS, int(tid))
+            os.setpriority(os.PRIO_PROCESS, int(tid), max(current, nice))
 
 
 def mlflow_tracker(spec: dict[str, Any], writer: bool = False) -> Any:
