@@ -101,7 +101,7 @@ def main(cfg: dict[str, Any]) -> int:
                 loss.backward()
                 opt.step()
                 step += 1
-                s.log_metrics({"loss": loss.item()}, step)
+                s.log_metrics({"loss": loss.detach()}, step)  # read when written: no sync
                 # The epoch's last step checkpoints after the epoch-end work (below).
                 if i + 1 < steps_per_epoch and checkpoint(epoch):
                     return 0  # the session exits with the "preempted" code

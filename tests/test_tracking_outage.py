@@ -141,7 +141,7 @@ def server(tmp_path: Path):
 class Job:
     """``hpc-launch`` of the digits job, rank 0's output read line by line."""
 
-    def __init__(self, workdir: Path, uri: str) -> None:
+    def __init__(self, workdir: Path, uri: str, args: tuple[str, ...] = ()) -> None:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -149,6 +149,7 @@ class Job:
                 "hpc.cli.launch",
                 f"tracking.uri={uri}",
                 f"job.epochs={EPOCHS}",
+                *args,
             ],
             cwd=workdir,
             env=cli_env(workdir),

@@ -4,7 +4,8 @@ Called by the session before torch.distributed starts: each rank discovers the
 node's topology (NVML, else sysfs; CPU-only without GPUs), takes its own slice
 of the node plan (its GPU, the CPUs and NUMA node near it, its nearest NICs),
 binds itself there, and sets the NCCL profile's variables. Local rank 0 runs
-the node's accounting sampler.
+the node's accounting sampler, in the node's sidecar process
+(:mod:`hpc.runtime.sidecar`), else (no sidecar) on a thread of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from hpc.accounting import summarize
 from hpc.accounting.sampler import Sampler, SamplerConfig
 from hpc.nccl import nccl_env
 from hpc.runtime.environment import RankInfo
+from hpc.runtime.sidecar import Sidecar, warn_fallback
 from hpc.topology.apply import apply_placement
 from hpc.topology.discover import discover
 from hpc.topology.model import format_cpulist
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 _placed: list[tuple[dict[str, str], str]] = []
 # Samplers running in this process, by file: a Session adopts the one hpc.run started.
 _samplers: dict[Path, NodeAccounting] = {}
+# The CPUs this process had before placement bound it, and those no local rank is bound to.
+_node_cpus: list[tuple[list[int], list[int]]] = []
+SIDECAR_NICE = 10
 
 
 def place_rank(cfg: dict[str, Any], info: RankInfo) -> tuple[dict[str, str], str]:
@@ -55,6 +60,9 @@ def place_rank(cfg: dict[str, Any], info: RankInfo) -> tuple[dict[str, str], str
             strict_memory=bool(placement.get("strict_memory", False)),
         )
         mine = plan[info.local_rank]
+        before = sorted(os.sched_getaffinity(0))
+        taken = {cpu for rank_plan in plan for cpu in rank_plan.cpus}
+        _node_cpus.append((before, [cpu for cpu in before if cpu not in taken]))
         added.update(apply_placement(mine))
         bound = sorted(os.sched_getaffinity(0))
         line = (
@@ -72,12 +80,38 @@ def place_rank(cfg: dict[str, Any], info: RankInfo) -> tuple[dict[str, str], str
     return added, line
 
 
+def sidecar_cpus() -> tuple[list[int], int]:
+    """Where the node's sidecar runs: (CPUs, nice increment).
+
+    The CPUs placement left to no local rank, at normal priority, when there are
+    such; else all the job's CPUs (this process's before placement bound it) at
+    ``nice`` :data:`SIDECAR_NICE`, so it runs when a rank's core waits.
+    """
+    if _node_cpus:
+        before, free = _node_cpus[0]
+        return (free, 0) if free else (before, SIDECAR_NICE)
+    return sorted(os.sched_getaffinity(0)), SIDECAR_NICE
+
+
+def start_sidecar(sampler: dict[str, Any] | None = None) -> Sidecar | None:
+    """This node's sidecar, started from this rank (None, warned once, if it cannot be)."""
+    cpus, nice = sidecar_cpus()
+    side, why = Sidecar.start(cpus, nice, sampler)
+    if side is None:
+        warn_fallback("metrics sender" if sampler is None else "accounting sampler", why)
+    return side
+
+
 def _ranges(cpus: list[int]) -> str:
     return format_cpulist(cpus) or "-"
 
 
 class NodeAccounting:
-    """The node's accounting sampler (local rank 0 only); a no-op elsewhere."""
+    """The node's accounting sampler (local rank 0 only); a no-op elsewhere.
+
+    It runs in the node's sidecar (``sidecar``, which rank 0's tracker may share),
+    else on a thread here (``sampler``).
+    """
 
     def __init__(self, cfg: dict[str, Any], info: RankInfo, run_dir: Path, job_id: str | None):
         acct = cfg.get("accounting") or {}
@@ -87,13 +121,15 @@ class NodeAccounting:
         self.interval_s = float(acct.get("interval_s", 10.0))
         self.job_id = job_id
         self.sampler: Any = None
+        self.sidecar: Sidecar | None = None
 
     def start(self) -> None:
         if not self.enabled:
             return
         running = _samplers.get(self.path)
-        if running is not None and running.sampler is not None:  # adopt it (stop() is ours)
+        if running is not None and (running.sampler or running.sidecar):  # adopt (stop is ours)
             self.sampler, running.sampler = running.sampler, None
+            self.sidecar, running.sidecar = running.sidecar, None
             _samplers[self.path] = self
             return
         _samplers[self.path] = self
@@ -101,12 +137,23 @@ class NodeAccounting:
         config = SamplerConfig(
             path=self.path, interval_s=self.interval_s, root_pid=os.getppid(), job_id=self.job_id
         )
+        spec = {
+            "path": str(config.path),
+            "interval_s": config.interval_s,
+            "root_pid": config.root_pid,
+            "job_id": config.job_id,
+        }
+        self.sidecar = start_sidecar(spec)
+        if self.sidecar is not None:
+            return
         try:
             self.sampler = Sampler(config).start()
         except Exception as exc:  # accounting never stops training
             log.warning("accounting sampler not started: %s", exc)
 
     def stop(self) -> None:
+        if self.sidecar is not None:
+            self.sidecar.stop_sampler()  # the sidecar may go on shipping metrics
         if self.sampler is not None:
             try:
                 self.sampler.stop()

@@ -46,17 +46,12 @@ from hpc.runtime.checkpoint import CheckpointManager, LoadedCheckpoint
 from hpc.runtime.checkpoint_async import AsyncCheckpointer
 from hpc.runtime.checkpoint_dcp import DcpCheckpointManager, make_checkpoints
 from hpc.runtime.environment import ClusterEnvironment, RankInfo
-from hpc.runtime.node import NodeAccounting, place_rank, summarize_run
+from hpc.runtime.node import NodeAccounting, place_rank, start_sidecar, summarize_run
 from hpc.runtime.preemption import StopSignals
 from hpc.runtime.rank_discovery import from_env
+from hpc.runtime.sidecar import SidecarTracker, mlflow_tracker, warn_fallback
 from hpc.runtime.stop_agreement import StopAgreement
-from hpc.runtime.tracking import (
-    MlflowTracker,
-    Tracker,
-    flatten,
-    record_unsent,
-    sweep_parent_run,
-)
+from hpc.runtime.tracking import SpoolTracker, Tracker, flatten
 
 log = logging.getLogger(__name__)
 FINISHED_MARKER = records.FINISHED_MARKER
@@ -513,26 +508,17 @@ class Session:
         sweep_dir = extra.get("sweep_dir")
         experiment = tracking["experiment"]
 
-        def parent() -> str | None:
-            if not sweep_dir:
-                return None
-            return sweep_parent_run(uri, experiment, sweep_dir, Path(sweep_dir).name)
-
-        def remember(new_run_id: str) -> None:
-            if record:
-                records.update(self.run_dir, mlflow_run_id=new_run_id)
-
         name = f"{Path(sweep_dir).name}/{self.run_dir.name}" if sweep_dir else self.run_dir.name
-        tracker = MlflowTracker(
-            uri,
-            experiment,
-            self.run_dir / "tracking",
-            run_id=run_id,
-            run_name=name,
-            parent_run_id=parent,
-            on_run=remember,
-            on_unsent=lambda left, reason: record_unsent(self.run_dir, left, reason),
-        )
+        spec = {
+            "uri": uri,
+            "experiment": experiment,
+            "spool_dir": str(self.run_dir / "tracking"),
+            "run_id": run_id,
+            "run_name": name,
+            "sweep_dir": sweep_dir,
+            "run_dir": str(self.run_dir),
+        }
+        tracker = self._spool_tracker(spec)
         if not run_id:
             tracker.log_params(flatten(self.cfg))
         tracker.set_tags(
@@ -549,8 +535,26 @@ class Session:
         )
         return tracker
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Record metrics (rank 0 only; other ranks' calls are no-ops)."""
+    def _spool_tracker(self, spec: dict[str, Any]) -> SpoolTracker:
+        """The spool producer; the node's sidecar ships it, else a sender thread here."""
+        sidecar = self.accounting.sidecar
+        if sidecar is None or not sidecar.alive():
+            sidecar = start_sidecar()
+        if sidecar is not None:
+            producer = SidecarTracker(sidecar, spec["spool_dir"], self.run_dir)  # spool first
+            if sidecar.track(spec):
+                return producer
+            producer.spool.close()
+            warn_fallback("metrics sender", "it did not take the run")
+        return mlflow_tracker(spec, writer=True)  # mlflow is imported in the sender thread
+
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        """Record metrics (rank 0 only; other ranks' calls are no-ops).
+
+        Values are floats or one-element torch tensors; a tensor is read only when the
+        held steps are written (see :class:`~hpc.runtime.tracking.SpoolTracker`), so
+        logging it costs no ``.item()`` and no device synchronisation.
+        """
         if self.is_main:
             self.tracker.log_metrics(metrics, step)
 

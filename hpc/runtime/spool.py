@@ -22,21 +22,34 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hpc.files import write_atomic
+from hpc.files import file_lock, write_atomic
 
-SPOOL, OFFSET = "spool.jsonl", "spool.offset"
+SPOOL, OFFSET, LOCK = "spool.jsonl", "spool.offset", "spool.lock"
 
 
 class MetricSpool:
-    def __init__(self, directory: str | os.PathLike[str], fsync_every_s: float = 1.0) -> None:
+    """The spool of one run; ``writer=False``: a reader only (the sidecar's sender),
+    which never opens the file for writing nor repairs its tail (the producer does)."""
+
+    def __init__(
+        self, directory: str | os.PathLike[str], fsync_every_s: float = 1.0, writer: bool = True
+    ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / SPOOL
-        _repair_torn_tail(self.path)
+        self.writer = writer
         self._lock = threading.Lock()
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._fh: Any = None
+        if writer:
+            _repair_torn_tail(self.path)
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._fsync_every_s = fsync_every_s
         self._last_fsync = time.monotonic()
+
+    def sending(self) -> Any:
+        """Held by a sender for a whole read-send-advance cycle and by :meth:`rewind`
+        (an ``flock``: it also orders a sender in another process, the sidecar)."""
+        return file_lock(self.directory / LOCK)
 
     # -- writing (training thread) ---------------------------------------------------
     def append(self, records: list[dict[str, Any]]) -> None:
@@ -66,7 +79,7 @@ class MetricSpool:
         the rest, metrics with a step past ``step`` (and a torn line) go, so the resumed
         run logs those steps once. Then ``step`` is committed.
         """
-        with self._lock:
+        with self.sending(), self._lock:
             self._fh.flush()
             data = self.path.read_bytes()
             offset = min(self.sent_offset(), len(data))
@@ -86,6 +99,8 @@ class MetricSpool:
             return dropped
 
     def close(self) -> None:
+        if self._fh is None or self._fh.closed:
+            return
         with self._lock:
             self._fh.flush()
             os.fsync(self._fh.fileno())
@@ -108,9 +123,12 @@ class MetricSpool:
         first metric that is not covered yet (everything, when ``final``).
         """
         offset = self.sent_offset()
-        with open(self.path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except FileNotFoundError:  # a reader started before the producer's first record
+            return
         lines: list[tuple[int, dict[str, Any]]] = []
         pos = offset
         for raw in data.splitlines(keepends=True):

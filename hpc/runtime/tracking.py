@@ -71,11 +71,99 @@ class Tracker:
         return 0
 
 
-class MlflowTracker(Tracker):
+class SpoolTracker(Tracker):
+    """Rank 0's producer: records go to the spool; nothing here talks to MLflow.
+
+    ``log_metrics`` takes floats and one-element torch tensors. A tensor is not read
+    (no ``.item()``, no device synchronisation) when logged: it is detached and copied
+    (so a later in-place update cannot change it) and converted when the held steps are
+    written, every ``hold_steps`` steps, at a commit, a param or tag, and at finish, by
+    which time it has long been computed. Floats with nothing held go straight to the
+    spool. What ships them is the subclass: the sidecar (:mod:`hpc.runtime.sidecar`)
+    or the in-process sender (:class:`MlflowTracker`).
+    """
+
+    def __init__(
+        self, spool_dir: str | os.PathLike[str], writer: bool = True, hold_steps: int = 32
+    ) -> None:
+        self.spool = MetricSpool(spool_dir, writer=writer)
+        self.hold_steps = hold_steps
+        self._held: list[tuple[dict[str, Any], int, int]] = []
+        # An asynchronous checkpoint commits from its own thread while the training
+        # thread logs: held metrics move to the spool whole and in order.
+        self._held_lock = threading.RLock()
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.write_held()
+        self.spool.append(
+            [{"k": "p", "key": k, "v": str(v)[:MAX_PARAM_LEN]} for k, v in params.items()]
+        )
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.write_held()
+        self.spool.append([{"k": "t", "key": k, "v": str(v)} for k, v in tags.items()])
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        now = int(time.time() * 1000)
+        values: dict[str, Any] = {}
+        lazy = False
+        for key, value in metrics.items():
+            if isinstance(value, float | int):
+                values[key] = float(value)
+            elif hasattr(value, "detach") and hasattr(value, "numel"):  # a torch tensor
+                if value.numel() != 1:
+                    raise ValueError(f"metric {key!r}: a tensor of {value.numel()} elements")
+                values[key] = value.detach().clone()
+                lazy = True
+            else:
+                values[key] = float(value)
+        with self._held_lock:
+            if not lazy and not self._held:
+                self.spool.append(_metric_records(values, now, step))
+                return
+            self._held.append((values, now, int(step)))
+            if len(self._held) >= self.hold_steps:
+                self.write_held()
+
+    def write_held(self) -> None:
+        """Append the held steps' metrics (converting their tensors) to the spool."""
+        with self._held_lock:
+            if not self._held:
+                return
+            held, self._held = self._held, []
+            out: list[dict[str, Any]] = []
+            for values, now, step in held:
+                out.extend(_metric_records({k: float(v) for k, v in values.items()}, now, step))
+            self.spool.append(out)
+
+    def commit(self, step: int) -> None:
+        self.write_held()
+        self.spool.commit(step)
+        self.committed(step)
+
+    def committed(self, step: int) -> None:
+        """A commit was written: a hook for the sender (wake it up)."""
+
+    def rewind(self, step: int) -> int:
+        self.write_held()
+        return self.spool.rewind(step)
+
+    def finish(self, status: str | None = "FINISHED", timeout_s: float = 60.0) -> int:
+        self.write_held()
+        return 0
+
+
+def _metric_records(values: Mapping[str, float], now: int, step: int) -> list[dict[str, Any]]:
+    return [{"k": "m", "key": k, "v": v, "ts": now, "s": int(step)} for k, v in values.items()]
+
+
+class MlflowTracker(SpoolTracker):
     """Spool to disk (durable, ordered); a background sender ships to MLflow.
 
     The run is created (or resumed by id) by the sender, so a server that is down
     at start delays nothing; ``on_run`` is called with the run id once it exists.
+    In the sidecar it is the sender only (``writer=False``): the rank's
+    :class:`SpoolTracker` writes the spool it reads.
     """
 
     def __init__(
@@ -89,7 +177,9 @@ class MlflowTracker(Tracker):
         on_run: Callable[[str], None] | None = None,
         send_interval_s: float = 1.0,
         on_unsent: Callable[[int, str], None] | None = None,
+        writer: bool = True,
     ) -> None:
+        super().__init__(spool_dir, writer=writer)
         # Our own retry loop runs in the sender; keep MLflow's per-request retries short.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -104,7 +194,6 @@ class MlflowTracker(Tracker):
         self.run_name = run_name
         self.parent_run_id = parent_run_id
         self.on_run = on_run
-        self.spool = MetricSpool(spool_dir)
         self.send_interval_s = send_interval_s
         self.errors = 0
         self.last_error: str | None = None
@@ -117,30 +206,8 @@ class MlflowTracker(Tracker):
         self._thread = threading.Thread(target=self._loop, name="mlflow-sender", daemon=True)
         self._thread.start()
 
-    # -- producer side (training thread): a buffered file append, never blocks -----------
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        self.spool.append(
-            [{"k": "p", "key": k, "v": str(v)[:MAX_PARAM_LEN]} for k, v in params.items()]
-        )
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self.spool.append([{"k": "t", "key": k, "v": str(v)} for k, v in tags.items()])
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        self.spool.append(
-            [
-                {"k": "m", "key": k, "v": float(v), "ts": now, "s": int(step)}
-                for k, v in metrics.items()
-            ]
-        )
-
-    def commit(self, step: int) -> None:
-        self.spool.commit(step)
+    def committed(self, step: int) -> None:
         self._wake.set()
-
-    def rewind(self, step: int) -> int:
-        return self.spool.rewind(step)
 
     # -- sender side ------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -202,6 +269,10 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Metric, Param, RunTag  # noqa: PLC0415
 
         self._ensure_run()
+        with self.spool.sending():  # a rewind waits for this cycle (and vice versa)
+            self._send_batches(final, Metric, Param, RunTag)
+
+    def _send_batches(self, final: bool, Metric: Any, Param: Any, RunTag: Any) -> None:
         metrics: list[Any] = []
         params: dict[str, Any] = {}
         tags: dict[str, Any] = {}
@@ -240,6 +311,7 @@ class MlflowTracker(Tracker):
         A run that FINISHED sends everything; a stopped, failed or killed one sends only
         committed metrics: the others belong to steps a resumed run will redo.
         """
+        self.write_held()
         self._final = status == "FINISHED"
         self._draining = True
         self._wake.set()
@@ -255,14 +327,7 @@ class MlflowTracker(Tracker):
                 if self.errors
                 else f"MLflow did not answer within {timeout_s:g} s"
             )
-            log.warning(
-                "MLflow: %d records not sent yet (%s); they stay in %s: send them with"
-                " `hpc sync %s`",
-                left,
-                reason,
-                self.spool.path,
-                os.path.dirname(os.path.abspath(self.spool.directory)),
-            )
+            warn_unsent(self.spool, left, reason)
             if self.on_unsent:
                 self.on_unsent(left, reason)
             self.spool.close()
@@ -278,6 +343,17 @@ class MlflowTracker(Tracker):
                 )
         self.spool.close()
         return 0
+
+
+def warn_unsent(spool: MetricSpool, left: int, reason: str) -> None:
+    """The one warning line for records a finish left in the spool."""
+    log.warning(
+        "MLflow: %d records not sent yet (%s); they stay in %s: send them with `hpc sync %s`",
+        left,
+        reason,
+        spool.path,
+        os.path.dirname(os.path.abspath(spool.directory)),
+    )
 
 
 def record_unsent(run_dir: str | os.PathLike[str], left: int, reason: str) -> None:
