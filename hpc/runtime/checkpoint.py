@@ -60,6 +60,38 @@ def latest_step(checkpoint_dir: Path) -> int:
         return -1
 
 
+def committed_dirs(directory: Path) -> list[Path]:
+    """Committed checkpoint directories (``step-N``) under ``directory``, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob(f"{PREFIX}*") if p.is_dir())
+
+
+def publish(
+    tmp: Path, final: Path, manifest: dict[str, Any], keep: int, valid: Callable[[Path], bool]
+) -> None:
+    """The commit, for every format: the manifest into the (fully written, fsynced) temp
+    directory, fsync, rename into place, fsync the parent, move LATEST, prune to ``keep``.
+
+    A valid checkpoint already at this step (a run resumed at its last step) is kept: a
+    step names one training state, and LATEST may point there.
+    """
+    directory = final.parent
+    write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
+    fsync_dir(tmp)
+    if final.exists() and valid(final):
+        shutil.rmtree(tmp)
+    else:
+        if final.exists():  # a broken one at this step: out of the way first
+            os.replace(final, directory / f".{final.name}.broken")
+        os.replace(tmp, final)
+        shutil.rmtree(directory / f".{final.name}.broken", ignore_errors=True)
+    fsync_dir(directory)
+    write_atomic(directory / LATEST, final.name + "\n")
+    for old in committed_dirs(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 class _HashingWriter:
     """A write-only file wrapper that hashes and counts what passes through."""
 
@@ -159,31 +191,12 @@ class CheckpointManager:
             "time": time.time(),
             **(meta or {}),
         }
-        write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
-        fsync_dir(tmp)
-        if final.exists() and self._manifest(final) is not None:
-            # The same step saved again (a run resumed at its last step): a step
-            # names one training state, and LATEST may point here, so keep it.
-            shutil.rmtree(tmp)
-        else:
-            if final.exists():  # a broken one at this step: out of the way first
-                os.replace(final, self.directory / f".{final.name}.broken")
-            os.replace(tmp, final)
-            shutil.rmtree(self.directory / f".{final.name}.broken", ignore_errors=True)
-        fsync_dir(self.directory)
-        write_atomic(self.directory / LATEST, final.name + "\n")
-        self._prune()
+        publish(tmp, final, manifest, self.keep, lambda path: self._manifest(path) is not None)
         return final
-
-    def _prune(self) -> None:
-        for old in self.checkpoints()[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
 
     def checkpoints(self) -> list[Path]:
         """Committed checkpoint directories, oldest first."""
-        if not self.directory.is_dir():
-            return []
-        return sorted(p for p in self.directory.glob(f"{PREFIX}*") if p.is_dir())
+        return committed_dirs(self.directory)
 
     def _manifest(self, path: Path) -> dict[str, Any] | None:
         try:

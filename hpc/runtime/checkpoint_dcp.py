@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpc.files import fsync_dir, write_atomic
+from hpc.files import write_atomic
 from hpc.runtime.checkpoint import (
     LATEST,
     MANIFEST,
@@ -63,7 +63,9 @@ from hpc.runtime.checkpoint import (
     CheckpointManager,
     LoadedCheckpoint,
     _sha256,
+    committed_dirs,
     latest_step,
+    publish,
 )
 
 log = logging.getLogger(__name__)
@@ -363,26 +365,12 @@ class DcpCheckpointManager:
             "time": time.time(),
             **(meta or {}),
         }
-        write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=2))
-        fsync_dir(tmp)
-        if final.exists() and self._manifest(final) is not None:
-            shutil.rmtree(tmp)  # the same step saved again: keep the committed one (LATEST)
-        else:
-            if final.exists():  # a broken one at this step: out of the way first
-                os.replace(final, self.directory / f".{final.name}.broken")
-            os.replace(tmp, final)
-            shutil.rmtree(self.directory / f".{final.name}.broken", ignore_errors=True)
-        fsync_dir(self.directory)
-        write_atomic(self.directory / LATEST, final.name + "\n")
-        for old in self.checkpoints()[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        publish(tmp, final, manifest, self.keep, lambda path: self._manifest(path) is not None)
 
     # -- inspect -----------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
         """Committed checkpoint directories, oldest first."""
-        if not self.directory.is_dir():
-            return []
-        return sorted(p for p in self.directory.glob(f"{PREFIX}*") if p.is_dir())
+        return committed_dirs(self.directory)
 
     def _manifest(self, path: Path) -> dict[str, Any] | None:
         try:
