@@ -32,9 +32,13 @@ def nvml_works() -> bool:
 
 @pytest.fixture
 def busy_child() -> Any:
-    """A child process that burns CPU for ~1 s, then sleeps."""
-    code = "import time\nt=time.time()\nwhile time.time()-t<1.0: pass\ntime.sleep(30)\n"
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    """A child process that burns 1 s of CPU time (however loaded the machine), says so
+    on stdout, then sleeps."""
+    code = (
+        "import time\nwhile time.process_time() < 1.0: pass\n"
+        "print('burned', flush=True)\ntime.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     yield proc
     proc.kill()
     proc.wait()
@@ -67,7 +71,8 @@ def test_cpu_only_here_records_no_gpu_numbers(tmp_path: Path, busy_child: Any) -
 def test_tracks_the_given_pids(tmp_path: Path, busy_child: Any) -> None:
     path = tmp_path / "acc.jsonl"
     with Sampler(SamplerConfig(path=path, interval_s=0.2, pids=[busy_child.pid])):
-        time.sleep(1.5)
+        assert busy_child.stdout.readline() == "burned\n"
+        time.sleep(0.5)  # a sample after the burn
     summary = summarize(path)
     assert records(path)[0]["pids"] == [busy_child.pid]
     assert summary["cpu_hours"] * 3600 > 0.4  # the child burned ~1 s of CPU
