@@ -336,9 +336,10 @@ class Session:
 
         All ranks must call this at the same step boundaries, and all of them get the
         same answer at each call, so they checkpoint together. The stop flags travel in
-        an all-reduce that is started at one call and read at the next
+        an all-reduce started now and then and read some calls later
         (:class:`hpc.runtime.stop_agreement.StopAgreement`): no step waits on a
-        collective, and a signal is acted on one call after the rank saw it.
+        collective, and a signal is acted on within about 0.1 s of steps (two calls
+        where a step takes longer than 50 ms).
         """
         if self.stop_agreement.agreed(self.signals.received is not None):
             self.stop_requested = True
