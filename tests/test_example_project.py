@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from test_entrypoints import assert_ddp_ran, ddp_lines
 
 from slurm_helpers import require_cluster, wait_for_job
-from support import REPO, hpc_launch
+from support import REPO, cli_env, hpc_launch
 
 EXAMPLE = REPO / "examples" / "my_project"
 SESSION_LINE = re.compile(
@@ -194,3 +195,63 @@ def test_sweep_over_a_user_group_is_one_array(
         else:
             hidden.add(session_result(text).group(1))
     assert hidden == {"16", "64"}, "each task ran its own model choice"
+
+
+# -- the same project as an existing Hydra app, through the hpc-launch plugin -------------------
+APP_LINE = re.compile(r"app: model hidden=(\d+) accuracy ([\d.]+)")
+
+
+def app_sweep(project: Path, launcher: list[str], timeout: float) -> list[Any]:
+    """``python app.py -m model=small,large`` on the plugin with ``wait=true``: the
+    JobReturn each point's job wrote (what Hydra's sweeper received)."""
+    import cloudpickle
+
+    proc = subprocess.run(
+        [sys.executable, "app.py", "-m", "model=small,large", "hydra.sweep.dir=multirun",
+         "hydra.launcher.wait=true", *launcher],
+        cwd=project, env=cli_env(project), capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    (sweep_dir,) = (project / "multirun" / ".hpc-launch").glob("sweep-*")
+    sys.path.insert(0, str(project))  # the configs hold the project's schema classes
+    try:
+        returns = []
+        for index in range(2):
+            with open(sweep_dir / str(index) / "hydra-return.pkl", "rb") as fh:
+                returns.append(cloudpickle.load(fh))
+    finally:
+        sys.path.remove(str(project))
+    return returns
+
+
+def assert_app_points(returns: list[Any], logs: str) -> None:
+    assert [r.overrides for r in returns] == [["model=small"], ["model=large"]]
+    assert [r.cfg.model.hidden for r in returns] == [16, 64]
+    accuracies = [r.return_value for r in returns]
+    assert all(isinstance(a, float) and 0.5 < a <= 1.0 for a in accuracies), accuracies
+    printed = {(int(h), float(a)) for h, a in APP_LINE.findall(logs)}
+    assert printed == {(16, round(accuracies[0], 3)), (64, round(accuracies[1], 3))}, printed
+
+
+@pytest.mark.slow
+def test_hydra_app_sweep_through_the_local_plugin_returns_accuracies(project: Path) -> None:
+    returns = app_sweep(project, ["hydra/launcher=hpc_local"], timeout=300)
+    logs = "".join(p.read_text() for p in (project / "multirun").rglob("rank0.log"))
+    assert_app_points(returns, logs)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_hydra_app_sweep_through_the_slurm_plugin_returns_accuracies(project: Path) -> None:
+    require_cluster()
+    launcher = [
+        "hydra/launcher=hpc_slurm",
+        "hydra.launcher.job_name=hpcE-app",
+        "hydra.launcher.time=00:05:00",
+        "hydra.launcher.poll_s=0.5",
+        "hydra.launcher.wait_timeout_s=400",
+    ]
+    returns = app_sweep(project, launcher, timeout=450)
+    logs = "".join(p.read_text() for p in (project / "multirun").rglob("slurm-*.out"))
+    assert_app_points(returns, logs)
+    assert "_" in str(returns[0].hydra_cfg.hydra.job.id), "an array task of the sweep's array"

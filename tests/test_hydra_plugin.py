@@ -514,3 +514,25 @@ def test_local_return_value_that_cannot_travel_is_a_named_failure(
     unpicklable = r"return value <unlocked _thread.lock .* cannot be pickled"
     with pytest.raises(RuntimeError, match=unpicklable), sweep:
         pass
+
+
+def test_payload_carries_a_main_module_function_that_reaches_a_module_subclass() -> None:
+    """A task function from a script (pickled by value) whose code names ``classes``
+    next to ``import torch`` pulls in ``torch.classes``, a ``ModuleType`` subclass that
+    plain cloudpickle cannot pickle; the payload sends it by name."""
+    import types
+
+    import cloudpickle
+    import torch  # noqa: F401  (registers torch.classes in sys.modules)
+
+    from hydra_plugins.hpc_launch_plugin._pickle import dumps
+
+    script = types.ModuleType("__main__hpc_test")
+    exec(  # a function whose module cannot be imported elsewhere, as a script's
+        "import torch\ndef task(cfg):\n    return [cfg.classes, torch.tensor([2]).item()]\n",
+        script.__dict__,
+    )
+    with pytest.raises(TypeError, match="_Classes"):
+        cloudpickle.dumps(script.task)
+    task = cloudpickle.loads(dumps(script.task))
+    assert task(types.SimpleNamespace(classes=4)) == [4, 2]

@@ -90,18 +90,18 @@ def run_point(payload: dict[str, Any], num: int, rank: int) -> Any:
 
 def write_return(path: Path, ret: Any) -> None:
     # lazy, all: only in the job
-    import cloudpickle  # noqa: PLC0415
     from hydra.core.utils import JobStatus  # noqa: PLC0415
 
     from hpc.files import write_atomic  # noqa: PLC0415
+    from hydra_plugins.hpc_launch_plugin._pickle import dumps  # noqa: PLC0415
 
     try:
-        data = cloudpickle.dumps(ret)
+        data = dumps(ret)
     except Exception as exc:  # an unpicklable value or exception: say what it was
         value = ret._return_value
         ret.return_value = RuntimeError(f"return value {value!r} cannot be pickled: {exc}")
         ret.status = JobStatus.FAILED
-        data = cloudpickle.dumps(ret)
+        data = dumps(ret)
     write_atomic(path, data, mode=0o600)
 
 

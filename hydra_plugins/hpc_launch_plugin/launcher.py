@@ -195,9 +195,8 @@ class _HpcLauncherBase(Launcher):
         return plan
 
     def _write_payload(self, plan: SweepPlan, configs: dict[int, DictConfig]) -> None:
-        import cloudpickle  # noqa: PLC0415 (lazy: only when launching)
-
         from hpc.files import write_atomic  # noqa: PLC0415 (lazy: only when launching)
+        from hydra_plugins.hpc_launch_plugin._pickle import dumps  # noqa: PLC0415 (lazy: cloudpickle)
 
         plan.sweep_dir.mkdir(parents=True, exist_ok=True)
         payload = {
@@ -209,7 +208,7 @@ class _HpcLauncherBase(Launcher):
         }
         paths = {"sys_path": [p for p in sys.path if p], "cwd": os.getcwd()}
         write_atomic(plan.sweep_dir / PATHS_FILE, json.dumps(paths, indent=2) + "\n")
-        write_atomic(plan.sweep_dir / PAYLOAD_FILE, cloudpickle.dumps(payload), mode=0o600)
+        write_atomic(plan.sweep_dir / PAYLOAD_FILE, dumps(payload), mode=0o600)
 
     # -- launching -------------------------------------------------------------------
 
@@ -358,16 +357,15 @@ class HpcLocalLauncher(_HpcLauncherBase):
         if self.params.get("wait"):
             backend.submit_sweep(plan, False, launch_task)  # the points in turn, here
             return [None] * len(plan.tasks)
-        import cloudpickle  # noqa: PLC0415 (lazy: only when launching)
-
-        # lazy, both: only when launching
+        # lazy, all: only when launching
         from hpc.files import write_atomic  # noqa: PLC0415
         from hpc.sweeps.plan import sweep_record, write_record  # noqa: PLC0415
+        from hydra_plugins.hpc_launch_plugin._pickle import dumps  # noqa: PLC0415
 
         first = next(iter(plan.shapes.values()))  # the record now: `hpc status` at once
         write_record(plan.sweep_dir, sweep_record(plan, first.name, "local"))
         plan_file = plan.sweep_dir / "plan.pkl"
-        write_atomic(plan_file, cloudpickle.dumps(plan), mode=0o600)
+        write_atomic(plan_file, dumps(plan), mode=0o600)
         log_file = plan.sweep_dir / "local-sweep.log"
         cmd = [sys.executable, "-m", "hydra_plugins.hpc_launch_plugin._task", str(plan_file)]
         with open(log_file, "ab") as out:
