@@ -14,13 +14,12 @@ returned accuracies come back to Hydra, so return-value sweepers can use them.
 from __future__ import annotations
 
 import hydra
+import my_project.schema  # noqa: F401  (registers the groups' structured configs)
 import torch
+from my_project.train import accuracy, make_data, make_model, make_optimizer
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
-
-import my_project.schema  # noqa: F401  (registers the groups' structured configs)
-from my_project.train import accuracy, make_data, make_model, make_optimizer
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
