@@ -201,11 +201,11 @@ def test_sweep_over_a_user_group_is_one_array(
 APP_LINE = re.compile(r"app: model hidden=(\d+) accuracy ([\d.]+)")
 
 
-def app_sweep(project: Path, launcher: list[str], timeout: float) -> list[Any]:
-    """``python app.py -m model=small,large`` on the plugin with ``wait=true``: the
-    JobReturn each point's job wrote (what Hydra's sweeper received)."""
-    import cloudpickle
-
+def app_sweep(project: Path, launcher: list[str], timeout: float) -> list[dict[str, Any]]:
+    """``python app.py -m model=small,large`` on the plugin with ``wait=true``: what the
+    JobReturn each point's job wrote (what Hydra's sweeper received) holds. The returns are
+    read in a child process: unpickling them imports the project's schema, which registers
+    its nodes in this process's ConfigStore and would travel in later tests' payloads."""
     proc = subprocess.run(
         [sys.executable, "app.py", "-m", "model=small,large", "hydra.sweep.dir=multirun",
          "hydra.launcher.wait=true", *launcher],
@@ -213,21 +213,31 @@ def app_sweep(project: Path, launcher: list[str], timeout: float) -> list[Any]:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     (sweep_dir,) = (project / "multirun" / ".hpc-launch").glob("sweep-*")
-    sys.path.insert(0, str(project))  # the configs hold the project's schema classes
-    try:
-        returns = []
-        for index in range(2):
-            with open(sweep_dir / str(index) / "hydra-return.pkl", "rb") as fh:
-                returns.append(cloudpickle.load(fh))
-    finally:
-        sys.path.remove(str(project))
+    reader = (
+        "import json, sys, cloudpickle\n"
+        "sys.path.insert(0, '.')\n"  # the configs hold the project's schema classes
+        "out = []\n"
+        "for path in sys.argv[1:]:\n"
+        "    with open(path, 'rb') as fh:\n"
+        "        r = cloudpickle.load(fh)\n"
+        "    out.append({'overrides': list(r.overrides), 'hidden': r.cfg.model.hidden,\n"
+        "                'value': r.return_value})\n"
+        "print(json.dumps(out))\n"
+    )
+    paths = [str(sweep_dir / str(index) / "hydra-return.pkl") for index in range(2)]
+    read = subprocess.run(
+        [sys.executable, "-c", reader, *paths], cwd=project, env=cli_env(project),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert read.returncode == 0, read.stderr[-4000:]
+    returns: list[dict[str, Any]] = json.loads(read.stdout)
     return returns
 
 
-def assert_app_points(returns: list[Any], logs: str) -> None:
-    assert [r.overrides for r in returns] == [["model=small"], ["model=large"]]
-    assert [r.cfg.model.hidden for r in returns] == [16, 64]
-    accuracies = [r.return_value for r in returns]
+def assert_app_points(returns: list[dict[str, Any]], logs: str) -> None:
+    assert [r["overrides"] for r in returns] == [["model=small"], ["model=large"]]
+    assert [r["hidden"] for r in returns] == [16, 64]
+    accuracies = [r["value"] for r in returns]
     assert all(isinstance(a, float) and 0.5 < a <= 1.0 for a in accuracies), accuracies
     printed = {(int(h), float(a)) for h, a in APP_LINE.findall(logs)}
     assert printed == {(16, round(accuracies[0], 3)), (64, round(accuracies[1], 3))}, printed
