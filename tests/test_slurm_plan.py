@@ -39,6 +39,7 @@ GOLDEN_CASES = {
         "cluster.setup=['module load cuda/12.4','source /opt/venv/bin/activate']",
         "cluster.sbatch_args=['--exclusive','--mail-type=END']",
     ],
+    "slurm_resubmit.sbatch": ["preemption.mode=resubmit", "resources.partition=scavenger"],
 }
 
 
@@ -136,3 +137,23 @@ def test_credentials_never_written(workdir: Path) -> None:
         workdir,
     )
     assert proc.returncode == 0 and "hunter2" not in proc.stdout
+
+
+def test_a_sweep_refuses_resubmit_mode_before_anything_is_written(workdir: Path) -> None:
+    proc = hpc_launch(
+        ["-m", "cluster=slurm", "dry_run=true", f"output_root={workdir}",
+         "preemption.mode=resubmit", "job.lr=0.1,0.2"],
+        workdir,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.endswith(
+        "preemption.mode: resubmit is for single jobs; a sweep's tasks use requeue"
+    )
+    assert not list(workdir.glob("**/*.sbatch"))
+
+
+def test_an_unknown_preemption_mode_names_the_key(workdir: Path) -> None:
+    proc = hpc_launch(["cluster=slurm", "dry_run=true", "preemption.mode=restart"], workdir)
+    assert proc.returncode == 2
+    assert "preemption.mode" in proc.stderr and "restart" in proc.stderr, proc.stderr

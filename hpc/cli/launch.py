@@ -224,6 +224,9 @@ def run_sweep(overrides: Sequence[str], source: ConfigSource = EMBEDDED) -> int:
     try:
         task = functools.partial(launch, source=source)
         return launcher.submit_sweep(plan, bool(first.config.get("dry_run")), task)
+    except ConfigError as exc:  # a backend's refusal while rendering, before any submit
+        err(f"error: {exc}")
+        return 2
     except NotSupported as exc:
         err(f"error: cluster: {exc}")
         return 2

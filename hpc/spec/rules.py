@@ -315,6 +315,9 @@ def _validate_resources(res: dict[str, Any]) -> None:
             raise ConfigError(f"resources.{key}", f"{value!r} contains characters Slurm rejects")
 
 
+PREEMPTION_MODES = ("requeue", "resubmit")
+
+
 def _validate_preemption(cfg: dict[str, Any]) -> None:
 
     pre = cfg["preemption"]
@@ -333,6 +336,10 @@ def _validate_preemption(cfg: dict[str, Any]) -> None:
         )
     if pre["max_restarts_without_progress"] < 0:
         raise ConfigError("preemption.max_restarts_without_progress", "must be >= 0")
+    if pre.get("mode", "requeue") not in PREEMPTION_MODES:
+        raise ConfigError(
+            "preemption.mode", f"{pre['mode']!r} is not one of {', '.join(PREEMPTION_MODES)}"
+        )
 
 
 def _validate_node_setup(cfg: dict[str, Any]) -> None:

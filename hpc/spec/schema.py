@@ -138,6 +138,10 @@ class PreemptionConfig:
     signal: str = PREEMPTION_SIGNAL
     lead_s: int = PREEMPTION_LEAD_S
     requeue: bool = True
+    # How a stopped job runs again on Slurm: ``requeue`` (scontrol requeue, the job keeps
+    # its id) or ``resubmit`` (the job queues its own successor, afternotok, at its
+    # start: for clusters where requeue is disabled or preemption cancels).
+    mode: str = "requeue"
     # Stop requeueing when this many restarts in a row made no step progress.
     max_restarts_without_progress: int = 3
 

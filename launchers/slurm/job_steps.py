@@ -16,6 +16,7 @@ from typing import Any
 
 from hpc.exitcodes import PREEMPTED
 from hpc.launchers.slurm.reason import restart_reason
+from hpc.launchers.slurm.requeue import restart_count
 from hpc.rundir.records import finished, load, update
 from hpc.states import JobState
 
@@ -30,7 +31,7 @@ def slurm_job_id(env: Mapping[str, str]) -> str | None:
 
 def start(run_dir: Path, env: Mapping[str, str]) -> None:
     job_id = slurm_job_id(env)
-    restarts = int(env.get("SLURM_RESTART_COUNT", "0") or 0)
+    restarts = restart_count(env)
     extra: dict[str, Any] = {"nodes": env.get("SLURM_JOB_NODELIST"), "restart_count": restarts}
     if restarts and job_id:  # why the previous attempt ended, in Slurm's words
         before = load(run_dir).get("extra") or {}
@@ -52,7 +53,8 @@ def finish(run_dir: Path, code: int) -> None:
         current == JobState.REQUEUED and (record.get("extra") or {}).get("requeued_by") == "slurm"
     )
     stopped = current in (JobState.PREEMPTED, JobState.FAILED) or by_slurm
-    if code == PREEMPTED and stopped:  # the requeue decision already recorded the state
+    resubmitted = current == JobState.REQUEUED and code == PREEMPTED  # preemption.mode=resubmit
+    if code == PREEMPTED and (stopped or resubmitted):  # the decision recorded the state
         update(run_dir, exit_code=code)
         return
     state = JobState.COMPLETED if code == 0 else JobState.FAILED

@@ -20,14 +20,17 @@ from hpc.launchers.base import (
 )
 from hpc.launchers.local import follow_file
 from hpc.launchers.slurm import client, runs
-from hpc.launchers.slurm.script import job_environment, render_script, sbatch_directives
+from hpc.launchers.slurm.script import (
+    SCRIPT_NAME,
+    job_environment,
+    render_script,
+    sbatch_directives,
+)
 from hpc.launchers.slurm.sweep import submit_sweep
 from hpc.rundir import records
 from hpc.spec.jobspec import JobSpec
 from hpc.states import TERMINAL
 from hpc.sweeps.plan import SweepPlan
-
-SCRIPT_NAME = "job.sbatch"
 
 
 @dataclass
@@ -131,9 +134,11 @@ class SlurmJob(JobHandle):
             state = self.refresh()
             offset = self._tail(offset)
             if state and state.state in TERMINAL:
-                break
+                self._tail(offset)
+                if not self._follow_successor():
+                    break
+                offset, state = 0, None
             time.sleep(self.poll_s)
-        self._tail(offset)
         code = (
             state.exit_code
             if state.exit_code is not None
@@ -145,6 +150,24 @@ class SlurmJob(JobHandle):
         self.message = None if code == 0 else f"{state.state} (exit code {code})"
         records.update(self.run_dir, state=state.state, exit_code=code)
         return code
+
+    def _follow_successor(self) -> bool:
+        """``preemption.mode=resubmit``: the job that ended handed the run to its
+        successor (job.json names it): follow that one."""
+        try:
+            record = records.load(self.run_dir)
+        except (FileNotFoundError, ValueError):
+            return False
+        successor = str(record.get("job_id") or "")
+        extra = record.get("extra") or {}
+        if not successor or successor == self.job_id or record.get("state") in TERMINAL:
+            return False
+        if str(extra.get("resubmitted_from") or "") != self.job_id:
+            return False
+        print(f"hpc-launch: job {self.job_id} handed the run to job {successor}", flush=True)
+        self.job_id, self._state = successor, None
+        self.log_file = self.run_dir / "logs" / f"slurm-{successor}.out"
+        return True
 
     def _tail(self, offset: int) -> int:
         if not self.log_file.exists():

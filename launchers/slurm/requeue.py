@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -42,6 +43,13 @@ def seconds_left(job_id: str) -> int | None:
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
+def restart_count(env: Mapping[str, str]) -> int:
+    """This attempt's number: the batch script's ``HPC_RESTART_COUNT`` (Slurm's restart
+    count, or the resubmission count), else Slurm's own."""
+    value = env.get("HPC_RESTART_COUNT") or env.get("SLURM_RESTART_COUNT") or "0"
+    return int(value) if value.isdigit() else 0
+
+
 def classify(signal_name: str, left: int | None, lead_s: int) -> str:
     if left is not None and left <= lead_s + 90:
         return "time_limit"
@@ -58,8 +66,9 @@ def decide(run_dir: Path, signal_name: str) -> bool:
         signal_name, seconds_left(job_id) if job_id else None, int(pre.get("lead_s", 120))
     )
     step = latest_step(Path(record["checkpoint_dir"]))
-    attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-    by_slurm = requeued_by_slurm(job_id, attempt) if job_id else None
+    attempt = restart_count(os.environ)
+    resubmit = pre.get("mode", "requeue") == "resubmit"
+    by_slurm = requeued_by_slurm(job_id, attempt) if job_id and not resubmit else None
     if by_slurm:  # scontrol requeue by hand, a node failure: Slurm requeues it already
         records.update(
             run_dir,
@@ -93,22 +102,43 @@ def decide(run_dir: Path, signal_name: str) -> bool:
             message=f"{idle} restarts without step progress: not requeued",
         )
         return False
+    successor = os.environ.get("HPC_SUCCESSOR", "")
+    if resubmit and not successor:
+        records.update(
+            run_dir,
+            state="PREEMPTED",
+            extra={"last_interruption": reason},
+            message=f"stopped ({reason}) at step {step}; no successor was queued",
+        )
+        return False
     (run_dir / "PREEMPTED").unlink(missing_ok=True)
-    records.update(
-        run_dir,
-        state="REQUEUED",
-        extra={
-            "restart_count": restarts + 1,
-            "last_interruption": reason,
-            "restart_step": step,
-            "idle_restarts": idle,
-            "interrupted_attempt": attempt,
-            "requeued_by": "job",
-        },
-        message=f"{reason} at step {step}: requeued",
-    )
+    extra = {
+        "restart_count": restarts + 1,
+        "last_interruption": reason,
+        "restart_step": step,
+        "idle_restarts": idle,
+        "interrupted_attempt": attempt,
+        "requeued_by": "job",
+    }
+    if resubmit:  # `hpc status` and `hpc logs` follow the successor from now on
+        log = Path(str((record.get("extra") or {}).get("log_file") or ""))
+        if log.name == f"slurm-{job_id}.out":
+            extra["log_file"] = str(log.with_name(f"slurm-{successor}.out"))
+        records.update(
+            run_dir,
+            state="REQUEUED",
+            job_id=successor,
+            extra={**extra, "resubmitted_from": job_id},
+            message=f"{reason} at step {step}: resubmitted as job {successor}",
+        )
+    else:
+        records.update(
+            run_dir, state="REQUEUED", extra=extra, message=f"{reason} at step {step}: requeued"
+        )
     print(
-        f"hpc-launch: {reason} ({signal_name or 'signal'}) at step {step}: requeueing", flush=True
+        f"hpc-launch: {reason} ({signal_name or 'signal'}) at step {step}: "
+        + (f"job {successor} resumes the run" if resubmit else "requeueing"),
+        flush=True,
     )
     return True
 

@@ -18,7 +18,10 @@ from hpc.credentials import ENV_FILE
 from hpc.defaults import EXIT_GRACE_S
 from hpc.launchers.slurm import render
 from hpc.quoting import shell_join, shell_word
+from hpc.spec.errors import ConfigError
 from hpc.spec.jobspec import JobSpec
+
+SCRIPT_NAME = "job.sbatch"  # in the run dir
 
 
 def sbatch_directives(spec: JobSpec, *, output: str | None = None) -> list[str]:
@@ -43,9 +46,9 @@ def sbatch_directives(spec: JobSpec, *, output: str | None = None) -> list[str]:
         ("chdir", "(working directory)", spec.workdir),
         ("signal", "preemption.signal", render.signal_value(pre["signal"], pre["lead_s"])),
     ]
-    return render.directives(
-        opts, requeue=bool(pre.get("requeue", True)), extra=cluster.get("sbatch_args") or []
-    )
+    # resubmit: the job's successor runs it again, so Slurm must not requeue it as well
+    requeue = bool(pre.get("requeue", True)) and pre.get("mode", "requeue") == "requeue"
+    return render.directives(opts, requeue=requeue, extra=cluster.get("sbatch_args") or [])
 
 
 def job_environment(spec: JobSpec, *, run_paths: bool = True) -> dict[str, str]:
@@ -79,6 +82,7 @@ def render_script(
     prepare: list[str] | None = None,
     worker: list[str] | None = None,
     header: str = "",
+    sweep: bool = False,
 ) -> str:
     """The whole batch script. ``prepare`` lines run before the step (already quoted)."""
     pre = spec.config["preemption"]
@@ -93,6 +97,9 @@ def render_script(
     if spec.secrets:  # names only here; the values stay in the owner-only file
         before.append(f"# secrets: {' '.join(sorted(spec.secrets))}")
         before.append(f'. "$HPC_RUN_DIR"/{ENV_FILE}')
+    steps = render.step_parts(
+        shlex.quote(str(pre["signal"])), shell_join(srun_command(spec, worker))
+    )
     return render.render(
         "batch.sbatch",
         header=header,
@@ -100,7 +107,22 @@ def render_script(
         exports="\n".join(f"export {k}={shell_word(v)}" for k, v in exports.items()),
         before_step=render.block(before),
         python=shell_word(python),
-        **render.step_parts(
-            shlex.quote(str(pre["signal"])), shell_join(srun_command(spec, worker))
-        ),
+        **(steps | resubmit_parts(spec, sweep, steps["requeue"])),
     )
+
+
+def resubmit_parts(spec: JobSpec, sweep: bool, requeue: str) -> dict[str, str]:
+    """``preemption.mode=resubmit``: queue the successor at the start, let it take over
+    after a checkpointed stop, cancel it otherwise. Empty pieces for ``requeue``."""
+    if spec.config["preemption"].get("mode", "requeue") != "resubmit":
+        return {"resubmit": "", "after_finish": "", "requeue": requeue}
+    if sweep:
+        raise ConfigError(
+            "preemption.mode", "resubmit is for single jobs; a sweep's tasks use requeue"
+        )
+    script = shell_word(spec.run_dir / SCRIPT_NAME)
+    return {
+        "resubmit": render.fragment("resubmit.sh", script=script) + "\n",
+        "after_finish": render.fragment("resubmit-cancel.sh") + "\n",
+        "requeue": render.fragment("resubmit-continue.sh"),
+    }

@@ -1,0 +1,1 @@
+  resubmitted=1  # preemption.mode=resubmit: the successor takes over (this job ends not OK)
