@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -168,10 +169,8 @@ def test_watchdog_off_leaves_a_stopped_rank_alone(workdir: Path) -> None:
 
 
 def with_suppressed_kill(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def mlflow_tags(db: Path, run_id: str) -> dict[str, str]:

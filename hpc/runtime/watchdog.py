@@ -64,7 +64,8 @@ class Hang:
     def summary(self) -> str:
         ranks = ", ".join(map(str, self.ranks))
         nodes = ", ".join(self.nodes) or "?"
-        return f"hang ({self.kind}): rank{'s' if len(self.ranks) > 1 else ''} {ranks} on {nodes}: {self.detail}"
+        plural = "s" if len(self.ranks) > 1 else ""
+        return f"hang ({self.kind}): rank{plural} {ranks} on {nodes}: {self.detail}"
 
 
 @dataclass

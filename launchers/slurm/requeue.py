@@ -157,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hpc-launch: requeue decision failed: {exc}", file=sys.stderr)
             return 1
     if len(args) not in (1, 2):
-        print("usage: python -m hpc.launchers.slurm.requeue [--hang] RUN_DIR [SIGNAL]", file=sys.stderr)
+        print(
+            "usage: python -m hpc.launchers.slurm.requeue [--hang] RUN_DIR [SIGNAL]",
+            file=sys.stderr,
+        )
         return 2
     try:
         return 0 if decide(Path(args[0]), args[1] if len(args) > 1 else "") else 1

@@ -63,7 +63,11 @@ def watch(run_dir: Path, job_id: str) -> int:
     fault = cfg.get("fault") or {}
     if not fault.get("watchdog", True):
         return 0
-    for name in {"USR1", "USR2", str((cfg.get("preemption") or {}).get("signal", PREEMPTION_SIGNAL))}:
+    for name in {
+        "USR1",
+        "USR2",
+        str((cfg.get("preemption") or {}).get("signal", PREEMPTION_SIGNAL)),
+    }:
         signal.signal(signal_number(name), signal.SIG_IGN)  # the stop signals are the step's
     dog = Watchdog(run_dir, fault)
     while True:

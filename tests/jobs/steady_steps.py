@@ -2,10 +2,11 @@
 
 It runs ``STEPS`` steps (default: until stopped), marking each with
 ``should_checkpoint`` and rank 0's ``log_metrics``; ``FIRST_STEP_DELAY_S`` waits
-before the first step (a slow start). ``NO_COLLECTIVE=1`` drops the all-reduce and ``should_checkpoint`` (whose stop
-agreement all-reduces now and then), so ranks run apart; and
-``SLOW_RANK`` names a rank that takes ten times as long a step (a straggler). Every rank writes ``ready.<rank>`` (its pid)
-into the run directory once it has made 3 steps, so a test knows whom to stop.
+before the first step (a slow start). ``NO_COLLECTIVE=1`` drops the all-reduce and
+``should_checkpoint`` (whose stop agreement all-reduces now and then), so ranks run
+apart; and ``SLOW_RANK`` names a rank that takes ten times as long a step (a
+straggler). Every rank writes ``ready.<rank>`` (its pid) into the run directory once
+it has made 3 steps, so a test knows whom to stop.
 """
 
 import os
