@@ -31,6 +31,7 @@ class JobState(StrEnum):
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
     BOOT_FAIL = "BOOT_FAIL"
     DEADLINE = "DEADLINE"
+    FAILED_HANG = "FAILED_HANG"  # ended by the hang watchdog (exit code 76), not Slurm's
     LOST = "LOST"  # a local run whose launcher died without finishing
     UNKNOWN = "UNKNOWN"
 
@@ -40,6 +41,7 @@ TERMINAL: frozenset[str] = frozenset(
     {
         JobState.COMPLETED,
         JobState.FAILED,
+        JobState.FAILED_HANG,
         JobState.CANCELLED,
         JobState.TIMEOUT,
         JobState.PREEMPTED,

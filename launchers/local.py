@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from hpc.defaults import EXIT_GRACE_S, PREEMPTION_SIGNAL
-from hpc.exitcodes import PREEMPTED, shell_code
+from hpc.exitcodes import FAILED_HANG, PREEMPTED, shell_code
 from hpc.launchers.base import (
     NOTHING_DISCOVERED,
     JobHandle,
@@ -35,9 +35,10 @@ from hpc.launchers.base import (
 from hpc.ports import free_port  # also importable from here (the tests)
 from hpc.quoting import shell_join, shell_word
 from hpc.rundir import records
-from hpc.runtime import failures
+from hpc.runtime import failures, heartbeat
 from hpc.runtime.checkpoint import latest_step
 from hpc.runtime.preemption import restarts_without_progress, signal_number
+from hpc.runtime.watchdog import Watchdog, dump_and_record
 from hpc.spec.jobspec import JobSpec, redact_uri
 
 if TYPE_CHECKING:
@@ -153,6 +154,8 @@ class LocalJob(JobHandle):
         self._exit_grace = float(plan.spec.config["cluster"].get("exit_grace_s", EXIT_GRACE_S))
         self.last_line = ""
         self.message: str | None = None
+        self.watchdog: Watchdog | None = None  # this attempt's (fault.*), made by start()
+        self._hang_message: str | None = None
         self.on_line: Callable[[str], None] | None = None
         # The thread reading the output shown on the terminal; joined once the processes exit.
         self.reader: threading.Thread | None = None
@@ -170,6 +173,8 @@ class LocalJob(JobHandle):
         import subprocess  # noqa: PLC0415 (lazy: ~8 ms with socket, not needed to plan)
 
         failures.clear(self.run_dir)
+        heartbeat.clear(self.run_dir)  # this attempt's reports only
+        self.watchdog = Watchdog(self.run_dir, self.plan.spec.config.get("fault") or {})
         for rank, command in enumerate(self.plan.commands):
             rank_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank))
             log = open(self.log_path(rank), "ab")  # noqa: SIM115 - closed by the reader/after exit
@@ -211,6 +216,8 @@ class LocalJob(JobHandle):
     def status(self) -> str:
         if self._exit_code is None:
             return "RUNNING" if self.procs else "PENDING"
+        if self._hang_message is not None:
+            return "FAILED_HANG"
         if self._stop_signal is not None:
             return "CANCELLED"
         return "COMPLETED" if self._exit_code == 0 else "FAILED"
@@ -289,6 +296,7 @@ class LocalJob(JobHandle):
         """Wait for every worker of one attempt to exit; return their exit codes."""
         deadline: float | None = None
         first_exit: tuple[float, int] | None = None  # when and which rank exited normally
+        next_check = time.monotonic()
         while True:
             codes = [proc.poll() for proc in self.procs]
             for rank, code in enumerate(codes):  # also when all exited since the last poll
@@ -305,6 +313,9 @@ class LocalJob(JobHandle):
                 break
             if first_exit and time.monotonic() > first_exit[0] + self._exit_grace:
                 self._kill_hung(codes, first_exit[1])
+            if time.monotonic() >= next_check and deadline is None:
+                next_check = time.monotonic() + 0.5
+                self._watch()
             stopping = self._stop_signal or self._restart_requested
             if (self._failed_rank is not None or stopping) and deadline is None:
                 deadline = time.monotonic() + self._grace
@@ -317,6 +328,23 @@ class LocalJob(JobHandle):
         if self.reader:
             self.reader.join(timeout=5)
         return [proc.returncode for proc in self.procs]
+
+    def _watch(self) -> None:
+        """The hang watchdog's turn: on a hang, dump the stacks, record it, kill the workers."""
+        hang = self.watchdog.check() if self.watchdog and self._hang_message is None else None
+        if hang is None:
+            return
+
+        def send(signum: int, ranks: list[int]) -> None:
+            for rank in ranks:
+                with contextlib.suppress(ProcessLookupError, PermissionError, KeyError):
+                    os.kill(int(hang.beats[rank]["pid"]), signum)
+
+        self._hang_message = dump_and_record(self.run_dir, hang, send)
+        if self.on_line:
+            self.on_line(f"hpc-launch: {self._hang_message}")
+        for proc in self.procs:
+            signal_group(proc, signal.SIGKILL)
 
     def _kill_hung(self, codes: list[int | None], done: int) -> None:
         """Kill the workers still running past the exit grace; remember them for the error."""
@@ -339,7 +367,9 @@ class LocalJob(JobHandle):
             self._failed_rank = self._stop_signal = self._give_up = None
             codes = [0] * len(codes)
         message = None
-        if self._hung is not None:
+        if self._hang_message is not None and not finished:
+            code, message = FAILED_HANG, self._hang_message
+        elif self._hung is not None:
             hung, done = self._hung
             # A run that wrote FINISHED is COMPLETED; the hung rank is named as a warning.
             code = 0 if finished else EXIT_HUNG

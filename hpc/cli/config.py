@@ -28,6 +28,7 @@ FRAMEWORK_SECTIONS = (
     "placement",
     "nccl",
     "accounting",
+    "fault",
 )
 
 USAGE = "usage: hpc config [-cd DIR] [-cp DIR] [-cn NAME] [key=value ...]"

@@ -46,6 +46,7 @@ from hpc.runtime.checkpoint import CheckpointManager, LoadedCheckpoint
 from hpc.runtime.checkpoint_async import AsyncCheckpointer
 from hpc.runtime.checkpoint_dcp import DcpCheckpointManager, make_checkpoints
 from hpc.runtime.environment import ClusterEnvironment, RankInfo
+from hpc.runtime.heartbeat import Heartbeat
 from hpc.runtime.node import NodeAccounting, place_rank, start_sidecar, summarize_run
 from hpc.runtime.preemption import StopSignals
 from hpc.runtime.rank_discovery import from_env
@@ -107,6 +108,10 @@ class Session:
             else None
         )
         self._dcp_pending: int | None = None  # the step of an asynchronous DCP save in flight
+        # Progress for the hang watchdog (hpc.runtime.watchdog): the step calls set it.
+        self.heartbeat = Heartbeat(
+            self.run_dir, self.rank, self.world_size, self.env.node_name(), cfg.get("fault") or {}
+        )
 
     @classmethod
     def from_env(cls, cfg: dict[str, Any] | DictConfig | None = None) -> Session:
@@ -161,6 +166,7 @@ class Session:
         import torch.distributed as dist  # noqa: PLC0415 (lazy: torch only in the job)
 
         self.signals.install()
+        self.heartbeat.start()  # before the rendezvous: a rank stuck there is seen too
         # Bind CPUs and set NCCL variables before CUDA and NCCL initialise.
         _, placement = place_rank(self.cfg, self.info)
         self.accounting = NodeAccounting(self.cfg, self.info, self.run_dir, self.job_id())
@@ -201,6 +207,8 @@ class Session:
     ) -> None:
         import torch.distributed as dist  # noqa: PLC0415 (lazy: torch only in the job)
 
+        # The loop is over: the watchdog stops watching (the exit grace covers the rest).
+        self.heartbeat.stop("exiting" if exc_type is None else "failed")
         # A save in flight finishes first, whatever ended the block; its failure fails
         # a run that would otherwise have finished or been checkpointed.
         save_error = self._close_async()
@@ -341,6 +349,7 @@ class Session:
         collective, and a signal is acted on within about 0.1 s of steps (two calls
         where a step takes longer than 50 ms).
         """
+        self.heartbeat.step = step
         if self.stop_agreement.agreed(self.signals.received is not None):
             self.stop_requested = True
         return self.stop_requested or step % self.every_steps == 0
@@ -357,6 +366,7 @@ class Session:
         save in flight; a failed background save raises at the next of these. See
         :meth:`wait_for_checkpoint`.
         """
+        self.heartbeat.step = step
         meta = {"config_hash": self.config_hash}
         stopping = self.stop_requested
         if isinstance(self.checkpoints, DcpCheckpointManager) and self.checkpoints.asynchronous:
@@ -556,6 +566,7 @@ class Session:
         held steps are written (see :class:`~hpc.runtime.tracking.SpoolTracker`), so
         logging it costs no ``.item()`` and no device synchronisation.
         """
+        self.heartbeat.step = step
         if self.is_main:
             self.tracker.log_metrics(metrics, step)
 

@@ -37,6 +37,7 @@ FRAMEWORK_GROUPS = {
     "placement": "default",
     "nccl": "default",
     "accounting": "default",
+    "fault": "default",
     "cluster": "local",
 }
 

@@ -124,6 +124,7 @@ def validate(cfg: dict[str, Any]) -> None:
     _positive(cfg, "checkpoint.every_steps")
     _at_least(cfg, "checkpoint.keep", 1)
     _validate_tracking(cfg["tracking"])
+    _validate_fault(cfg.get("fault") or {})
     grace = cfg["cluster"].get("exit_grace_s")
     if grace is not None and not 1 <= grace <= 86400:  # NaN fails too
         raise ConfigError("cluster.exit_grace_s", f"must be 1 to 86400 seconds, got {grace!r}")
@@ -340,6 +341,23 @@ def _validate_preemption(cfg: dict[str, Any]) -> None:
         raise ConfigError(
             "preemption.mode", f"{pre['mode']!r} is not one of {', '.join(PREEMPTION_MODES)}"
         )
+
+
+def _validate_fault(fault: dict[str, Any]) -> None:
+    """The watchdog's limits: timeouts of 1 s to 7 days, counts >= 0."""
+    for key in ("stall_timeout_s", "first_step_timeout_s"):
+        value = fault.get(key)
+        if value is not None and not 1 <= value <= 7 * 86400:  # NaN fails too
+            raise ConfigError(f"fault.{key}", f"must be 1 to 604800 seconds, got {value!r}")
+    stall, first = fault.get("stall_timeout_s"), fault.get("first_step_timeout_s")
+    if stall is not None and first is not None and first < stall:
+        raise ConfigError(
+            "fault.first_step_timeout_s",
+            f"{first!r}s is shorter than fault.stall_timeout_s ({stall!r}s)",
+        )
+    for key in ("straggler_steps", "hang_requeues"):
+        if fault.get(key) is not None and fault[key] < 0:
+            raise ConfigError(f"fault.{key}", f"must be >= 0, got {fault[key]}")
 
 
 def _validate_node_setup(cfg: dict[str, Any]) -> None:

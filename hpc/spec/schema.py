@@ -19,7 +19,13 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from hpc import registry
-from hpc.defaults import PREEMPTION_LEAD_S, PREEMPTION_SIGNAL
+from hpc.defaults import (
+    FIRST_STEP_TIMEOUT_S,
+    HANG_REQUEUES,
+    PREEMPTION_LEAD_S,
+    PREEMPTION_SIGNAL,
+    STALL_TIMEOUT_S,
+)
 
 
 @dataclass
@@ -173,6 +179,21 @@ class AccountingConfig:
 
 
 @dataclass
+class FaultConfig:
+    """The hang and stall watchdog (hpc.runtime.watchdog): when no rank's step moves for
+    ``stall_timeout_s`` (``first_step_timeout_s`` until every rank reported its first
+    step), or one rank is ``straggler_steps`` behind the others (0: off), every rank's
+    stack is dumped into <run_dir>/hangs/ and the job ends FAILED_HANG (exit code 76); on
+    Slurm it is requeued up to ``hang_requeues`` times."""
+
+    watchdog: bool = True
+    stall_timeout_s: float = STALL_TIMEOUT_S
+    first_step_timeout_s: float = FIRST_STEP_TIMEOUT_S
+    straggler_steps: int = 0
+    hang_requeues: int = HANG_REQUEUES
+
+
+@dataclass
 class LaunchOptions:
     """The framework's top-level keys (beside its sections)."""
 
@@ -195,6 +216,7 @@ SECTION_SCHEMAS: dict[str, type] = {
     "placement": PlacementConfig,
     "nccl": NcclConfig,
     "accounting": AccountingConfig,
+    "fault": FaultConfig,
 }
 FRAMEWORK_KEYS = (
     "job",

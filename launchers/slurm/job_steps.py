@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hpc.exitcodes import PREEMPTED
+from hpc.exitcodes import FAILED_HANG, PREEMPTED
 from hpc.launchers.slurm.reason import restart_reason
 from hpc.launchers.slurm.requeue import restart_count
 from hpc.rundir.records import finished, load, update
@@ -56,6 +56,9 @@ def finish(run_dir: Path, code: int) -> None:
     resubmitted = current == JobState.REQUEUED and code == PREEMPTED  # preemption.mode=resubmit
     if code == PREEMPTED and (stopped or resubmitted):  # the decision recorded the state
         update(run_dir, exit_code=code)
+        return
+    if code == FAILED_HANG:  # the watchdog's end (job.json has the hang's message)
+        update(run_dir, state=JobState.FAILED_HANG, exit_code=code)
         return
     state = JobState.COMPLETED if code == 0 else JobState.FAILED
     update(run_dir, state=state, exit_code=code)

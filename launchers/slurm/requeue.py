@@ -143,10 +143,54 @@ def decide(run_dir: Path, signal_name: str) -> bool:
     return True
 
 
+def decide_hang(run_dir: Path) -> bool:
+    """After the hang watchdog ended the step: requeue up to ``fault.hang_requeues`` times.
+
+    A hang is not a preemption: no checkpoint was taken, the next attempt resumes from
+    the last one there is. The count is ``extra.hang_requeues`` in job.json.
+    """
+    record = records.load(run_dir)
+    cfg = yaml.safe_load(Path(record["config_file"]).read_text(encoding="utf-8"))
+    cap = int((cfg.get("fault") or {}).get("hang_requeues", 1))
+    extra = record.get("extra") or {}
+    used = int(extra.get("hang_requeues", 0))
+    step = latest_step(Path(record["checkpoint_dir"]))
+    hang = record.get("message") or "hang"
+    if used >= cap or not (cfg.get("preemption") or {}).get("requeue", True):
+        why = f"fault.hang_requeues={cap} used" if used >= cap else "preemption.requeue is off"
+        records.update(run_dir, state="FAILED_HANG", message=f"{hang}; not requeued ({why})")
+        print(f"hpc-launch: hung; not requeued ({why})", flush=True)
+        return False
+    records.update(
+        run_dir,
+        state="REQUEUED",
+        extra={
+            "hang_requeues": used + 1,
+            "restart_count": int(extra.get("restart_count", 0)) + 1,
+            "last_interruption": "hang",
+            "interrupted_attempt": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+            "requeued_by": "job",
+        },
+        message=f"{hang}; requeued ({used + 1} of fault.hang_requeues={cap}), resuming "
+        f"from {f'step {step}' if step >= 0 else 'the start'}",
+    )
+    print(f"hpc-launch: hung; requeueing ({used + 1} of {cap})", flush=True)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--hang"] and len(args) == 2:
+        try:
+            return 0 if decide_hang(Path(args[1])) else 1
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"hpc-launch: requeue decision failed: {exc}", file=sys.stderr)
+            return 1
     if len(args) not in (1, 2):
-        print("usage: python -m hpc.launchers.slurm.requeue RUN_DIR [SIGNAL]", file=sys.stderr)
+        print(
+            "usage: python -m hpc.launchers.slurm.requeue [--hang] RUN_DIR [SIGNAL]",
+            file=sys.stderr,
+        )
         return 2
     try:
         return 0 if decide(Path(args[0]), args[1] if len(args) > 1 else "") else 1
