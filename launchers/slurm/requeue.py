@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -120,17 +121,8 @@ def decide(run_dir: Path, signal_name: str) -> bool:
         "interrupted_attempt": attempt,
         "requeued_by": "job",
     }
-    if resubmit:  # `hpc status` and `hpc logs` follow the successor from now on
-        log = Path(str((record.get("extra") or {}).get("log_file") or ""))
-        if log.name == f"slurm-{job_id}.out":
-            extra["log_file"] = str(log.with_name(f"slurm-{successor}.out"))
-        records.update(
-            run_dir,
-            state="REQUEUED",
-            job_id=successor,
-            extra={**extra, "resubmitted_from": job_id},
-            message=f"{reason} at step {step}: resubmitted as job {successor}",
-        )
+    if resubmit:
+        hand_over(run_dir, record, extra, f"{reason} at step {step}", successor)
     else:
         records.update(
             run_dir, state="REQUEUED", extra=extra, message=f"{reason} at step {step}: requeued"
@@ -141,6 +133,24 @@ def decide(run_dir: Path, signal_name: str) -> bool:
         flush=True,
     )
     return True
+
+
+def hand_over(
+    run_dir: Path, record: dict[str, Any], extra: dict[str, Any], what: str, successor: str
+) -> None:
+    """``preemption.mode=resubmit``: the successor job runs the run dir from now on, and
+    ``hpc status`` and ``hpc logs`` follow it."""
+    job_id = os.environ.get("SLURM_JOB_ID", "")
+    log = Path(str((record.get("extra") or {}).get("log_file") or ""))
+    if log.name == f"slurm-{job_id}.out":
+        extra = {**extra, "log_file": str(log.with_name(f"slurm-{successor}.out"))}
+    records.update(
+        run_dir,
+        state="REQUEUED",
+        job_id=successor,
+        extra={**extra, "resubmitted_from": job_id},
+        message=f"{what}: resubmitted as job {successor}",
+    )
 
 
 def decide_hang(run_dir: Path) -> bool:
@@ -156,24 +166,37 @@ def decide_hang(run_dir: Path) -> bool:
     used = int(extra.get("hang_requeues", 0))
     step = latest_step(Path(record["checkpoint_dir"]))
     hang = record.get("message") or "hang"
-    if used >= cap or not (cfg.get("preemption") or {}).get("requeue", True):
-        why = f"fault.hang_requeues={cap} used" if used >= cap else "preemption.requeue is off"
+    pre = cfg.get("preemption") or {}
+    successor = os.environ.get("HPC_SUCCESSOR", "")
+    resubmit = pre.get("mode", "requeue") == "resubmit"
+    why = ""
+    if used >= cap:
+        why = f"fault.hang_requeues={cap} used"
+    elif not pre.get("requeue", True):
+        why = "preemption.requeue is off"
+    elif resubmit and not successor:
+        why = "no successor was queued"
+    if why:
         records.update(run_dir, state="FAILED_HANG", message=f"{hang}; not requeued ({why})")
         print(f"hpc-launch: hung; not requeued ({why})", flush=True)
         return False
-    records.update(
-        run_dir,
-        state="REQUEUED",
-        extra={
-            "hang_requeues": used + 1,
-            "restart_count": int(extra.get("restart_count", 0)) + 1,
-            "last_interruption": "hang",
-            "interrupted_attempt": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
-            "requeued_by": "job",
-        },
-        message=f"{hang}; requeued ({used + 1} of fault.hang_requeues={cap}), resuming "
-        f"from {f'step {step}' if step >= 0 else 'the start'}",
-    )
+    new_extra = {
+        "hang_requeues": used + 1,
+        "restart_count": int(extra.get("restart_count", 0)) + 1,
+        "last_interruption": "hang",
+        "interrupted_attempt": restart_count(os.environ),
+        "requeued_by": "job",
+    }
+    resumes = f"resuming from {f'step {step}' if step >= 0 else 'the start'}"
+    if resubmit:
+        hand_over(run_dir, record, new_extra, f"{hang}; {resumes}", successor)
+    else:
+        records.update(
+            run_dir,
+            state="REQUEUED",
+            extra=new_extra,
+            message=f"{hang}; requeued ({used + 1} of fault.hang_requeues={cap}), {resumes}",
+        )
     print(f"hpc-launch: hung; requeueing ({used + 1} of {cap})", flush=True)
     return True
 
