@@ -452,7 +452,9 @@ def test_slurm_array_script_of_a_plugin_sweep(app_dir: Path) -> None:
     from hydra_plugins.hpc_launch_plugin.launcher import framework_overrides
 
     params = {"nodes": 2, "tasks_per_node": 2, "overrides": ["nccl=infiniband"]}
+    params["fault"] = {"stall_timeout_s": 30, "hang_requeues": 0}
     cfg = to_container(compose(framework_overrides(params, "slurm")))
+    assert cfg["fault"]["stall_timeout_s"] == 30 and cfg["fault"]["hang_requeues"] == 0
     assert cfg["placement"]["enabled"] is True
     assert cfg["nccl"]["profile"] == "infiniband"
     assert cfg["preemption"]["requeue"] is True

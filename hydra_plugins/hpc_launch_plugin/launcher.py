@@ -84,7 +84,9 @@ RESOURCES = (
 )
 SLURM_CLUSTER = ("python", "setup", "sbatch_args", "array_parallelism", "submit_retries")
 PREEMPTION = ("signal", "lead_s", "requeue")
-SECTIONS = ("tracking", "nccl", "placement", "accounting", "checkpoint", "preemption")
+SECTIONS = (
+    "tracking", "nccl", "placement", "accounting", "checkpoint", "preemption", "fault"
+)  # fmt: skip
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./:@+-]+\Z")
 
 
