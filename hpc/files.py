@@ -10,11 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def write_atomic(path: Path, text: str | bytes, mode: int | None = None) -> None:
+def write_atomic(
+    path: Path, text: str | bytes, mode: int | None = None, durable: bool = True
+) -> None:
     """Write ``text`` (UTF-8, or bytes as they are) to ``path`` via a temp file, fsync, rename.
 
     With ``mode`` (e.g. ``0o600`` for secrets) the file has exactly that mode from its
-    creation on, whatever the umask; without it, the umask's default."""
+    creation on, whatever the umask; without it, the umask's default. ``durable=False``
+    skips both fsyncs: readers still never see a torn file, but a crash of the node may
+    lose the write (for frequent, disposable reports such as heartbeats)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
     with os.fdopen(fd, "wb") as fh:
@@ -22,9 +26,11 @@ def write_atomic(path: Path, text: str | bytes, mode: int | None = None) -> None
             os.fchmod(fh.fileno(), mode)
         fh.write(text if isinstance(text, bytes) else text.encode("utf-8"))
         fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(path: Path) -> None:

@@ -221,7 +221,7 @@ def app_sweep(project: Path, launcher: list[str], timeout: float) -> list[dict[s
         "    with open(path, 'rb') as fh:\n"
         "        r = cloudpickle.load(fh)\n"
         "    out.append({'overrides': list(r.overrides), 'hidden': r.cfg.model.hidden,\n"
-        "                'value': r.return_value})\n"
+        "                'value': r.return_value, 'job_id': str(r.hydra_cfg.hydra.job.id)})\n"
         "print(json.dumps(out))\n"
     )
     paths = [str(sweep_dir / str(index) / "hydra-return.pkl") for index in range(2)]
@@ -264,4 +264,4 @@ def test_hydra_app_sweep_through_the_slurm_plugin_returns_accuracies(project: Pa
     returns = app_sweep(project, launcher, timeout=450)
     logs = "".join(p.read_text() for p in (project / "multirun").rglob("slurm-*.out"))
     assert_app_points(returns, logs)
-    assert "_" in str(returns[0].hydra_cfg.hydra.job.id), "an array task of the sweep's array"
+    assert "_" in returns[0]["job_id"], "an array task of the sweep's array"

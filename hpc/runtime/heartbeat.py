@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from hpc.defaults import STACK_DUMP_SIGNAL, STALL_TIMEOUT_S
+from hpc.files import write_atomic
 from hpc.runtime.preemption import signal_number
 
 DIRECTORY = "heartbeat"
@@ -109,11 +110,8 @@ class Heartbeat:
             "time": time.time(),
             "state": state,
         }
-        path = beat_path(self.run_dir, self.rank)
-        tmp = path.with_name(f".{path.name}.tmp")
         with contextlib.suppress(OSError):  # a full disk must not stop training
-            tmp.write_text(json.dumps(report), encoding="utf-8")
-            os.replace(tmp, path)
+            write_atomic(beat_path(self.run_dir, self.rank), json.dumps(report), durable=False)
 
 
 def read_beats(run_dir: Path) -> dict[int, dict[str, Any]]:
