@@ -41,7 +41,9 @@ EXAMPLES = settings(
     phases=[Phase.explicit, Phase.reuse, Phase.generate],  # a subprocess per example: no shrink
 )
 RECORDER = (
-    '#!/bin/sh\n{ printf "%s\\0" "$0" "$@"; printf "\\1"; } >> "$REC"\n'
+    # one record, then one append (background calls of the script must not interleave)
+    '#!/bin/sh\n{ printf "%s\\0" "$0" "$@"; printf "\\1"; } > "$REC.$$"\n'
+    'cat "$REC.$$" >> "$REC"; rm -f "$REC.$$"\n'
     'printf "%s" "${HPC_STATE_DIR-}" > "$REC.state"\n'
 )
 
@@ -104,7 +106,7 @@ def run(text: str | bytes, tmp: Path, shell: str = "bash", **env: str) -> list[l
 
 
 def calls_of(calls: list[list[str]], program: str) -> list[list[str]]:
-    return [c[1:] for c in calls if c[0] == program or c[0].endswith(f"/{program}")]
+    return [c[1:] for c in calls if c and (c[0] == program or c[0].endswith(f"/{program}"))]
 
 
 def assert_config_error(exc: ConfigError, *keys: str) -> None:
@@ -227,6 +229,9 @@ def test_batch_script(
             {"cluster__sbatch_args": ["--x"] * len(extra), "cluster__setup": setup},
         ),
     ):
+        # the pre-flight step's own srun line is checked in test_slurm_plan.py
+        changes = {**changes, "fault__preflight": False}
+        plain = {**plain, "fault__preflight": False}
         spec = spec_with("slurm", **{"run_dir": f"{tmp_path}/run", **changes})
         try:
             plan = get_launcher("slurm").plan(spec)
