@@ -27,20 +27,16 @@ def mounted(args: list[str], target: Path) -> Iterator[None]:
         subprocess.run(["umount", "-l", str(target)], check=False)
 
 
-def read_only(directory: Path) -> contextlib.AbstractContextManager[None]:
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[None]:
     """``directory`` bind-mounted read-only over itself: its files stay readable."""
-
-    @contextlib.contextmanager
-    def both() -> Iterator[None]:
-        with mounted(["--bind", str(directory)], directory):
-            proc = subprocess.run(
-                ["mount", "-o", "remount,bind,ro", str(directory)], capture_output=True, text=True
-            )
-            if proc.returncode != 0:
-                pytest.skip(f"cannot remount read-only: {proc.stderr.strip()}")
-            yield
-
-    return both()
+    with mounted(["--bind", str(directory)], directory):
+        proc = subprocess.run(
+            ["mount", "-o", "remount,bind,ro", str(directory)], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            pytest.skip(f"cannot remount read-only: {proc.stderr.strip()}")
+        yield
 
 
 def test_a_read_only_run_dir_is_named(tmp_path: Path) -> None:

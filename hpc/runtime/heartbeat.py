@@ -85,11 +85,10 @@ class Heartbeat:
 
     def progress(self, step: int) -> None:
         """The training thread's latest step; the first one is reported at once."""
-        if self.step is None:
-            self.step = step
+        first = self.step is None
+        self.step = step
+        if first:
             self._wake.set()
-        else:
-            self.step = step
 
     def stop(self, state: str = "done") -> None:
         """The last report (``done``: the watchdog stops watching this job)."""
