@@ -24,9 +24,9 @@ import pyarrow as pa
 
 from hpc.cost.html import to_html
 from hpc.cost.model import AllocationSet, CostInputError
-from hpc.cost.prices import load_prices
+from hpc.cost.prices import PriceTable, load_prices
 from hpc.cost.render import side_notes, to_csv, to_json, to_table
-from hpc.cost.report import build_report
+from hpc.cost.report import Report, build_report
 from hpc.cost.run_usage import as_allocations, load_accounting
 from hpc.cost.sacct.reader import live_sacct, parse_format, read_sacct
 
@@ -180,35 +180,25 @@ def run_report(args: argparse.Namespace) -> int:
     prices = None
     if args.prices:
         prices = load_prices(args.prices)
-    sets = [read_sacct(path, fields, delimiter) for path in args.sacct]
-    if args.live:
-        sets.append(live_sacct(start, end))
-    accounting = None
     if args.store is not None:
-        from hpc.cost.store import Store  # noqa: PLC0415 (lazy: duckdb only for the store)
-
-        with Store(args.store or None, read_only=True) as store:
-            if store.count(args.cluster):  # else only run records (if any) are stored
-                sets.append(store.load(start, end, args.cluster))
-            stored_runs = store.load_runs(args.cluster)
-        if stored_runs.runs:
-            accounting = stored_runs
-    if args.accounting:
-        loaded = load_accounting(args.accounting)
-        if accounting is not None:
-            loaded.runs = {**accounting.runs, **loaded.runs}
-        accounting = loaded
-    if sets:
-        allocs = AllocationSet.concat(sets)
-    elif accounting is not None:
-        allocs = as_allocations(accounting)
+        report = _report_from_store(args, prices, start, end)
     else:
-        allocs = AllocationSet.empty()
-    if accounting is not None:
-        allocs.skipped.update(accounting.skipped)
-    report = build_report(
-        allocs, prices, start, end, args.by, accounting, details=args.format == "html"
-    )
+        sets = [read_sacct(path, fields, delimiter) for path in args.sacct]
+        if args.live:
+            sets.append(live_sacct(start, end))
+        accounting = None
+        if args.accounting:
+            accounting = load_accounting(args.accounting)
+        if sets:
+            allocs = AllocationSet.concat(sets)
+        else:
+            assert accounting is not None
+            allocs = as_allocations(accounting)
+        if accounting is not None:
+            allocs.skipped.update(accounting.skipped)
+        report = build_report(
+            allocs, prices, start, end, args.by, accounting, details=args.format == "html"
+        )
 
     if args.format == "json":
         text = to_json(report)
@@ -235,6 +225,39 @@ def run_report(args: argparse.Namespace) -> int:
         if args.out:
             print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def _report_from_store(
+    args: argparse.Namespace,
+    prices: PriceTable | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> Report:
+    """The report over the store: in SQL where it can be, else over the loaded rows."""
+    from hpc.cost.store import Store  # noqa: PLC0415 (lazy: duckdb only for the store)
+    from hpc.cost.store_report import SQL_GROUPS, build_store_report  # noqa: PLC0415
+
+    html = args.format == "html"
+    with Store(args.store or None, read_only=True) as store:
+        accounting = store.load_runs(args.cluster)
+        if args.accounting:
+            loaded = load_accounting(args.accounting)
+            loaded.runs = {**accounting.runs, **loaded.runs}
+            accounting = loaded
+        joined = accounting if accounting.runs else None
+        if not store.count(args.cluster):  # only run records (if any) are stored
+            allocs = as_allocations(accounting)
+        elif args.by in SQL_GROUPS and not html:
+            report = build_store_report(
+                store, prices, start, end, args.by, joined, cluster=args.cluster
+            )
+            report.skipped = +(report.skipped + accounting.skipped)
+            return report
+        else:  # rows surely outside the window stay in the store (unless joined: the
+            # accounting note counts matches over all rows)
+            allocs = store.load(start, end, args.cluster, prune=joined is None)
+    allocs.skipped.update(accounting.skipped)
+    return build_report(allocs, prices, start, end, args.by, joined, details=html)
 
 
 def run_ingest(args: argparse.Namespace) -> int:

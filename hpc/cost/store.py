@@ -252,17 +252,19 @@ class Store:
         start: datetime | None = None,
         end: datetime | None = None,
         cluster: str | None = None,
+        prune: bool = True,
     ) -> AllocationSet:
         """The stored allocations that may fall in [start, end) (all without a window).
 
-        Rows that surely lie outside the window are counted, not loaded, under the reason
-        :func:`hpc.cost.report.build_report` gives them ("outside the report window").
+        With ``prune``, rows that surely lie outside the window are counted, not loaded,
+        under the reason :func:`hpc.cost.report.build_report` gives them ("outside the
+        report window").
         """
         where, params = ["TRUE"], {}
         if cluster is not None:
             where.append("cluster = $cluster")
             params["cluster"] = cluster
-        outside = _outside_sql(start, end, params)
+        outside = _outside_sql(start, end, params) if prune else ""
         base = " AND ".join(where)
         skipped: Counter[str] = Counter()
         if outside:

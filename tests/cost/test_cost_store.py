@@ -261,3 +261,50 @@ def test_accounting_records_are_stored_and_joined(
     assert got["rows"] == want["rows"]
     assert {r["key"]: r["gpu_util_mean"] for r in got["rows"]}["7"] == pytest.approx(80.0)
     assert timedelta(0) < timedelta(hours=got["total"]["gpu_hours"])
+
+
+PRICE_TABLES = {
+    "none": None,
+    "rates": "currency: EUR\ngpu_hour: {by_gpu_type: {v100: 3.0, a100: 4.0}, "
+    "by_partition: {gpu: 2.0}}\ncpu_hour: 0.01\nrefund_states: [NODE_FAIL, TIMEOUT]\n",
+    "billing": "currency: EUR\ngpu_hour: {default: 2.5}\ncpu_hour: 0.02\nbilling: {rate: 0.1}\n",
+}
+
+
+def _close(a: Report, b: Report) -> None:
+    def flat(r: Report) -> list[tuple[object, ...]]:
+        return [
+            (x.key, x.jobs, x.provisional_jobs, x.gpu_util_mean is None, x.energy_kwh is None)
+            for x in [*r.rows, r.total]
+        ]
+
+    assert flat(a) == flat(b)
+    for x, y in zip([*a.rows, a.total], [*b.rows, b.total], strict=True):
+        for col in ("gpu_hours", "cpu_hours", "cost", "gpu_util_mean", "energy_kwh"):
+            want = getattr(y, col)
+            assert getattr(x, col) == (None if want is None else pytest.approx(want, rel=1e-9))
+    assert a.skipped == b.skipped
+    strip = [n.split(":")[0] if "GPU-hours" in n else n for n in a.notes]
+    assert strip == [n.split(":")[0] if "GPU-hours" in n else n for n in b.notes]
+
+
+@pytest.mark.parametrize("name", READABLE)
+def test_sql_report_equals_build_report(store: Store, name: str, tmp_path: Path) -> None:
+    from hpc.cost.prices import load_prices
+    from hpc.cost.store_report import SQL_GROUPS, build_store_report
+
+    window = _window(name)
+    windows = [(None, None)] + ([window, (window[0], None), (None, window[1])] if window else [])
+    every = store.load(cluster=name)
+    n = 0
+    for label, text in PRICE_TABLES.items():
+        prices = None
+        if text:
+            (tmp_path / f"{label}.yaml").write_text(text, encoding="utf-8")
+            prices = load_prices(tmp_path / f"{label}.yaml")
+        for a, b in windows:  # each price table and window once, the groupings in turn
+            by = SQL_GROUPS[n % len(SQL_GROUPS)]
+            n += 1
+            want = build_report(every, prices, a, b, by, now=NOW)
+            got = build_store_report(store, prices, a, b, by, now=NOW, cluster=name)
+            _close(got, want)
