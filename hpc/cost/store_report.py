@@ -134,7 +134,8 @@ def build_store_report(
             matched_key = "coalesce(j1.k, j2.k)"
         key_col = "job_id" if group_by == "job" else group_by
         base = f"""
-            SELECT a.*, {rate} AS rate, {unpriced} AS unpriced, {util} AS util,
+            SELECT a.start, a."end", a.elapsed_s, a.gpus, a.ncpus, a.billing, a.state,
+                   {rate} AS rate, {unpriced} AS unpriced, {util} AS util,
                    {energy} AS energy, {matched_key} AS matched,
                    {state} IN ({_list(RUNNING_STATES)}) AS running,
                    contains(a.job_id, '[') AS ranged,
