@@ -37,6 +37,7 @@ from hpc.cost.run_usage import AccountingSet, RunAccounting
 from hpc.rundir.records import state_dir
 
 STORE_FILE = "cost.duckdb"
+BUCKET_ROWS = 500_000  # staged rows upserted at a time
 TIME_COLS = ("submit", "start", "end")
 # What an update may change; a row equal in all of these is "unchanged".
 VALUE_COLS = tuple(n for n in SCHEMA.names if n not in ("job_id", "submit", "line", "file"))
@@ -181,38 +182,57 @@ class Store:
         )
 
     def commit_stage(self, cluster: str, source: str) -> Counts:
-        """Upsert the staged rows into ``allocations`` (key: cluster, job_id, submit)."""
+        """Upsert the staged rows into ``allocations`` (key: cluster, job_id, submit).
+
+        Done in buckets of job ids (about BUCKET_ROWS staged rows each, one transaction
+        each) so that the joins stay within DuckDB's memory limit however large the
+        input; a bucket is all or nothing, and an interrupted ingest is finished by
+        running it again.
+        """
         con = self.con
         con.execute("UPDATE stage SET gpus = 0 WHERE gpus IS NULL")
-        key = "a.cluster = $c AND a.job_id = s.job_id AND a.submit IS NOT DISTINCT FROM s.submit"
+        staged = _count(con.execute("SELECT count(*) FROM stage"))
+        buckets = max(1, -(-staged // BUCKET_ROWS))
+        names = ", ".join(q(n) for n in SCHEMA.names)
         same = " AND ".join(f"a.{q(c)} IS NOT DISTINCT FROM s.{q(c)}" for c in VALUE_COLS)
-        con.execute("BEGIN")
-        try:
-            unchanged = _count(
-                con.execute(
-                    f"DELETE FROM stage s USING allocations a WHERE {key} AND {same}",
-                    {"c": cluster},
+        counts = Counts()
+        for b in range(buckets):
+            in_b = f"hash(s.job_id) % {buckets} = {b}"
+            a_b = f"hash(a.job_id) % {buckets} = {b}"
+            key = (
+                f"a.cluster = $c AND {a_b} AND {in_b} AND a.job_id = s.job_id "
+                "AND a.submit IS NOT DISTINCT FROM s.submit"
+            )
+            con.execute("BEGIN")
+            try:
+                counts.unchanged += _count(
+                    con.execute(
+                        f"DELETE FROM stage s USING allocations a WHERE {key} AND {same}",
+                        {"c": cluster},
+                    )
                 )
-            )
-            updated = _count(
-                con.execute(f"DELETE FROM allocations a USING stage s WHERE {key}", {"c": cluster})
-            )
-            names = ", ".join(q(n) for n in SCHEMA.names)
-            total = _count(
-                con.execute(
-                    f"INSERT INTO allocations (cluster, {names}) SELECT $c, {names} FROM stage",
-                    {"c": cluster},
+                updated = _count(
+                    con.execute(
+                        f"DELETE FROM allocations a USING stage s WHERE {key}", {"c": cluster}
+                    )
                 )
-            )
-            counts = Counts(new=total - updated, updated=updated, unchanged=unchanged)
-            con.execute(
-                "INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?)",
-                [time.time(), cluster, source, counts.new, counts.updated, counts.unchanged],
-            )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+                total = _count(
+                    con.execute(
+                        f"INSERT INTO allocations (cluster, {names}) SELECT $c, {names} "
+                        f"FROM stage s WHERE {in_b}",
+                        {"c": cluster},
+                    )
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            counts.updated += updated
+            counts.new += total - updated
+        con.execute(
+            "INSERT INTO ingests VALUES (?, ?, ?, ?, ?, ?)",
+            [time.time(), cluster, source, counts.new, counts.updated, counts.unchanged],
+        )
         con.execute("DROP TABLE stage")
         return counts
 

@@ -112,7 +112,8 @@ def test_all_fixtures_together(store: Store) -> None:
     assert total.cpu_hours == pytest.approx(sum(p.cpu_hours for p in parts))
 
 
-def test_reingest_changes_nothing(tmp_path: Path) -> None:
+def test_reingest_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("hpc.cost.store.BUCKET_ROWS", 7)  # upserted in 15 buckets
     name = "hbjobinfo_parsable_snowman-delim_gpu-tresusage_steps_arrays.txt"
     with Store(tmp_path / "s.duckdb") as s:
         first = ingest_sacct(s, FIX / name, name, "c1", _fields(name))
@@ -308,3 +309,32 @@ def test_sql_report_equals_build_report(store: Store, name: str, tmp_path: Path)
             want = build_report(every, prices, a, b, by, now=NOW)
             got = build_store_report(store, prices, a, b, by, now=NOW, cluster=name)
             _close(got, want)
+
+
+def test_live_ingest_spools_sacct_and_updates(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in sacct: RUNNING on the first call, COMPLETED on the next; --allusers refused."""
+    fake = tmp_path / "bin" / "sacct"
+    fake.parent.mkdir()
+    row = "77|77|me|acct|gpu|{}|2024-05-01T10:00:00|2024-05-01T10:00:00|{}|01:00:00|1|4|gres/gpu=2"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" --allusers "*) echo "sacct: error: Access denied" >&2; exit 1;; esac\n'
+        'd="$(dirname "$0")"\n'
+        f"if [ -e \"$d/done\" ]; then echo '{row.format('COMPLETED', '2024-05-01T11:00:00')}'\n"
+        f"else echo '{row.format('RUNNING', 'Unknown')}'; touch \"$d/done\"; fi\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{tmp_path / 'nothing'}:/usr/bin:/bin")
+    monkeypatch.setenv("HPC_COST_STORE", str(tmp_path / "s.duckdb"))
+    rc, _, err = _cli(capsys, "ingest", "--live", "--lookback", "2", "--cluster", "c1")
+    assert rc == 0 and "sacct --live: 1 new, 0 updated, 0 unchanged" in err, err
+    assert "--allusers refused (sacct: error: Access denied)" in err
+    rc, _, err = _cli(capsys, "ingest", "--live", "--lookback", "2", "--cluster", "c1")
+    assert "sacct --live: 0 new, 1 updated, 0 unchanged" in err, err
+    args = ["--format", "json", "--by", "job", "--cluster", "c1"]
+    rc, out, err = _cli(capsys, "report", "--store", *args)
+    doc = json.loads(out)
+    assert rc == 0 and doc["total"]["jobs"] == 1 and doc["total"]["gpu_hours"] == 2.0
+    assert "provisional" not in " ".join(doc.get("notes", []))
