@@ -23,7 +23,7 @@ test-deps: $(BIN)/python
 	@dpkg -s libopenmpi-dev openmpi-bin chromium >/dev/null 2>&1 || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev \
 	  chromium >/dev/null; }
-	$(BIN)/pip install -q -e '.[train,test,mpi,k8s]'
+	$(BIN)/pip install -q -e '.[train,test,mpi,k8s,cost]'
 
 cluster:
 	slurm/testcluster/up

@@ -3,7 +3,9 @@
     hpc cost report [--sacct FILE ...] [--sacct-format FIELDS] [--delimiter D]
                     [--accounting DIR ...] [--live] [--prices FILE] [--start T] [--end T]
                     [--by user|account|partition|day|job] [--format table|csv|json|html]
-                    [--out PATH]
+                    [--out PATH] [--store [PATH]] [--cluster NAME]
+    hpc cost ingest [--sacct FILE ...] [--live [--lookback DAYS | --start T --end T]]
+                    [--accounting DIR ...] [--store PATH] [--cluster NAME]
 
 Exit status: 0 on success, 2 on bad arguments or input (one line on standard error that
 names the file and line, or the argument).
@@ -12,18 +14,19 @@ names the file and line, or the argument).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 
 from hpc.cost.html import to_html
 from hpc.cost.model import AllocationSet, CostInputError
-from hpc.cost.prices import load_prices
+from hpc.cost.prices import PriceTable, load_prices
 from hpc.cost.render import side_notes, to_csv, to_json, to_table
-from hpc.cost.report import build_report
+from hpc.cost.report import Report, build_report
 from hpc.cost.run_usage import as_allocations, load_accounting
 from hpc.cost.sacct.reader import live_sacct, parse_format, read_sacct
 
@@ -103,6 +106,46 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--by", choices=GROUPS, default="account", help="group rows by")
     rep.add_argument("--format", choices=FORMATS, default="table", help="output format")
     rep.add_argument("--out", metavar="PATH", help="write here instead of standard output")
+    rep.add_argument(
+        "--store",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="read the accounting store (hpc cost ingest) instead of sacct files; "
+        "PATH defaults to $HPC_COST_STORE, else $HPC_STATE_DIR/cost.duckdb",
+    )
+    rep.add_argument("--cluster", metavar="NAME", help="with --store: this cluster's rows only")
+
+    ing = sub.add_parser(
+        "ingest",
+        help="add sacct output and run records to the accounting store",
+        description="Append sacct output (files, standard input or --live) and the "
+        "framework's run records to the accounting store. Idempotent: rows already stored "
+        "unchanged are left alone; a job seen again with a new state is updated.",
+    )
+    ing.add_argument(
+        "--sacct", action="append", default=[], metavar="FILE", help="as for report; - is stdin"
+    )
+    ing.add_argument("--sacct-format", metavar="FIELDS", help="fields of headerless files")
+    ing.add_argument("--delimiter", metavar="D", help="the sacct --delimiter")
+    ing.add_argument(
+        "--accounting", action="append", default=[], metavar="DIR", help="run directories"
+    )
+    ing.add_argument("--live", action="store_true", help="run sacct now (TZ=UTC, --duplicates)")
+    ing.add_argument(
+        "--lookback",
+        type=float,
+        metavar="DAYS",
+        help="with --live: jobs from the last DAYS days (default: --start, else all history)",
+    )
+    ing.add_argument("--start", metavar="T", help="with --live: window start")
+    ing.add_argument("--end", metavar="T", help="with --live: window end")
+    ing.add_argument("--store", metavar="PATH", help="store file (default as for report)")
+    ing.add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="cluster the rows belong to (default: $HPC_COST_CLUSTER, else 'default')",
+    )
     return parser
 
 
@@ -120,8 +163,14 @@ def run_report(args: argparse.Namespace) -> int:
     end = parse_time(args.end, "--end") if args.end else None
     if start and end and start >= end:
         raise UsageError("argument --end: must be after --start")
-    if not (args.sacct or args.live or args.accounting):
-        raise UsageError("nothing to report: give --sacct FILE, --live or --accounting DIR")
+    if args.store is not None and (args.sacct or args.live):
+        raise UsageError("argument --store: reads the store; not with --sacct or --live")
+    if args.cluster is not None and args.store is None:
+        raise UsageError("argument --cluster: only with --store")
+    if not (args.sacct or args.live or args.accounting or args.store is not None):
+        raise UsageError(
+            "nothing to report: give --sacct FILE, --live, --accounting DIR or --store"
+        )
     try:
         fields = parse_format(args.sacct_format) if args.sacct_format else None
     except ValueError as exc:
@@ -131,22 +180,25 @@ def run_report(args: argparse.Namespace) -> int:
     prices = None
     if args.prices:
         prices = load_prices(args.prices)
-    sets = [read_sacct(path, fields, delimiter) for path in args.sacct]
-    if args.live:
-        sets.append(live_sacct(start, end))
-    accounting = None
-    if args.accounting:
-        accounting = load_accounting(args.accounting)
-    if sets:
-        allocs = AllocationSet.concat(sets)
+    if args.store is not None:
+        report = _report_from_store(args, prices, start, end)
     else:
-        assert accounting is not None
-        allocs = as_allocations(accounting)
-    if accounting is not None:
-        allocs.skipped.update(accounting.skipped)
-    report = build_report(
-        allocs, prices, start, end, args.by, accounting, details=args.format == "html"
-    )
+        sets = [read_sacct(path, fields, delimiter) for path in args.sacct]
+        if args.live:
+            sets.append(live_sacct(start, end))
+        accounting = None
+        if args.accounting:
+            accounting = load_accounting(args.accounting)
+        if sets:
+            allocs = AllocationSet.concat(sets)
+        else:
+            assert accounting is not None
+            allocs = as_allocations(accounting)
+        if accounting is not None:
+            allocs.skipped.update(accounting.skipped)
+        report = build_report(
+            allocs, prices, start, end, args.by, accounting, details=args.format == "html"
+        )
 
     if args.format == "json":
         text = to_json(report)
@@ -172,6 +224,96 @@ def run_report(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         if args.out:
             print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _report_from_store(
+    args: argparse.Namespace,
+    prices: PriceTable | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> Report:
+    """The report over the store: in SQL where it can be, else over the loaded rows."""
+    from hpc.cost.store import Store  # noqa: PLC0415 (lazy: duckdb only for the store)
+    from hpc.cost.store_report import SQL_GROUPS, build_store_report  # noqa: PLC0415
+
+    html = args.format == "html"
+    with Store(args.store or None, read_only=True) as store:
+        accounting = store.load_runs(args.cluster)
+        if args.accounting:
+            loaded = load_accounting(args.accounting)
+            loaded.runs = {**accounting.runs, **loaded.runs}
+            accounting = loaded
+        joined = accounting if accounting.runs else None
+        if not store.count(args.cluster):  # only run records (if any) are stored
+            allocs = as_allocations(accounting)
+        elif args.by in SQL_GROUPS and not html:
+            report = build_store_report(
+                store, prices, start, end, args.by, joined, cluster=args.cluster
+            )
+            report.skipped = +(report.skipped + accounting.skipped)
+            return report
+        else:  # rows surely outside the window stay in the store (unless joined: the
+            # accounting note counts matches over all rows)
+            allocs = store.load(start, end, args.cluster, prune=joined is None)
+    allocs.skipped.update(accounting.skipped)
+    return build_report(allocs, prices, start, end, args.by, joined, details=html)
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from hpc.cost.ingest import (  # noqa: PLC0415 (lazy: duckdb only for the store)
+        IngestResult,
+        ingest_accounting,
+        ingest_live,
+        ingest_sacct,
+        spooled_stdin,
+    )
+    from hpc.cost.store import Store  # noqa: PLC0415
+
+    if not (args.sacct or args.live or args.accounting):
+        raise UsageError("nothing to ingest: give --sacct FILE, --live or --accounting DIR")
+    if not args.live and (args.lookback is not None or args.start or args.end):
+        raise UsageError("arguments --lookback/--start/--end: only with --live")
+    if args.lookback is not None and (args.start or args.lookback <= 0):
+        raise UsageError("argument --lookback: a positive number of days, not with --start")
+    start = parse_time(args.start, "--start") if args.start else None
+    end = parse_time(args.end, "--end") if args.end else None
+    if args.lookback is not None:
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=args.lookback)
+    if start and end and start >= end:
+        raise UsageError("argument --end: must be after --start")
+    try:
+        fields = parse_format(args.sacct_format) if args.sacct_format else None
+    except ValueError as exc:
+        raise UsageError(f"argument --sacct-format: {exc}") from None
+    delimiter = _delimiter(args.delimiter)
+    cluster = args.cluster or os.environ.get("HPC_COST_CLUSTER") or "default"
+    accounting = load_accounting(args.accounting) if args.accounting else None
+    results: list[IngestResult] = []
+    with Store(args.store) as store:
+        for path in args.sacct:
+            if path == "-":
+                with spooled_stdin() as spool:
+                    results.append(
+                        ingest_sacct(store, spool, "<stdin>", cluster, fields, delimiter)
+                    )
+            else:
+                results.append(ingest_sacct(store, Path(path), path, cluster, fields, delimiter))
+        if args.live:
+            results.append(ingest_live(store, cluster, start, end))
+        if accounting is not None:
+            results.append(ingest_accounting(store, cluster, accounting))
+        total = store.count()
+        where = store.path
+    for r in results:
+        c = r.counts
+        line = f"{r.source}: {c.new} new, {c.updated} updated, {c.unchanged} unchanged"
+        if r.skipped:
+            line += "; skipped " + ", ".join(f"{n} {why}" for why, n in sorted(r.skipped.items()))
+        print(line, file=sys.stderr)
+        for note in r.notes:
+            print(f"note: {note}", file=sys.stderr)
+    print(f"store {where}: {total} allocation(s) [cluster {cluster}]", file=sys.stderr)
     return 0
 
 
@@ -215,10 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-        if args.command == "report":
+        if args.command in ("report", "ingest"):
             _without_pandas()
             _tune_arrow()
-            return run_report(args)
+            return run_report(args) if args.command == "report" else run_ingest(args)
         raise UsageError(f"unknown command {args.command!r}")
     except SystemExit as exc:  # --help
         return int(exc.code or 0)

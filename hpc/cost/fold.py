@@ -42,8 +42,15 @@ class Piece:
 class Accumulator:
     """Collects allocation rows batch by batch, then folds steps and duplicates."""
 
-    def __init__(self, source: str, cols: dict[str, str | None], header_first: str):
+    def __init__(
+        self,
+        source: str,
+        cols: dict[str, str | None],
+        header_first: str,
+        sink: Callable[[pa.Table], None] | None = None,
+    ):
         self.source, self.cols, self.header_first = source, cols, header_first.lower()
+        self.sink = sink  # takes each batch's allocation rows instead of self.parts
         self.parts: list[pa.Table] = []
         self.away: list[pa.Array] = []  # step bases whose allocation was not in their batch
         self.wanted: set[str] = set()  # lacking allocations that have steps
@@ -59,7 +66,10 @@ class Accumulator:
             if line_offset:
                 i = part.schema.get_field_index("line")
                 part = part.set_column(i, "line", pc.add(part["line"], line_offset))
-            self.parts.append(part)
+            if self.sink is not None:
+                self.sink(part)
+            else:
+                self.parts.append(part)
         if piece.away is not None:
             self.away.append(piece.away)
         self.wanted.update(piece.wanted)

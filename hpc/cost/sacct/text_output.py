@@ -20,10 +20,11 @@ import io
 import os
 import re
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -148,9 +149,35 @@ def read_text(
     delimiter: str | None = None,
 ) -> AllocationSet:
     """Read one sacct text output (a file path or its bytes)."""
+    scan = scan_text(data, source, fields, delimiter)
+    if scan is None:
+        return AllocationSet(
+            SCHEMA.empty_table(), Counter({"blank line": _first_line(data)[1]}), [source]
+        )
+    acc, steps_again = scan
+    allocs = acc.finish(steps_again)
+    return AllocationSet(allocs, +acc.skipped, [source])
+
+
+StepsAgain = Callable[[set[str]], list[dict[str, Any]]]
+
+
+def scan_text(
+    data: Path | bytes,
+    source: str,
+    fields: list[str] | None = None,
+    delimiter: str | None = None,
+    sink: Callable[[pa.Table], None] | None = None,
+) -> tuple[fold.Accumulator, StepsAgain] | None:
+    """Stream ``data`` chunk by chunk into an accumulator (None: only blank lines).
+
+    Each chunk's allocation rows go to ``sink`` when given (so nothing is kept: the store's
+    streaming ingest), else they stay in the accumulator for :meth:`fold.Accumulator.finish`.
+    The second value reads the file again for the step rows of the allocations named.
+    """
     first, first_no = _first_line(data)
     if first is None:
-        return AllocationSet(SCHEMA.empty_table(), Counter({"blank line": first_no}), [source])
+        return None
     layout = detect_layout(first, source, fields, delimiter)
     if layout.header and not first.endswith("\n"):
         raise CostInputError(source, "the header line is cut off (a truncated file?)", first_no)
@@ -161,7 +188,7 @@ def read_text(
     }
     skip = first_no if layout.header else first_no - 1  # leading blank lines (+ header)
     parser = _ChunkParser(source, layout, [c for c in columns.values() if c])
-    acc = fold.Accumulator(source, columns, header_first=layout.fields[0])
+    acc = fold.Accumulator(source, columns, header_first=layout.fields[0], sink=sink)
     acc.skipped["blank line"] += first_no - 1
 
     def work(chunk: bytes) -> tuple[int, fold.Piece]:
@@ -183,8 +210,8 @@ def read_text(
             for fut in pending:
                 fut.cancel()
 
-    def steps_again(wanted: set[str]) -> list[dict[str, object]]:
-        out: list[dict[str, object]] = []
+    def steps_again(wanted: set[str]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
         at = skip + 1
         for chunk in _chunks(data, skip):
             batch = parser.parse(chunk)
@@ -192,8 +219,7 @@ def read_text(
             at += batch.num_rows
         return out
 
-    allocs = acc.finish(steps_again)
-    return AllocationSet(allocs, +acc.skipped, [source])
+    return acc, steps_again
 
 
 def _workers() -> int:

@@ -1,0 +1,286 @@
+"""``hpc cost report --store``: the report's arithmetic done inside DuckDB.
+
+The same rules as :func:`hpc.cost.report.build_report` (window clipping, running jobs up
+to the window end or now, PENDING and pending array ranges skipped, Elapsed without a
+window, GPU rates by partition/type, billing mode, refunds, the accounting join), written
+as one SQL query over the stored allocations, so that memory does not grow with the store
+and only the groups come back to Python. Used for ``--by user|account|partition|job``
+outside HTML; ``--by day`` and ``--format html`` load the rows and call ``build_report``.
+Both are checked against each other on every sacct fixture (tests/cost/test_cost_store.py).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from hpc.cost.model import PENDING_STATES, RUNNING_STATES
+from hpc.cost.prices import PriceTable
+from hpc.cost.report import GROUPS, NONE_KEY, Report, Row, _iso
+
+if TYPE_CHECKING:
+    from hpc.cost.run_usage import AccountingSet
+    from hpc.cost.store import Store
+
+SQL_GROUPS = ("user", "account", "partition", "job")
+
+
+def _list(values: frozenset[str] | set[str]) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(values)) or "NULL"
+
+
+def build_store_report(
+    store: Store,
+    prices: PriceTable | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    group_by: str = "account",
+    accounting: AccountingSet | None = None,
+    now: datetime | None = None,
+    cluster: str | None = None,
+) -> Report:
+    """What ``build_report(store.load(...), ...)`` gives, computed in the store."""
+    if group_by not in SQL_GROUPS:
+        raise ValueError(f"group_by must be one of {', '.join(SQL_GROUPS)} (not {group_by!r})")
+    assert group_by in GROUPS
+    prices = prices or PriceTable()
+    now = now or datetime.now(UTC)
+    con = store.con
+    ws = start.timestamp() if start else None
+    we = end.timestamp() if end else None
+    clip_at = min(we, now.timestamp()) if we is not None else now.timestamp()
+    params: dict[str, Any] = {"clip": clip_at}
+    where = where_a = "TRUE"
+    if cluster is not None:
+        where, where_a, params["cluster"] = "cluster = $cluster", "a.cluster = $cluster", cluster
+    state = "coalesce(state, '')"
+    lo, hi = "start", "e"
+    inside = "timed"
+    if we is not None:
+        params["we"] = we
+        inside += " AND start < $we"
+        hi = "least(e, $we)"
+    if ws is not None:
+        params["ws"] = ws
+        inside += " AND (e > $ws OR (e = start AND start >= $ws))"
+        lo = "greatest(start, $ws)"
+    unbounded = "TRUE" if ws is None and we is None else "FALSE"
+
+    gpu_priced = bool(
+        prices.gpu_default is not None
+        or prices.gpu_by_type
+        or prices.gpu_by_partition
+        or prices.gpu_rules
+    )
+    registered: list[str] = []
+
+    def register(name: str, table: pa.Table) -> None:
+        con.register(name, table)
+        registered.append(name)
+
+    try:
+        rate_join, rate, unpriced = "", "0.0", "FALSE"
+        if gpu_priced:
+            combos = con.execute(
+                "SELECT DISTINCT coalesce(partition, ''), coalesce(gpu_type, '') "
+                f"FROM allocations WHERE {where}",
+                {k: v for k, v in params.items() if k == "cluster"},
+            ).fetchall()
+            rates = [prices.gpu_rate(p or None, g or None) for p, g in combos]
+            register(
+                "_rates",
+                pa.table(
+                    {
+                        "p": pa.array([c[0] for c in combos], pa.string()),
+                        "g": pa.array([c[1] for c in combos], pa.string()),
+                        "rate": pa.array([r or 0.0 for r in rates], pa.float64()),
+                        "unpriced": pa.array([r is None for r in rates], pa.bool_()),
+                    }
+                ),
+            )
+            rate_join = (
+                "LEFT JOIN _rates r ON r.p = coalesce(a.partition, '') "
+                "AND r.g = coalesce(a.gpu_type, '')"
+            )
+            rate, unpriced = "r.rate", "r.unpriced"
+        acct_join, util, energy, matched_key = "", "NULL::DOUBLE", "NULL::DOUBLE", "NULL"
+        keys: list[str] = []
+        if accounting is not None and accounting.runs:
+            keys = sorted(accounting.runs)
+            register(
+                "_acct",
+                pa.table(
+                    {
+                        "k": pa.array(keys, pa.string()),
+                        "u": pa.array(
+                            [_float(accounting.runs[k].summary.get("gpu_util_mean")) for k in keys],
+                            pa.float64(),
+                        ),
+                        "en": pa.array(
+                            [_float(accounting.runs[k].summary.get("energy_kwh")) for k in keys],
+                            pa.float64(),
+                        ),
+                    }
+                ),
+            )
+            acct_join = (
+                "LEFT JOIN _acct j1 ON j1.k = a.job_id LEFT JOIN _acct j2 ON j2.k = a.job_id_raw"
+            )
+            util = "CASE WHEN j1.k IS NOT NULL THEN j1.u ELSE j2.u END"
+            energy = "CASE WHEN j1.k IS NOT NULL THEN j1.en ELSE j2.en END"
+            matched_key = "coalesce(j1.k, j2.k)"
+        key_col = "job_id" if group_by == "job" else group_by
+        base = f"""
+            SELECT a.start, a."end", a.elapsed_s, a.gpus, a.ncpus, a.billing, a.state,
+                   {rate} AS rate, {unpriced} AS unpriced, {util} AS util,
+                   {energy} AS energy, {matched_key} AS matched,
+                   {state} IN ({_list(RUNNING_STATES)}) AS running,
+                   contains(a.job_id, '[') AS ranged,
+                   coalesce(CAST(a.{_q(key_col)} AS VARCHAR), '{NONE_KEY}') AS key
+            FROM allocations a {rate_join} {acct_join} WHERE {where_a}
+        """
+        classed = f"""
+            SELECT *, NOT ranged AND NOT pending AS live FROM (
+                SELECT *, {state} IN ({_list(PENDING_STATES)}) AND NOT ranged AS pending
+                FROM ({base})
+            )
+        """
+        timed_q = f"""
+            SELECT *, CASE WHEN live AND NOT running AND e0 IS NULL AND start IS NOT NULL
+                           AND elapsed_s IS NOT NULL THEN start + elapsed_s ELSE e0 END AS e
+            FROM (SELECT *, CASE WHEN running THEN $clip ELSE "end"::DOUBLE END AS e0
+                  FROM ({classed}))
+        """
+        flags = f"""
+            SELECT *, live AND NOT no_start AND NOT no_end AND NOT by_elapsed AS timed FROM (
+                SELECT *, live AND start IS NULL AND NOT by_elapsed AS no_start,
+                       live AND start IS NOT NULL AND e IS NULL AS no_end
+                FROM (SELECT *, live AND start IS NULL AND coalesce(elapsed_s, 0) > 0
+                                AND {unbounded} AS by_elapsed
+                      FROM ({timed_q}))
+            )
+        """
+        hours_q = f"""
+            SELECT *, CASE WHEN by_elapsed THEN elapsed_s / 3600.0
+                           WHEN inside THEN greatest(0.0, {hi} - {lo}) / 3600.0
+                           ELSE 0.0 END AS hours,
+                      inside OR by_elapsed AS used
+            FROM (SELECT *, coalesce({inside}, FALSE) AS inside FROM ({flags}))
+        """
+        billing_mode = prices.billing_rate is not None
+        cost_expr = f"gpu_hours * coalesce(rate, 0.0) + cpu_hours * {float(prices.cpu_hour)!r}"
+        if billing_mode:
+            cost_expr = (
+                f"CASE WHEN billing IS NOT NULL THEN billing * hours * "
+                f"{float(prices.billing_rate or 0.0)!r} ELSE {cost_expr} END"
+            )
+        refund = f"{state} IN ({_list(set(prices.refund_states))}) AND used"
+        priced = f"""
+            SELECT *, CASE WHEN refunded THEN 0.0 ELSE cost0 END AS cost FROM (
+                SELECT *, {cost_expr} AS cost0, {refund} AS refunded FROM (
+                    SELECT *, coalesce(gpus, 0) * hours AS gpu_hours,
+                              coalesce(ncpus, 0) * hours AS cpu_hours,
+                              used AND running AS prov
+                    FROM ({hours_q})
+                )
+            )
+        """
+        stats_cols = """
+            count(*) FILTER (WHERE ranged), count(*) FILTER (WHERE pending),
+            count(*) FILTER (WHERE no_start), count(*) FILTER (WHERE no_end),
+            count(*) FILTER (WHERE timed AND NOT inside), count(*) FILTER (WHERE prov),
+            count(*) FILTER (WHERE used AND coalesce(unpriced, FALSE) AND gpu_hours > 0),
+            coalesce(sum(gpu_hours) FILTER (WHERE used AND coalesce(unpriced, FALSE)
+                                            AND gpu_hours > 0), 0.0),
+            count(*) FILTER (WHERE used AND billing IS NULL), count(*) FILTER (WHERE refunded),
+            coalesce(sum(cost0) FILTER (WHERE refunded), 0.0), count(DISTINCT matched)
+        """
+        group_cols = """
+            count(*), sum(gpu_hours), sum(cpu_hours), sum(cost),
+            sum(CASE WHEN util IS NULL THEN 0.0 ELSE util * gpu_hours END),
+            sum(CASE WHEN util IS NULL THEN 0.0 ELSE gpu_hours END),
+            count(util), sum(coalesce(util, 0.0)), sum(energy), sum(prov::BIGINT)
+        """
+        pad_stats, pad_groups = ", NULL" * 12, ", NULL" * 10
+        out = con.execute(
+            f"""
+            WITH _priced AS MATERIALIZED ({priced})
+            SELECT 0, NULL{pad_groups}, {stats_cols} FROM _priced
+            UNION ALL
+            SELECT 1, key, {group_cols}{pad_stats} FROM _priced WHERE used GROUP BY key
+            """,
+            params,
+        ).fetchall()
+        stats = next(r[12:] for r in out if r[0] == 0)
+        groups = [r[1:12] for r in out if r[0] == 1]
+    finally:
+        for name in registered:
+            con.unregister(name)
+
+    skipped: Counter[str] = Counter()
+    (ranged, pending, no_start, no_end, outside, prov, miss_n, miss_h, lack_bill, refunds,
+     refund_cost, matched) = stats  # fmt: skip
+    skipped["pending array range (no task started)"] += ranged
+    skipped["PENDING (costs nothing)"] += pending
+    skipped["no Start time (never started, or not in the input)"] += no_start
+    skipped["no End time and no Elapsed"] += no_end
+    skipped["outside the report window"] += outside
+    notes: list[str] = []
+    if prov:
+        at = "the window end" if we is not None and we <= now.timestamp() else f"now ({_iso(now)})"
+        notes.append(f"{prov} running allocation(s) counted up to {at}: provisional")
+    if gpu_priced and miss_n:
+        notes.append(
+            f"{miss_h:.2f} GPU-hours in {miss_n} allocation(s) match no GPU rate: priced at 0"
+        )
+    if billing_mode and lack_bill:
+        notes.append(f"{lack_bill} allocation(s) without billing TRES: priced by the GPU/CPU rates")
+    if refunds:
+        notes.append(
+            f"{refunds} run(s) in {', '.join(sorted(prices.refund_states))} "
+            f"refunded ({refund_cost:.2f} {prices.currency})".rstrip()
+        )
+    if keys:
+        notes.append(f"accounting records joined for {matched} of {len(keys)} job(s)")
+
+    rows = [_row(g) for g in groups]
+    rows.sort(key=lambda r: (-r.cost, -r.gpu_hours, -r.cpu_hours, r.key))
+    sums = [sum(g[i] or 0 for g in groups) for i in range(1, 9)]
+    total = _row(("total", *sums, _sum_energy(groups), sum(g[10] for g in groups)))
+    return Report(
+        window_start=start,
+        window_end=end,
+        group_by=group_by,
+        rows=rows,
+        total=total,
+        currency=prices.currency,
+        now=now,
+        skipped=+skipped,
+        notes=notes,
+        sources=[f"store {store.path}"],
+    )
+
+
+def _row(g: tuple[Any, ...]) -> Row:
+    key, jobs, gh, ch, cost, w_util, w_has, n_util, s_util, energy, prov = g
+    util = None
+    if n_util:
+        util = w_util / w_has if w_has > 0 else s_util / n_util
+    return Row(key, int(jobs), float(gh or 0.0), float(ch or 0.0), float(cost or 0.0),
+               util, None if energy is None else float(energy), int(prov or 0))  # fmt: skip
+
+
+def _sum_energy(groups: list[tuple[Any, ...]]) -> float | None:
+    known = [g[9] for g in groups if g[9] is not None]
+    return float(sum(known)) if known else None
+
+
+def _float(v: object) -> float | None:
+    return None if v is None else float(v)  # type: ignore[arg-type]
+
+
+def _q(name: str) -> str:
+    return '"' + name + '"'
