@@ -137,14 +137,14 @@ def required_mounts(
                     f"({best.spec()} shows {_norm(inside)!r} there); the run dir, checkpoints "
                     "and logs must be the same path inside and outside",
                 )
-            shown.append(f"{path} ({key}: by container.mounts {best.spec()})")
+            shown.append(f"{path} ({key.strip('()')}: by container.mounts {best.spec()})")
             continue
         if any(_under(path, m.target) for m in added):
-            shown.append(f"{path} ({key})")
+            shown.append(f"{path} ({key.strip('()')})")
             continue
         added = [m for m in added if not _under(m.target, path)]
         added.append(Mount(path, path))
-        shown.append(f"{path} ({key})")
+        shown.append(f"{path} ({key.strip('()')})")
     return added, shown
 
 
