@@ -176,10 +176,8 @@ def test_oci_rootfs_without_the_runtime_offers_install(tmp_path: Path) -> None:
     error = rule_error(tmp_path, "container=oci", f"container.image={bundle}")
     assert error.key == "container.image" and "container.install=host" in str(error)
     os.chdir(tmp_path)
-    spec = load_spec(
-        ["cluster=slurm", f"run_dir={tmp_path}/run", "container=oci"]
-        + [f"container.image={bundle}", "container.install=host"]
-    )
+    host = [f"container.image={bundle}", "container.install=host"]
+    spec = load_spec(["cluster=slurm", f"run_dir={tmp_path}/run", "container=oci", *host])
     plan = get_launcher("slurm").plan(spec)
     assert "PYTHONPATH=" in plan.text and any("mounted from" in n for n in plan.notes)
 
@@ -193,11 +191,13 @@ def test_local_launcher_runs_no_container(tmp_path: Path) -> None:
 
 def test_runtime_requirement_is_shown_and_pip_install_renders(tmp_path: Path) -> None:
     os.chdir(tmp_path)
-    spec = load_spec(
-        ["cluster=slurm", f"run_dir={tmp_path}/run", "container=pyxis"]
-        + ["container.image=nvcr.io/nvidia/pytorch:24.05-py3", "container.install=pip"]
-        + ["container.wheel=/wheels/hpc_launch-0.1.0-py3-none-any.whl", "checkpoint.dir=/ckpt/x"]
-    )
+    pip = [
+        "container.image=nvcr.io/nvidia/pytorch:24.05-py3",
+        "container.install=pip",
+        "container.wheel=/wheels/hpc_launch-0.1.0-py3-none-any.whl",
+        "checkpoint.dir=/ckpt/x",
+    ]
+    spec = load_spec(["cluster=slurm", f"run_dir={tmp_path}/run", "container=pyxis", *pip])
     plan = get_launcher("slurm").plan(spec)
     assert any("pip-installed" in n for n in plan.notes)
     site = f"{tmp_path}/run/.container-site"
@@ -214,10 +214,8 @@ def test_runtime_requirement_is_shown_and_pip_install_renders(tmp_path: Path) ->
 
 def test_k8s_manifest_uses_container_image(tmp_path: Path) -> None:
     os.chdir(tmp_path)
-    spec = load_spec(
-        ["cluster=k8s", f"run_dir={tmp_path}/run", "container=pyxis"]
-        + ["container.image=docker://nvcr.io/nvidia/pytorch:24.05-py3", "container.workdir=/work"]
-    )
+    pod = ["container.image=docker://nvcr.io/nvidia/pytorch:24.05-py3", "container.workdir=/work"]
+    spec = load_spec(["cluster=k8s", f"run_dir={tmp_path}/run", "container=pyxis", *pod])
     plan = get_launcher("k8s").plan(spec)
     assert plan.text.count("image: nvcr.io/nvidia/pytorch:24.05-py3") == 2  # launcher, worker
     assert "workingDir: /work" in plan.text and "image: ghcr.io" not in plan.text.split("---")[-1]
