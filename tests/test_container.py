@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -223,3 +224,44 @@ def test_k8s_manifest_uses_container_image(tmp_path: Path) -> None:
         mounted = load_spec(["cluster=k8s", f"run_dir={tmp_path}/r", "container.mounts=[/a:/a]"])
         get_launcher("k8s").plan(mounted)
     assert exc.value.key == "container.mounts"
+
+
+def test_hpc_sbatch_passes_pyxis_options_to_every_srun(workdir: Path) -> None:
+    """``hpc-sbatch --container-image X job.sh``: sbatch never sees the Pyxis options (the
+    wrapper stays on the host); each srun of the script gets them, unless it names its own."""
+    from hpc.cli import sbatch
+
+    argv = ["--container-image", "nvcr.io#nvidia/pytorch:24.05-py3", "--container-mounts=/d:/d"]
+    argv += ["--container-writable", "-p", "gpu", "job.sh", "a b"]
+    options, script, args, _ = sbatch.split_args(argv)
+    assert script == "job.sh" and args == ["a b"]
+    pyxis = [o for o in options if sbatch.is_pyxis(o)]
+    assert [o for o in options if not sbatch.is_pyxis(o)] == ["-p", "gpu"]
+    user = (
+        b"#!/bin/bash\n#SBATCH --time=00:05:00\nsrun python -c 1\nsrun --container-image=own true\n"
+    )
+    text = sbatch.wrap(user, args, "job.sh", pyxis)
+    start = text.index(b"HPC_SBATCH_ORIGINAL_")
+    delimiter = text[start : start + len("HPC_SBATCH_ORIGINAL_") + 16]
+    check_golden("hpc_sbatch_pyxis.sh", text.replace(delimiter, b"HPC_SBATCH_ORIGINAL_X").decode())
+    bindir = workdir / "bin"
+    bindir.mkdir()
+    (bindir / "srun").write_text(
+        '#!/bin/sh\nprintf "%s|" "$@" >> "$SRUN_LOG"; echo >> "$SRUN_LOG"\n'
+    )
+    (bindir / "srun").chmod(0o755)
+    (workdir / "wrapper.sh").write_bytes(text)
+    log = workdir / "srun.log"
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", SRUN_LOG=str(log))
+    env.update(SLURM_JOB_ID="7", MASTER_ADDR="127.0.0.1", TMPDIR=str(workdir))
+    proc = subprocess.run(
+        ["bash", str(workdir / "wrapper.sh")], env=env, capture_output=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines()
+    assert calls == [
+        "--container-image=nvcr.io#nvidia/pytorch:24.05-py3|--container-mounts=/d:/d|"
+        "--container-writable|python|-c|1|",
+        "--container-image=own|true|",
+    ]
+    assert not list(workdir.glob("hpc-sbatch-*"))  # the original and the shim are removed
