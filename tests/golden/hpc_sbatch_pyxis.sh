@@ -23,7 +23,8 @@ chmod +x "$original"
 HPC_SBATCH_SRUN="$(command -v srun)"; export HPC_SBATCH_SRUN
 mkdir -p "$original.bin" && cat > "$original.bin/srun" <<'HPC_SBATCH_SRUN'
 #!/bin/bash
-for a in "$@"; do case $a in --container-*|--no-container-*) exec "$HPC_SBATCH_SRUN" "$@";; esac; done
+for a in "$@"; do case $a in --container-*|--no-container-*)
+  exec "$HPC_SBATCH_SRUN" "$@";; esac; done
 exec "$HPC_SBATCH_SRUN" '--container-image=nvcr.io#nvidia/pytorch:24.05-py3' --container-mounts=/d:/d --container-writable "$@"
 HPC_SBATCH_SRUN
 chmod +x "$original.bin/srun"; export PATH="$original.bin:$PATH"
