@@ -265,3 +265,17 @@ def test_hpc_sbatch_passes_pyxis_options_to_every_srun(workdir: Path) -> None:
         "--container-image=own|true|",
     ]
     assert not list(workdir.glob("hpc-sbatch-*"))  # the original and the shim are removed
+
+
+def test_hydra_plugin_takes_the_container_section(tmp_path: Path) -> None:
+    """``hydra.launcher.container`` becomes the points' container section, as on the CLI."""
+    from hydra_plugins.hpc_launch_plugin.launcher import framework_overrides
+
+    os.chdir(tmp_path)
+    box = {"runtime": "pyxis", "image": "nvcr.io/nvidia/pytorch:24.05-py3"}
+    box |= {"mounts": ["/data:/data:ro"], "env": ["HF_HOME"], "install": "pip"}
+    overrides = framework_overrides({"container": box}, "slurm")
+    spec = load_spec([*overrides, f"run_dir={tmp_path}/run", "job=digits"])
+    assert spec.config["container"] | box == spec.config["container"]
+    text = get_launcher("slurm").plan(spec).text
+    assert "--container-mounts=" in text and "/data:/data:ro" in text
