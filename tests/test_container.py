@@ -80,10 +80,13 @@ def test_golden_container_scripts(name: str, workdir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     text = normalise(proc.stdout, workdir)
     check_golden(name, text)
-    step = next(line for line in text.splitlines() if line.startswith("  srun "))
+    step = next(ln for ln in text.splitlines() if ln.startswith("  srun --kill-on-bad-exit"))
     # The batch shell stays outside: it requeues (scontrol) and forwards the signal.
     assert "scontrol requeue" in text and "trap 'forward USR2' USR2" in text
     assert step.endswith("python3 -m hpc.run WORKDIR/run/config.yaml &")
+    # the accounting sampler on the host side, beside the step; the ranks do not sample
+    assert "srun --overlap --nodes=1 --ntasks=1 --ntasks-per-node=1" in text
+    assert "export HPC_ACCOUNTING_ON_HOST=1" in text
 
 
 def bad(workdir: Path, *overrides: str) -> tuple[int, str]:
@@ -279,3 +282,41 @@ def test_hydra_plugin_takes_the_container_section(tmp_path: Path) -> None:
     assert spec.config["container"] | box == spec.config["container"]
     text = get_launcher("slurm").plan(spec).text
     assert "--container-mounts=" in text and "/data:/data:ro" in text
+
+
+def test_host_sampler_samples_the_ranks_it_finds_by_run_dir(tmp_path: Path) -> None:
+    """``python -m hpc.accounting.host RUN_DIR``: this user's processes whose environment
+    names the run dir (the ranks, seen from outside the container); SIGTERM stops it."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("accounting: {enabled: true, interval_s: 0.1}\n")
+    env = dict(os.environ, HPC_RUN_DIR=str(run_dir), SLURM_NODEID="1")
+    rank = subprocess.Popen([sys.executable, "-c", "while True: pass"], env=env)
+    side = dict(os.environ, SLURM_NODEID="1", HPC_JOB_ID="42")
+    side.pop("HPC_RUN_DIR", None)
+    sampler = subprocess.Popen(
+        [sys.executable, "-m", "hpc.accounting.host", str(run_dir)], env=side
+    )
+    path = run_dir / "accounting" / "node1.jsonl"
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            lines = path.read_text().splitlines() if path.exists() else []
+            if sum('"type": "sample"' in ln or '"type":"sample"' in ln for ln in lines) >= 3:
+                break
+            time.sleep(0.1)
+        sampler.send_signal(signal.SIGTERM)
+        assert sampler.wait(timeout=20) == 0
+    finally:
+        rank.kill()
+        rank.wait()
+        if sampler.poll() is None:
+            sampler.kill()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert records[0]["type"] == "header" and records[0]["env_match"] == f"HPC_RUN_DIR={run_dir}"
+    assert records[0]["job_id"] == "42" and records[-1]["type"] == "stop"
+    samples = [r for r in records if r["type"] == "sample"]
+    assert samples and max(s["cpu_s"] for s in samples) > 0  # the busy "rank" was found

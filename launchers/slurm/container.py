@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import hpc
+from hpc.accounting.host import ON_HOST_ENV
 from hpc.quoting import shell_join, shell_word
 from hpc.spec import container
 from hpc.spec.container import SITE_DIR, Mount
@@ -38,6 +39,8 @@ class ContainerStep:
     wrapper: list[str] = field(default_factory=list)  # apptainer exec ... IMAGE
     inner: list[str] = field(default_factory=list)  # the rank's command in the container
     prepare: list[str] = field(default_factory=list)  # shell lines before the step
+    beside: list[str] = field(default_factory=list)  # started beside the step (indented)
+    after: list[str] = field(default_factory=list)  # once the step ended (indented)
     notes: list[str] = field(default_factory=list)  # shown at submit and in the plan
 
     @property
@@ -120,6 +123,8 @@ def step(
                 f'export APPTAINERENV_{name}="${{{name}}}"' for name in box.get("env") or []
             ]
     out.notes.append(_runtime_note(kind, install, spec, site))
+    if box.get("host_sampler", True) and (cfg.get("accounting") or {}).get("enabled", True):
+        _host_sampler(spec, out, host_python)
     if install == "pip":
         out.prepare += _pip_install(spec, out, python, site, host_python)
     return out
@@ -147,6 +152,24 @@ def _apptainer_words(cfg: dict[str, Any], image: str, binds: list[str], workdir:
     if box.get("writable"):
         words.append("--writable-tmpfs")
     return [*words, apptainer_image(image)]
+
+
+def _host_sampler(spec: JobSpec, out: ContainerStep, host_python: str) -> None:
+    """The node's accounting sampler outside the container (images without NVML)."""
+    res = spec.resources
+    nodes = int(res["nodes"])
+    words = ["srun", "--overlap", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1"]
+    if int(res["gpus_per_node"]):
+        words.append(f"--gpus-per-node={res['gpus_per_node']}")
+    words += [host_python, "-m", "hpc.accounting.host"]
+    out.prepare.append(f"export {ON_HOST_ENV}=1  # the ranks leave accounting to the host side")
+    out.beside = [
+        "  # container.host_sampler: the node's accounting sampler on the host, beside the step",
+        f'  {shell_join(words)} "$HPC_RUN_DIR" &',
+        "  sampler=$!",
+    ]
+    out.after = ['  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null']
+    out.notes.append("container: the accounting sampler runs on the host side of the container")
 
 
 def _runtime_note(kind: str, install: str, spec: JobSpec, site: str) -> str:

@@ -130,6 +130,8 @@ def render_script(
         exports="\n".join(f"export {k}={shell_word(v)}" for k, v in exports.items()),
         before_step=render.block(before),
         python=shell_word(python),
+        beside_step=render.block(box.beside if box else []),
+        after_step=render.block(box.after if box else []),
         **(steps | resubmit_parts(spec, sweep, steps["requeue"])),
     )
 
