@@ -7,7 +7,9 @@ batch script starts this once per node, outside the container, beside the step
 It writes the same ``<run_dir>/accounting/node<N>.jsonl`` the in-job sampler would:
 NVML from the host, CPU and RSS of this user's processes whose environment names the
 run dir (the ranks, seen from the host: Pyxis and Apptainer share its PID namespace).
-SIGTERM (the batch shell, once the step ended) writes the stop record and exits.
+SIGUSR1 (the batch shell, once the step ended; srun forwards it to the task without
+ending the step itself, as it would on SIGTERM), SIGTERM or SIGINT write the stop
+record and exit.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         return 0
     done = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: done.set())
     with Sampler(config):
         done.wait()

@@ -168,7 +168,10 @@ def _host_sampler(spec: JobSpec, out: ContainerStep, host_python: str) -> None:
         f'  {shell_join(words)} "$HPC_RUN_DIR" &',
         "  sampler=$!",
     ]
-    out.after = ['  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null']
+    out.after = [  # USR1: srun passes it on (a TERM would kill the task at once)
+        '  kill -USR1 "$sampler" 2>/dev/null; (sleep 30; kill "$sampler" 2>/dev/null) &',
+        '  wait "$sampler" 2>/dev/null',
+    ]
     out.notes.append("container: the accounting sampler runs on the host side of the container")
 
 
