@@ -320,3 +320,14 @@ def test_host_sampler_samples_the_ranks_it_finds_by_run_dir(tmp_path: Path) -> N
     assert records[0]["job_id"] == "42" and records[-1]["type"] == "stop"
     samples = [r for r in records if r["type"] == "sample"]
     assert samples and max(s["cpu_s"] for s in samples) > 0  # the busy "rank" was found
+
+
+def test_sweep_array_mounts_the_sweep_dir(workdir: Path) -> None:
+    box = ["container=pyxis", "container.image=u", "job.lr=0.1,0.2"]
+    proc = hpc_launch(
+        ["-m", "cluster=slurm", "dry_run=true", f"output_root={workdir}/out", *box], workdir
+    )
+    assert proc.returncode == 0, proc.stderr
+    note = next(ln for ln in proc.stdout.splitlines() if ln.startswith("# container (pyxis)"))
+    mounted = note.split("inside: ", 1)[1].split("; ")
+    assert len(mounted) == 2 and "/out/digits/sweep-" in mounted[1], note

@@ -84,7 +84,8 @@ def step(
     image = str(box["image"])
     workdir = str(box.get("workdir") or spec.workdir)
     needed = [("(launch directory)", str(spec.workdir)), (spec.run_dir_key, str(run_dir))]
-    if not container.covered(str(spec.checkpoint_dir), [str(run_dir)]):
+    explicit = (cfg.get("checkpoint") or {}).get("dir")  # else under each run dir
+    if explicit and not container.covered(str(spec.checkpoint_dir), [str(run_dir)]):
         needed.append(("checkpoint.dir", str(spec.checkpoint_dir)))
     user = container.mounts(cfg)
     install = str(box.get("install") or "none")
