@@ -176,10 +176,20 @@ def test_more_container_rules(overrides: list[str], key: str, words: str, tmp_pa
 
 
 def test_oci_rootfs_without_the_runtime_offers_install(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
     bundle = make_bundle(tmp_path, runtime=False)
     error = rule_error(tmp_path, "container=oci", f"container.image={bundle}")
     assert error.key == "container.image" and "container.install=host" in str(error)
+    unbound = rule_error(
+        tmp_path, "container=oci", f"container.image={bundle}", "container.install=host"
+    )
+    assert unbound.key == "container.install"  # the bundle must bind the host's package dir
     os.chdir(tmp_path)
+    from hpc.launchers.slurm.container import framework_root
+
+    bundle = make_bundle(
+        tmp_path / "b", runtime=False, mounts=[str(tmp_path), str(framework_root())]
+    )
     host = [f"container.image={bundle}", "container.install=host"]
     spec = load_spec(["cluster=slurm", f"run_dir={tmp_path}/run", "container=oci", *host])
     plan = get_launcher("slurm").plan(spec)

@@ -247,6 +247,10 @@ def _validate_bundle(cfg: dict[str, Any], bundle: str) -> None:
             "container.mounts",
             f"runtime oci takes its mounts from {bundle}/config.json; set them there",
         )
+    if cfg["container"].get("workdir"):
+        raise ConfigError(
+            "container.workdir", f"runtime oci takes it from {bundle}/config.json (process.cwd)"
+        )
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         targets = [
@@ -271,7 +275,13 @@ def _validate_bundle(cfg: dict[str, Any], bundle: str) -> None:
                 f"{place!r} is not mounted at the same path by {bundle}/config.json "
                 "(add a bind mount with source = destination)",
             )
-    if cfg["container"].get("install", "none") == "none" and not has_runtime(rootfs):
+    install = cfg["container"].get("install", "none")
+    if install == "host" and not container.covered(str(framework_root()), targets):
+        raise ConfigError(
+            "container.install",
+            f"host: {bundle}/config.json must bind {framework_root()} at the same path",
+        )
+    if install == "none" and not has_runtime(rootfs):
         raise ConfigError(
             "container.image",
             f"{rootfs} has no hpc-launch runtime (no hpc package in its site-packages): "
