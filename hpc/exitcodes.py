@@ -6,6 +6,12 @@ PREEMPTED = 75
 # The hang watchdog ended the job: no rank made progress (or one fell behind) for too long
 # (hpc.runtime.watchdog). Stacks are in <run_dir>/hangs/; the state is FAILED_HANG.
 FAILED_HANG = 76
+# A node failed the pre-flight check (hpc.runtime.preflight) before any rank started:
+# the node is named in job.json and joins the run's exclusion list. State FAILED_PREFLIGHT.
+PREFLIGHT_FAILED = 78
+# A node of the job was lost during the run (hpc.launchers.slurm.nodeloss) and no
+# resubmission without it is left (fault.node_resubmits). State NODE_LOST.
+NODE_LOST = 79
 
 
 def shell_code(returncode: int) -> int:

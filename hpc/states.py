@@ -32,6 +32,8 @@ class JobState(StrEnum):
     BOOT_FAIL = "BOOT_FAIL"
     DEADLINE = "DEADLINE"
     FAILED_HANG = "FAILED_HANG"  # ended by the hang watchdog (exit code 76), not Slurm's
+    FAILED_PREFLIGHT = "FAILED_PREFLIGHT"  # a node failed the pre-flight check (exit code 78)
+    NODE_LOST = "NODE_LOST"  # a node was lost and no resubmission is left (exit code 79)
     LOST = "LOST"  # a local run whose launcher died without finishing
     UNKNOWN = "UNKNOWN"
 
@@ -42,6 +44,8 @@ TERMINAL: frozenset[str] = frozenset(
         JobState.COMPLETED,
         JobState.FAILED,
         JobState.FAILED_HANG,
+        JobState.FAILED_PREFLIGHT,
+        JobState.NODE_LOST,
         JobState.CANCELLED,
         JobState.TIMEOUT,
         JobState.PREEMPTED,

@@ -177,3 +177,25 @@ def mlflow_tags(db: Path, run_id: str) -> dict[str, str]:
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT key, value FROM tags WHERE run_uuid = ?", (run_id,))
         return dict(rows.fetchall())
+
+
+def test_the_first_step_is_reported_at_once_later_ones_on_the_beat(tmp_path: Path) -> None:
+    """A rank stopped right after its first steps must not look like one that never
+    reached a step (that would wait for fault.first_step_timeout_s instead)."""
+    from hpc.runtime.heartbeat import Heartbeat, read_beats
+
+    beat = Heartbeat(tmp_path, 0, 1, "n0", {"stall_timeout_s": 50})  # a beat every 5 s
+    beat.start()
+    try:
+        assert read_beats(tmp_path)[0]["step"] is None
+        beat.progress(1)
+        deadline = time.monotonic() + 2
+        while read_beats(tmp_path)[0]["step"] != 1:
+            assert time.monotonic() < deadline, "the first step was not reported at once"
+            time.sleep(0.02)
+        beat.progress(2)
+        time.sleep(0.3)
+        assert read_beats(tmp_path)[0]["step"] == 1, "later steps wait for the next beat"
+    finally:
+        beat.stop()
+    assert read_beats(tmp_path)[0] | {"step": 2, "state": "done"} == read_beats(tmp_path)[0]

@@ -35,6 +35,12 @@ def stop_rank_one(run_dir: Path, timeout: float = 240) -> int:
     return pid
 
 
+def job_log(run_dir: Path) -> str:
+    """What the batch shell printed, and the record: the message of a failed assertion."""
+    logs = "".join(p.read_text(errors="replace") for p in run_dir.glob("logs/slurm-*.out"))
+    return logs[-3000:] + (run_dir / "job.json").read_text()
+
+
 def test_a_stopped_rank_ends_the_job_and_requeues_it_once(workdir: Path) -> None:
     require_cluster(min_nodes=2)
     run_dir = workdir / "run"
@@ -60,9 +66,10 @@ def test_a_stopped_rank_ends_the_job_and_requeues_it_once(workdir: Path) -> None
     pids: list[int] = []
     try:
         pids.append(stop_rank_one(run_dir))
-        assert wait_for_requeue_or_end(job_id) == "requeued"
+        assert wait_for_requeue_or_end(job_id) == "requeued", job_log(run_dir)
         rec = json.loads((run_dir / "job.json").read_text())
         assert rec["extra"]["hang_requeues"] == 1 and rec["extra"]["hang"]["ranks"] == [1]
+        assert rec["extra"]["hang"]["kind"] == "stall", rec  # its first steps were reported
         first = (run_dir / "hangs" / "hang1.txt").read_text()
         assert "rank 1 STUCK: node n" in first and "--- rank 1 " in first
         assert "in all_reduce" in first.split("--- rank 0 ")[1].split("--- rank 1 ")[0]

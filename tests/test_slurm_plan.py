@@ -92,6 +92,7 @@ def run_body(script: str, workdir: Path) -> list[str]:
     bindir.mkdir(exist_ok=True)
     (bindir / "srun").write_text(
         '#!/bin/sh\nprintf "%s\\0" "$@" > "$SRUN_ARGV"\n'
+        '[ -e "$SRUN_ARGV.first" ] || cp "$SRUN_ARGV" "$SRUN_ARGV.first"\n'
         'printf "%s" "$MLFLOW_TRACKING_URI" > "$SRUN_ARGV.uri"\n'
     )
     (bindir / "srun").chmod(0o755)
@@ -122,6 +123,14 @@ def test_hostile_values_never_execute(python: str, uri: str, tmp_path: Path) -> 
 
     spec = spec_from_config(spec.config)
     script = get_launcher("slurm").plan(spec).text
+    (tmp_path / "argv.first").unlink(missing_ok=True)  # tmp_path is every example's
+    run_body(script, tmp_path)  # the pre-flight step first (then the step is skipped:
+    # the pre-flight result is read with that python too, which does not exist)
+    first = (tmp_path / "argv.first").read_bytes().decode().split("\0")[:-1]
+    assert first[-4:] == [python, "-m", "hpc.runtime.preflight", str(spec.config_file)]
+    (tmp_path / "argv.first").unlink()
+    spec.config["fault"]["preflight"] = False
+    script = get_launcher("slurm").plan(spec_from_config(spec.config)).text
     argv = run_body(script, tmp_path)
     assert argv[-4:] == [python, "-m", "hpc.run", str(spec.config_file)]
     assert not list(tmp_path.rglob("PWNED")), "a value was executed"

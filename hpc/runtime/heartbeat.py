@@ -1,8 +1,10 @@
 """Each rank's progress report for the hang watchdog (:mod:`hpc.runtime.watchdog`).
 
 A rank's :class:`Heartbeat` holds its latest step (set by the Session's
-``should_checkpoint``, ``log_metrics`` and ``save_checkpoint``: one attribute store,
-no system call, no clock read) and a daemon thread that writes
+``should_checkpoint``, ``log_metrics`` and ``save_checkpoint`` through
+:meth:`Heartbeat.progress`: a compare and an attribute store, no system call, no clock
+read; only the first step also wakes the thread, so that a rank stopped right after
+its first steps is not mistaken for one that never reached a step) and a daemon thread that writes
 ``<run_dir>/heartbeat/rank<N>.json`` every ``interval_s``: rank, node, pid, step,
 and a beat counter. The thread goes on while the training thread waits in a
 collective, so a rank that is alive but waiting keeps beating with an unchanged
@@ -62,6 +64,7 @@ class Heartbeat:
         self.step: int | None = None  # the training thread's latest step
         self._beats = 0
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by the first step and by stop()
         self._thread: threading.Thread | None = None
         self._stacks: IO[str] | None = None
         self._signum = signal_number(STACK_DUMP_SIGNAL)
@@ -80,11 +83,20 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="hpc-heartbeat", daemon=True)
         self._thread.start()
 
+    def progress(self, step: int) -> None:
+        """The training thread's latest step; the first one is reported at once."""
+        if self.step is None:
+            self.step = step
+            self._wake.set()
+        else:
+            self.step = step
+
     def stop(self, state: str = "done") -> None:
         """The last report (``done``: the watchdog stops watching this job)."""
         if self._thread is None:
             return
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=5)
         self._thread = None
         self._write(state)
@@ -95,7 +107,11 @@ class Heartbeat:
             self._stacks = None
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while True:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self._write("running")
 
     def _write(self, state: str) -> None:

@@ -350,7 +350,7 @@ class Session:
         collective, and a signal is acted on within about 0.1 s of steps (two calls
         where a step takes longer than 50 ms).
         """
-        self.heartbeat.step = step
+        self.heartbeat.progress(step)
         if self.stop_agreement.agreed(self.signals.received is not None):
             self.stop_requested = True
         return self.stop_requested or step % self.every_steps == 0
@@ -367,7 +367,7 @@ class Session:
         save in flight; a failed background save raises at the next of these. See
         :meth:`wait_for_checkpoint`.
         """
-        self.heartbeat.step = step
+        self.heartbeat.progress(step)
         meta = {"config_hash": self.config_hash}
         stopping = self.stop_requested
         if isinstance(self.checkpoints, DcpCheckpointManager) and self.checkpoints.asynchronous:
@@ -567,7 +567,7 @@ class Session:
         held steps are written (see :class:`~hpc.runtime.tracking.SpoolTracker`), so
         logging it costs no ``.item()`` and no device synchronisation.
         """
-        self.heartbeat.step = step
+        self.heartbeat.progress(step)
         if self.is_main:
             self.tracker.log_metrics(metrics, step)
 

@@ -184,13 +184,24 @@ class FaultConfig:
     ``stall_timeout_s`` (``first_step_timeout_s`` until every rank reported its first
     step), or one rank is ``straggler_steps`` behind the others (0: off), every rank's
     stack is dumped into <run_dir>/hangs/ and the job ends FAILED_HANG (exit code 76); on
-    Slurm it is requeued up to ``hang_requeues`` times."""
+    Slurm it is requeued up to ``hang_requeues`` times.
+
+    ``preflight``: before training, one task per node checks the run and checkpoint
+    dirs, free space, GPUs, HCAs and the rendezvous (:mod:`hpc.runtime.preflight`),
+    within ``preflight_timeout_s``; a failing node ends the job FAILED_PREFLIGHT (78).
+    A node lost during the run (its ranks killed, its slurmd gone) is found by probing
+    every node for at most ``node_probe_timeout_s``; the run is resubmitted without it
+    up to ``node_resubmits`` times, else it ends NODE_LOST (79)."""
 
     watchdog: bool = True
     stall_timeout_s: float = STALL_TIMEOUT_S
     first_step_timeout_s: float = FIRST_STEP_TIMEOUT_S
     straggler_steps: int = 0
     hang_requeues: int = HANG_REQUEUES
+    preflight: bool = True
+    preflight_timeout_s: float = 60.0
+    node_probe_timeout_s: float = 20.0
+    node_resubmits: int = 2
 
 
 @dataclass

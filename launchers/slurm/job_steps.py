@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hpc.exitcodes import FAILED_HANG, PREEMPTED
+from hpc.exitcodes import FAILED_HANG, NODE_LOST, PREEMPTED, PREFLIGHT_FAILED
 from hpc.launchers.slurm.reason import restart_reason
 from hpc.launchers.slurm.requeue import restart_count
 from hpc.rundir.records import finished, load, update
@@ -59,6 +59,15 @@ def finish(run_dir: Path, code: int) -> None:
         return
     if code == FAILED_HANG:  # the watchdog's end (job.json has the hang's message)
         update(run_dir, state=JobState.FAILED_HANG, exit_code=code)
+        return
+    if code == PREFLIGHT_FAILED:  # the pre-flight reading recorded the nodes
+        update(run_dir, state=JobState.FAILED_PREFLIGHT, exit_code=code)
+        return
+    if code == NODE_LOST:  # resubmitted without the node (REQUEUED), or no resubmit left
+        if current == JobState.REQUEUED:
+            update(run_dir, exit_code=code)
+        else:
+            update(run_dir, state=JobState.NODE_LOST, exit_code=code)
         return
     state = JobState.COMPLETED if code == 0 else JobState.FAILED
     update(run_dir, state=state, exit_code=code)

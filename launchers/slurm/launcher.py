@@ -47,6 +47,18 @@ class SlurmClusterConfig:
     exit_grace_s: float = EXIT_GRACE_S
 
 
+def excluded_nodes(run_dir: Path) -> list[str]:
+    """A resumed run's exclusion list: nodes that failed its pre-flight check or were
+    lost while it ran (``extra.excluded_nodes`` in job.json); none for a new run."""
+    if not records.record_path(run_dir).exists():
+        return []
+    try:
+        extra = records.load(run_dir).get("extra") or {}
+    except (OSError, ValueError):
+        return []
+    return sorted(str(node) for node in extra.get("excluded_nodes") or [])
+
+
 class SlurmLauncher(Launcher):
     schema = SlurmClusterConfig
     name = "slurm"
@@ -56,7 +68,8 @@ class SlurmLauncher(Launcher):
         slurm_container.validate(cfg)
 
     def plan(self, spec: JobSpec, facts: MachineFacts = NOTHING_DISCOVERED) -> Plan:
-        text = render_script(spec, directives=sbatch_directives(spec))
+        exclude = excluded_nodes(spec.run_dir)
+        text = render_script(spec, directives=sbatch_directives(spec, exclude=exclude))
         box = container_step(spec)
         return Plan(
             launcher=self.name,

@@ -17,6 +17,7 @@ from typing import Any
 
 from hpc.credentials import ENV_FILE
 from hpc.defaults import EXIT_GRACE_S
+from hpc.exitcodes import NODE_LOST, PREFLIGHT_FAILED
 from hpc.launchers.slurm import container as slurm_container
 from hpc.launchers.slurm import render
 from hpc.quoting import shell_join, shell_word
@@ -27,8 +28,11 @@ from hpc.spec.jobspec import JobSpec
 SCRIPT_NAME = "job.sbatch"  # in the run dir
 
 
-def sbatch_directives(spec: JobSpec, *, output: str | None = None) -> list[str]:
-    """The ``#SBATCH`` options as ``--name=value`` strings, in a stable order."""
+def sbatch_directives(
+    spec: JobSpec, *, output: str | None = None, exclude: list[str] | None = None
+) -> list[str]:
+    """The ``#SBATCH`` options as ``--name=value`` strings, in a stable order; ``exclude``:
+    the run's exclusion list (nodes that failed it before, from job.json)."""
     res = spec.resources
     cluster = spec.config["cluster"]
     pre = spec.config["preemption"]
@@ -49,6 +53,8 @@ def sbatch_directives(spec: JobSpec, *, output: str | None = None) -> list[str]:
         ("chdir", "(working directory)", spec.workdir),
         ("signal", "preemption.signal", render.signal_value(pre["signal"], pre["lead_s"])),
     ]
+    if exclude:
+        opts.append(("exclude", "extra.excluded_nodes (job.json)", ",".join(exclude)))
     # resubmit: the job's successor runs it again, so Slurm must not requeue it as well
     requeue = bool(pre.get("requeue", True)) and pre.get("mode", "requeue") == "requeue"
     return render.directives(opts, requeue=requeue, extra=cluster.get("sbatch_args") or [])
@@ -123,6 +129,7 @@ def render_script(
     steps = render.step_parts(
         shlex.quote(str(pre["signal"])), shell_join(srun_command(spec, worker, box))
     )
+    steps |= fault_parts(spec, shell_word(python))
     return render.render(
         "batch.sbatch",
         header=header,
@@ -134,6 +141,21 @@ def render_script(
         after_step=render.block(box.after if box else []),
         **(steps | resubmit_parts(spec, sweep, steps["requeue"])),
     )
+
+
+def fault_parts(spec: JobSpec, python: str) -> dict[str, str]:
+    """The pre-flight step (``fault.preflight``) and the node-loss probe's limits."""
+    fault = spec.config.get("fault") or {}
+    timeout = f"{float(fault.get('preflight_timeout_s', 60)):g}"
+    preflight = ""
+    if fault.get("preflight", True):
+        preflight = render.fragment("preflight.sh", timeout=timeout, python=python) + "\n"
+    return {
+        "preflight": preflight,
+        "preflight_failed": str(PREFLIGHT_FAILED),
+        "node_lost": str(NODE_LOST),
+        "probe_timeout": f"{float(fault.get('node_probe_timeout_s', 20)):g}",
+    }
 
 
 def resubmit_parts(spec: JobSpec, sweep: bool, requeue: str) -> dict[str, str]:
