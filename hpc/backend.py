@@ -55,6 +55,8 @@ class Plan:
     env: dict[str, str] = field(default_factory=dict)
     # Files written into the run directory at submit: relative name -> content.
     files: dict[str, str] = field(default_factory=dict)
+    # One-line notes shown on stderr at submit and in a dry run (what was not checked).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def run_dir(self) -> Path:
@@ -120,6 +122,9 @@ class Launcher(abc.ABC):
     schema: ClassVar[type]
     # Whether ``hpc-launch`` follows a submitted job until it ends without ``wait=true``.
     follows_by_default: ClassVar[bool] = False
+    # The ``container.runtime`` values it runs besides ``none`` (hpc.spec.container);
+    # none: ``container.image`` must stay unset too.
+    container_runtimes: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, cfg: dict[str, Any]) -> None:
         """This backend's value rules; raise ConfigError naming the key."""

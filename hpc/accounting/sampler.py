@@ -50,13 +50,23 @@ class SamplerConfig:
     tree_refresh_s: float = 10.0  # how often the process tree is re-walked
     gpu_indices: list[int] | None = None  # NVML indices; default: CUDA_VISIBLE_DEVICES/all
     job_id: str | None = None
+    # ... or this user's processes whose environment holds NAME=VALUE (re-found every
+    # tree_refresh_s): the ranks in a container, seen from the host (hpc.accounting.host).
+    env_match: tuple[str, str] | None = None
 
 
 class _Processes:
     """CPU seconds and RSS of the job's processes, from psutil."""
 
-    def __init__(self, pids: Collection[int] | None, root_pid: int | None, refresh_s: float):
+    def __init__(
+        self,
+        pids: Collection[int] | None,
+        root_pid: int | None,
+        refresh_s: float,
+        env_match: tuple[str, str] | None = None,
+    ):
         self._fixed = list(pids) if pids is not None else None
+        self._env_match = env_match
         self._root = root_pid if root_pid is not None else os.getpid()
         self._refresh_s = refresh_s
         self._procs: dict[int, psutil.Process] = {}
@@ -70,11 +80,14 @@ class _Processes:
             if now - self._walked < self._refresh_s and self._procs:
                 return
             self._walked = now
-            try:
-                root = psutil.Process(self._root)
-                wanted = [root.pid] + [c.pid for c in root.children(recursive=True)]
-            except psutil.Error:
-                wanted = []
+            if self._env_match is not None:
+                wanted = _matching(self._env_match)
+            else:
+                try:
+                    root = psutil.Process(self._root)
+                    wanted = [root.pid] + [c.pid for c in root.children(recursive=True)]
+                except psutil.Error:
+                    wanted = []
         for pid in wanted:
             if pid not in self._procs:
                 try:
@@ -106,6 +119,22 @@ class _Processes:
             self._last_cpu[pid] = total
             rss += mem
         return cpu, rss, len(self._procs)
+
+
+def _matching(env_match: tuple[str, str]) -> list[int]:
+    """This user's processes (not this one) whose environment holds ``NAME=VALUE``."""
+    name, value = env_match
+    uid, me = os.getuid(), os.getpid()
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid == me or proc.uids().real != uid:
+                continue
+            if proc.environ().get(name) == value:
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
 
 
 class _Nvml:
@@ -208,7 +237,9 @@ class Sampler:
         self.mode = "cpu-only"
         self.reason = ""
         self._nvml: _Nvml | None = None
-        self._procs = _Processes(config.pids, config.root_pid, config.tree_refresh_s)
+        self._procs = _Processes(
+            config.pids, config.root_pid, config.tree_refresh_s, config.env_match
+        )
         self._fh: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -254,6 +285,7 @@ class Sampler:
                 if self.config.pids is not None
                 else self.config.root_pid or os.getpid(),
                 "pids": None if self.config.pids is None else sorted(self.config.pids),
+                **({"env_match": "=".join(self.config.env_match)} if self.config.env_match else {}),
                 "interval_s": self.config.interval_s,
                 "job_id": self.config.job_id or os.environ.get("HPC_JOB_ID"),
                 "restart_count": _int_env("HPC_RESTART_COUNT"),

@@ -29,6 +29,7 @@ FRAMEWORK_SECTIONS = (
     "nccl",
     "accounting",
     "fault",
+    "container",
 )
 
 USAGE = "usage: hpc config [-cd DIR] [-cp DIR] [-cn NAME] [key=value ...]"

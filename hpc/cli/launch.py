@@ -103,6 +103,8 @@ def launch(
         show_config(spec)
         show_placement(spec, launcher.follows_by_default)
         return 0
+    for note in plan.notes:  # what could not be checked here (the dry run shows it too)
+        err(f"note: {note}")
     try:
         handle = launcher.submit(plan)
     except ConfigError as exc:

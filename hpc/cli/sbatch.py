@@ -104,6 +104,27 @@ LONG_WITH_VALUE = {
     "wckey",
     "wrap",
 }
+# Pyxis's srun options (SPANK). Given to hpc-sbatch they go to every srun of the script,
+# not to sbatch: the batch shell (this wrapper) stays on the host, where it forwards the
+# preemption signal and has scontrol (Pyxis would run the whole batch script inside).
+PYXIS_WITH_VALUE = {
+    "container-image",
+    "container-mounts",
+    "container-workdir",
+    "container-name",
+    "container-save",
+    "container-env",
+}
+PYXIS_FLAGS = {
+    "container-mount-home",
+    "no-container-mount-home",
+    "container-remap-root",
+    "no-container-remap-root",
+    "container-entrypoint",
+    "no-container-entrypoint",
+    "container-writable",
+    "container-readonly",
+}
 DEFAULT_DIRECTIVES = [f"--signal={render.signal_value()}", "--requeue", "--open-mode=append"]
 
 
@@ -126,7 +147,12 @@ def split_args(argv: list[str]) -> tuple[list[str], str | None, list[str], bool]
         elif arg.startswith("--"):
             name = arg[2:].split("=", 1)[0]
             options.append(arg)
-            if "=" not in arg and name in LONG_WITH_VALUE:
+            if "=" not in arg and name in PYXIS_WITH_VALUE:  # kept as one word: --name=value
+                if i + 1 >= len(argv):
+                    raise UsageError(f"option {shell_word(arg)} needs a value")
+                options[-1] = f"{arg}={argv[i + 1]}"
+                i += 1
+            elif "=" not in arg and name in LONG_WITH_VALUE:
                 if i + 1 >= len(argv):
                     raise UsageError(f"option {shell_word(arg)} needs a value")
                 options.append(argv[i + 1])
@@ -148,6 +174,30 @@ def split_args(argv: list[str]) -> tuple[list[str], str | None, list[str], bool]
     if not rest:
         raise UsageError("no batch script given (usage: hpc-sbatch [options] script [args])")
     return options, rest[0], rest[1:], dry_run
+
+
+def is_pyxis(option: str) -> bool:
+    name = option[2:].split("=", 1)[0] if option.startswith("--") else ""
+    return name in PYXIS_WITH_VALUE or name in PYXIS_FLAGS
+
+
+def srun_shim(options: list[str]) -> list[str]:
+    """Wrapper lines that put the Pyxis options on every ``srun`` of the script: an
+    ``srun`` first on PATH that adds them, unless that call names container options."""
+    if not options:
+        return []
+    return [
+        "# Pyxis options given to hpc-sbatch go to every srun of the script (an srun that",
+        "# names container options of its own keeps them); this shell stays on the host.",
+        'HPC_SBATCH_SRUN="$(command -v srun)"; export HPC_SBATCH_SRUN',
+        'mkdir -p "$original.bin" && cat > "$original.bin/srun" <<\'HPC_SBATCH_SRUN\'',
+        "#!/bin/bash",
+        'for a in "$@"; do case $a in --container-*|--no-container-*)',
+        '  exec "$HPC_SBATCH_SRUN" "$@";; esac; done',
+        f'exec "$HPC_SBATCH_SRUN" {shell_join(options)} "$@"',
+        "HPC_SBATCH_SRUN",
+        'chmod +x "$original.bin/srun"; export PATH="$original.bin:$PATH"',
+    ]
 
 
 def sbatch_lines(script: bytes) -> list[bytes]:
@@ -176,8 +226,11 @@ def check_script(original: bytes) -> None:
         raise UsageError("has DOS line breaks (\\r\\n), which sbatch refuses; convert it first")
 
 
-def wrap(original: bytes, args: list[str], origin: str) -> bytes:
-    """The wrapper script; ``original`` is embedded and re-created byte for byte."""
+def wrap(
+    original: bytes, args: list[str], origin: str, srun_options: list[str] | None = None
+) -> bytes:
+    """The wrapper script; ``original`` is embedded and re-created byte for byte;
+    ``srun_options`` (Pyxis's) go to every srun it runs."""
     delimiter = f"HPC_SBATCH_ORIGINAL_{secrets.token_hex(8)}"
     while delimiter.encode() in original:
         delimiter = f"HPC_SBATCH_ORIGINAL_{secrets.token_hex(8)}"
@@ -209,6 +262,7 @@ def wrap(original: bytes, args: list[str], origin: str) -> bytes:
         ),
         signal=render.SIGNAL,
         command=command,
+        srun=render.block(srun_shim(list(srun_options or []))),
     )
     head, rest = text.split(marks[0])
     middle, tail = rest.split(marks[1])
@@ -244,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as exc:
             print(f"hpc-sbatch: error: {shell_word(origin)}: {exc}", file=sys.stderr)
             return 2
-    text = wrap(original, script_args, origin)
+    pyxis = [o for o in options if is_pyxis(o)]
+    options = [o for o in options if not is_pyxis(o)]
+    text = wrap(original, script_args, origin, pyxis)
     if dry_run:
         sys.stdout.buffer.write(text)
         return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc.accounting import summarize
+from hpc.accounting.host import ON_HOST_ENV
 from hpc.accounting.sampler import Sampler, SamplerConfig
 from hpc.nccl import nccl_env
 from hpc.runtime.environment import RankInfo
@@ -115,7 +116,10 @@ class NodeAccounting:
 
     def __init__(self, cfg: dict[str, Any], info: RankInfo, run_dir: Path, job_id: str | None):
         acct = cfg.get("accounting") or {}
+        # In a container the host side may sample instead (hpc.accounting.host).
+        self.on_host = os.environ.get(ON_HOST_ENV) == "1"
         self.enabled = bool(acct.get("enabled", True)) and info.local_rank == 0
+        self.enabled = self.enabled and not self.on_host
         self.directory = run_dir / "accounting"
         self.path = self.directory / f"node{info.node_rank}.jsonl"
         self.interval_s = float(acct.get("interval_s", 10.0))

@@ -194,7 +194,8 @@ class Session:
         )
         if self.is_main:
             self.tracker = self._open_tracker()
-            if self.accounting.enabled or self.info.local_world_size < self.world_size:
+            sampled = self.accounting.enabled or self.accounting.on_host
+            if sampled or self.info.local_world_size < self.world_size:
                 with contextlib.suppress(FileNotFoundError, ValueError):
                     records.update(self.run_dir, accounting_file=str(self.accounting.directory))
         return self

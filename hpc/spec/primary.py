@@ -38,6 +38,7 @@ FRAMEWORK_GROUPS = {
     "nccl": "default",
     "accounting": "default",
     "fault": "default",
+    "container": "default",
     "cluster": "local",
 }
 

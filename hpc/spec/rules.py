@@ -15,6 +15,7 @@ from typing import Any
 from hpc import entrypoints, registry
 from hpc.nccl import PROFILES
 from hpc.runtime.preemption import signal_number
+from hpc.spec import container
 from hpc.spec.errors import ConfigError
 from hpc.spec.schema import job_schema_for
 
@@ -144,7 +145,19 @@ def validate(cfg: dict[str, Any]) -> None:
         launcher = registry.launcher_class(kind)
     except KeyError as exc:
         raise ConfigError("cluster.kind", str(exc.args[0])) from None
+    _validate_container(cfg, launcher.container_runtimes)
     launcher().validate(cfg)
+
+
+def _validate_container(cfg: dict[str, Any], runtimes: tuple[str, ...]) -> None:
+    """The section's rules, then whether this launcher runs that runtime at all."""
+    container.check(cfg)
+    kind, name = container.runtime(cfg), cfg["cluster"]["kind"]
+    if kind != "none" and kind not in runtimes:
+        where = f"one of {', '.join(runtimes)}" if runtimes else "none: it runs no container"
+        raise ConfigError("container.runtime", f"{kind!r} does not run on cluster={name} ({where})")
+    if kind == "none" and (cfg.get("container") or {}).get("image") and not runtimes:
+        raise ConfigError("container.image", f"cluster={name} runs no container (leave it unset)")
 
 
 def is_config_key(key: str) -> bool:

@@ -200,6 +200,31 @@ class FaultConfig:
 
 
 @dataclass
+class ContainerConfig:
+    """Run the ranks in a container (hpc.spec.container; rendered by each launcher).
+
+    ``runtime``: ``none`` (default), ``pyxis`` (srun --container-image), ``apptainer``
+    (``apptainer exec`` in the srun step) or ``oci`` (srun --container=BUNDLE). On
+    Kubernetes the pod is the container: ``image`` becomes the pod image.
+    """
+
+    runtime: str = "none"
+    image: str | None = None  # a registry reference, a .sqsh/.sif file, or an OCI bundle dir
+    mounts: list[str] = field(default_factory=list)  # "SRC:DST[:ro|rw]"
+    workdir: str | None = None  # inside; default: the launch directory (mounted as is)
+    env: list[str] = field(default_factory=list)  # host variables passed in by name
+    writable: bool = False
+    # The framework's runtime in the image: ``none`` (the image has it), ``pip``
+    # (installed into the run dir from ``wheel`` at start) or ``host`` (mounted from here).
+    install: str = "none"
+    wheel: str | None = None  # install=pip: a wheel file or pip requirement
+    python: str = "python3"  # the interpreter inside the image
+    gpu: str = "nvidia"  # apptainer: --nv (nvidia), --rocm (rocm) or none
+    # The accounting sampler on the host side of the container (images without NVML).
+    host_sampler: bool = True
+
+
+@dataclass
 class LaunchOptions:
     """The framework's top-level keys (beside its sections)."""
 
@@ -223,6 +248,7 @@ SECTION_SCHEMAS: dict[str, type] = {
     "nccl": NcclConfig,
     "accounting": AccountingConfig,
     "fault": FaultConfig,
+    "container": ContainerConfig,
 }
 FRAMEWORK_KEYS = (
     "job",

@@ -11,7 +11,8 @@ keeps hpc-launch's default:
   ``submit_retries`` -> ``cluster.<key>``;
 * preemption: ``signal``, ``lead_s``, ``requeue`` -> ``preemption.<key>``;
 * sections, as mappings: ``tracking``, ``nccl``, ``placement``, ``accounting``,
-  ``checkpoint``, ``preemption``, ``fault`` -> ``<section>.<key>=<value>`` (nested keys too:
+  ``checkpoint``, ``preemption``, ``fault``, ``container`` -> ``<section>.<key>=<value>``
+  (nested keys too:
   ``nccl: {env: {NCCL_DEBUG: INFO}}``; on the command line a key of these mappings is
   new to Hydra: ``++hydra.launcher.nccl.profile=infiniband``);
 * ``overrides``: any further hpc-launch override as written on its command line
@@ -48,6 +49,9 @@ class HpcLocalLauncherConf:
     checkpoint: dict[str, Any] = field(default_factory=dict)
     preemption: dict[str, Any] = field(default_factory=dict)
     fault: dict[str, Any] = field(default_factory=dict)  # the hang watchdog's settings
+    # The points' ranks in a container, as hpc-launch's container section (hpc_slurm):
+    # {runtime: pyxis, image: nvcr.io/nvidia/pytorch:24.05-py3, mounts: [/data:/data]}
+    container: dict[str, Any] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     poll_s: float = 2.0  # wait=true: seconds between state queries
     wait_timeout_s: Any = None  # hpc_slurm, wait=true: stop waiting (the jobs go on)

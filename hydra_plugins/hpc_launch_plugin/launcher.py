@@ -85,7 +85,8 @@ RESOURCES = (
 SLURM_CLUSTER = ("python", "setup", "sbatch_args", "array_parallelism", "submit_retries")
 PREEMPTION = ("signal", "lead_s", "requeue")
 SECTIONS = (
-    "tracking", "nccl", "placement", "accounting", "checkpoint", "preemption", "fault"
+    "tracking", "nccl", "placement", "accounting", "checkpoint", "preemption", "fault",
+    "container",
 )  # fmt: skip
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./:@+-]+\Z")
 

@@ -55,6 +55,8 @@ class K8sClusterConfig:
 class KubernetesLauncher(Launcher):
     schema = K8sClusterConfig
     name = "k8s"
+    # The pod is the container: any runtime's image (a registry reference) is the pod image.
+    container_runtimes = ("pyxis", "apptainer", "oci")
 
     def attach(self, record: dict[str, Any]) -> JobHandle:
         # lazy: kubernetes client only when used

@@ -241,6 +241,13 @@ def render_secret(spec: JobSpec, name: str) -> dict[str, Any] | None:
     }
 
 
+def pod_image(cfg: dict[str, Any]) -> str:
+    """``container.image`` where set (the same section as on Slurm), else ``cluster.image``."""
+    box = cfg.get("container") or {}
+    image = str(box.get("image") or cfg["cluster"]["image"])
+    return image.removeprefix("docker://").replace("#", "/", 1)
+
+
 def render_mpijob(spec: JobSpec, name: str) -> dict[str, Any]:
     cluster = spec.config["cluster"]
     res = spec.resources
@@ -266,10 +273,13 @@ def render_mpijob(spec: JobSpec, name: str) -> dict[str, Any]:
     else:  # one node: a scratch volume (checkpoints do not outlive the pod)
         volume["emptyDir"] = {}
 
-    image: dict[str, Any] = {"image": str(cluster["image"])}
+    image: dict[str, Any] = {"image": pod_image(spec.config)}
     if cluster.get("image_pull_policy"):
         image["imagePullPolicy"] = str(cluster["image_pull_policy"])
     worker_container: dict[str, Any] = {"name": "worker", **image}
+    workdir = (spec.config.get("container") or {}).get("workdir")
+    if workdir:
+        worker_container["workingDir"] = str(workdir)
     if cluster.get("worker_command"):
         worker_container["command"] = [str(c) for c in cluster["worker_command"]]
     worker_container["resources"] = worker_resources
@@ -284,6 +294,8 @@ def render_mpijob(spec: JobSpec, name: str) -> dict[str, Any]:
         "command": mpirun_command(spec, name),
         "resources": copy.deepcopy(LAUNCHER_RESOURCES),
     }
+    if workdir:
+        launcher_container["workingDir"] = str(workdir)
     if spec.secrets:
         launcher_container["env"] = [
             {"name": k, "valueFrom": {"secretKeyRef": {"name": secret_name(name), "key": k}}}

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from hpc.spec import container as container_section
 from hpc.spec.errors import ConfigError
 
 CRD_FILE = "mpijob-crd.yaml"
@@ -62,8 +63,27 @@ _POD_KEYS: list[tuple[str, str]] = [
 
 
 # -- config ---------------------------------------------------------------------------------
+def check_container(cfg: dict[str, Any]) -> None:
+    """The ``container`` section on Kubernetes: the pod is the container, so only its
+    image (a registry reference) and workdir apply; the rest has a k8s way of its own."""
+    box = cfg.get("container") or {}
+    image = str(box.get("image") or "")
+    if image and container_section.is_image_file(image):
+        raise ConfigError("container.image", f"{image!r} is a local file; a pod needs a reference")
+    unused = {
+        "mounts": "the run dir lives on cluster.checkpoint_pvc",
+        "env": "set variables with cluster.env",
+        "writable": "a pod's root filesystem is writable",
+        "install": "the pod image must hold hpc-launch's runtime",
+    }
+    for key, why in unused.items():
+        if box.get(key) not in (None, [], False, "none"):
+            raise ConfigError(f"container.{key}", f"is not used on Kubernetes ({why})")
+
+
 def check_config(cfg: dict[str, Any]) -> None:
     """The k8s cluster values; raise ConfigError naming the key."""
+    check_container(cfg)
     cluster = cfg["cluster"]
     image = str(cluster.get("image") or "")
     if not image.strip() or re.search(r"\s", image):

@@ -20,8 +20,10 @@ from hpc.launchers.base import (
 )
 from hpc.launchers.local import follow_file
 from hpc.launchers.slurm import client, runs
+from hpc.launchers.slurm import container as slurm_container
 from hpc.launchers.slurm.script import (
     SCRIPT_NAME,
+    container_step,
     job_environment,
     render_script,
     sbatch_directives,
@@ -60,10 +62,15 @@ def excluded_nodes(run_dir: Path) -> list[str]:
 class SlurmLauncher(Launcher):
     schema = SlurmClusterConfig
     name = "slurm"
+    container_runtimes = slurm_container.RUNTIMES
+
+    def validate(self, cfg: dict[str, Any]) -> None:
+        slurm_container.validate(cfg)
 
     def plan(self, spec: JobSpec, facts: MachineFacts = NOTHING_DISCOVERED) -> Plan:
         exclude = excluded_nodes(spec.run_dir)
         text = render_script(spec, directives=sbatch_directives(spec, exclude=exclude))
+        box = container_step(spec)
         return Plan(
             launcher=self.name,
             spec=spec,
@@ -71,6 +78,7 @@ class SlurmLauncher(Launcher):
             commands=[["sbatch", "--parsable", str(spec.run_dir / SCRIPT_NAME)]],
             env=job_environment(spec),
             files={spec.config_file.name: spec.config_yaml(), SCRIPT_NAME: text},
+            notes=box.notes if box else [],
         )
 
     def submit(self, plan: Plan) -> SlurmJob:

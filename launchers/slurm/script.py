@@ -12,13 +12,16 @@ from __future__ import annotations
 import shlex
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from hpc.credentials import ENV_FILE
 from hpc.defaults import EXIT_GRACE_S
 from hpc.exitcodes import PREFLIGHT_FAILED
+from hpc.launchers.slurm import container as slurm_container
 from hpc.launchers.slurm import render
 from hpc.quoting import shell_join, shell_word
+from hpc.spec import container
 from hpc.spec.errors import ConfigError
 from hpc.spec.jobspec import JobSpec
 
@@ -67,13 +70,27 @@ def job_environment(spec: JobSpec, *, run_paths: bool = True) -> dict[str, str]:
     return env
 
 
-def srun_command(spec: JobSpec, worker: Iterable[str]) -> list[str]:
+def srun_command(
+    spec: JobSpec, worker: Iterable[str], box: slurm_container.ContainerStep | None = None
+) -> list[str]:
     res = spec.resources
     # --wait: once one task has exited, the others get cluster.exit_grace_s to follow
     # (a rank hung at exit would otherwise hold the allocation until the time limit).
     grace = float(spec.config["cluster"].get("exit_grace_s", EXIT_GRACE_S))
     srun = render.srun_words(res["tasks_per_node"], res["cpus_per_task"], grace, bind=True)
+    if box is not None:  # the ranks in the container; this shell stays outside
+        return [*srun, *box.srun_options, *box.command]
     return [*srun, *worker]
+
+
+def container_step(
+    spec: JobSpec, worker: list[str] | None = None, run_root: Path | None = None
+) -> slurm_container.ContainerStep | None:
+    """The ``container`` section's pieces (None: no container)."""
+    if not container.enabled(spec.config):
+        return None
+    worker = worker or [python_for(spec), "-m", "hpc.run", str(spec.config_file)]
+    return slurm_container.step(spec, worker, python_for(spec), run_root)
 
 
 def python_for(spec: JobSpec) -> str:
@@ -89,8 +106,10 @@ def render_script(
     worker: list[str] | None = None,
     header: str = "",
     sweep: bool = False,
+    run_root: Path | None = None,
 ) -> str:
-    """The whole batch script. ``prepare`` lines run before the step (already quoted)."""
+    """The whole batch script. ``prepare`` lines run before the step (already quoted);
+    ``run_root`` is where every run of the script lives (a sweep's dir: mounted)."""
     pre = spec.config["preemption"]
     python = python_for(spec)
     worker = worker or [python, "-m", "hpc.run", str(spec.config_file)]
@@ -100,11 +119,15 @@ def render_script(
     if before:
         before.insert(0, "# cluster.setup (verbatim)")
     before += prepare or []
+    box = container_step(spec, worker, run_root)
+    if box is not None:
+        before += [f"# {note}" for note in box.notes]
+        before += box.prepare
     if spec.secrets:  # names only here; the values stay in the owner-only file
         before.append(f"# secrets: {' '.join(sorted(spec.secrets))}")
         before.append(f'. "$HPC_RUN_DIR"/{ENV_FILE}')
     steps = render.step_parts(
-        shlex.quote(str(pre["signal"])), shell_join(srun_command(spec, worker))
+        shlex.quote(str(pre["signal"])), shell_join(srun_command(spec, worker, box))
     )
     steps |= fault_parts(spec, shell_word(python))
     return render.render(
@@ -114,6 +137,8 @@ def render_script(
         exports="\n".join(f"export {k}={shell_word(v)}" for k, v in exports.items()),
         before_step=render.block(before),
         python=shell_word(python),
+        beside_step=render.block(box.beside if box else []),
+        after_step=render.block(box.after if box else []),
         **(steps | resubmit_parts(spec, sweep, steps["requeue"])),
     )
 

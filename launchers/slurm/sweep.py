@@ -39,6 +39,7 @@ def array_script(spec: JobSpec, plan: SweepPlan) -> str:
         worker=[python_for(spec), "-m", "hpc.run"],  # reads $HPC_CONFIG_FILE
         header=f"sweep of {spec.name} (sweep dir {shell_word(sweep_dir)})",
         sweep=True,
+        run_root=plan.sweep_dir,
     )
 
 

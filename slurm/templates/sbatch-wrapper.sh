@@ -11,7 +11,7 @@ original="${TMPDIR:-/tmp}/hpc-sbatch-${SLURM_JOB_ID:-$$}.orig"
 cat > "$original" <<'{{ delimiter }}'
 {{ original }}{{ delimiter }}
 {{ truncate }}chmod +x "$original"
-# The original runs in its own process group so that the preemption signal
+{{ srun }}# The original runs in its own process group so that the preemption signal
 # ({{ signal }}) or SIGTERM reaches it and every step it started.
 {{ command }} &
 child=$!
@@ -23,5 +23,5 @@ while :; do
   interrupted=0; wait "$child"; rc=$?
   [ "$interrupted" = 1 ] || break
 done
-rm -f "$original"
+rm -rf "$original" "$original.bin"
 exit "$rc"

@@ -29,5 +29,5 @@ while :; do
   interrupted=0; wait "$child"; rc=$?
   [ "$interrupted" = 1 ] || break
 done
-rm -f "$original"
+rm -rf "$original" "$original.bin"
 exit "$rc"
