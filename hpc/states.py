@@ -31,6 +31,7 @@ class JobState(StrEnum):
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
     BOOT_FAIL = "BOOT_FAIL"
     DEADLINE = "DEADLINE"
+    COMPLETED_IDLE = "COMPLETED_IDLE"  # the idle policy stopped it (exit code 77)
     FAILED_HANG = "FAILED_HANG"  # ended by the hang watchdog (exit code 76), not Slurm's
     FAILED_PREFLIGHT = "FAILED_PREFLIGHT"  # a node failed the pre-flight check (exit code 78)
     NODE_LOST = "NODE_LOST"  # a node was lost and no resubmission is left (exit code 79)
@@ -42,6 +43,7 @@ class JobState(StrEnum):
 TERMINAL: frozenset[str] = frozenset(
     {
         JobState.COMPLETED,
+        JobState.COMPLETED_IDLE,
         JobState.FAILED,
         JobState.FAILED_HANG,
         JobState.FAILED_PREFLIGHT,

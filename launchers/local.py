@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from hpc.defaults import EXIT_GRACE_S, PREEMPTION_SIGNAL
-from hpc.exitcodes import FAILED_HANG, PREEMPTED, shell_code
+from hpc.exitcodes import COMPLETED_IDLE, FAILED_HANG, PREEMPTED, shell_code
 from hpc.launchers.base import (
     NOTHING_DISCOVERED,
     JobHandle,
@@ -220,6 +220,8 @@ class LocalJob(JobHandle):
             return "FAILED_HANG"
         if self._stop_signal is not None:
             return "CANCELLED"
+        if self._exit_code == COMPLETED_IDLE:
+            return "COMPLETED_IDLE"
         return "COMPLETED" if self._exit_code == 0 else "FAILED"
 
     def cancel(self) -> None:
@@ -300,14 +302,14 @@ class LocalJob(JobHandle):
         while True:
             codes = [proc.poll() for proc in self.procs]
             for rank, code in enumerate(codes):  # also when all exited since the last poll
-                failed = code not in (None, 0, PREEMPTED)
+                failed = code not in (None, 0, PREEMPTED, COMPLETED_IDLE)
                 if failed and rank not in self._failed_order and not self._stop_signal:
                     self._failed_order.append(rank)
                 if failed and self._failed_rank is None and not self._stop_signal:
                     self._failed_rank = rank
                     for other in self.procs:
                         signal_group(other, signal.SIGTERM)
-                if code in (0, PREEMPTED) and first_exit is None:
+                if code in (0, PREEMPTED, COMPLETED_IDLE) and first_exit is None:
                     first_exit = (time.monotonic(), rank)
             if all(code is not None for code in codes):
                 break
@@ -393,6 +395,9 @@ class LocalJob(JobHandle):
             code, message = stopped_status(self._stop_signal)
             if all(c == PREEMPTED for c in codes):
                 message += f"; checkpointed: continue with hpc-launch resume={self.run_dir}"
+        elif codes and all(c == COMPLETED_IDLE for c in codes):
+            code = COMPLETED_IDLE
+            message = "idle (accounting.idle): checkpointed and ended COMPLETED_IDLE"
         else:
             code = 0
         return code, message

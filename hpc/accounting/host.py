@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from hpc.accounting.prometheus import prometheus_labels
 from hpc.accounting.sampler import Sampler, SamplerConfig
 
 ON_HOST_ENV = "HPC_ACCOUNTING_ON_HOST"  # set for the ranks: the host samples instead
@@ -39,6 +40,9 @@ def config_for(run_dir: Path, environ: dict[str, str]) -> SamplerConfig | None:
         interval_s=float(acct.get("interval_s", 10.0)),
         env_match=("HPC_RUN_DIR", str(run_dir)),
         job_id=environ.get("HPC_JOB_ID"),
+        idle=dict(acct.get("idle") or {}) or None,
+        prometheus_dir=acct.get("prometheus_textfile"),
+        labels=prometheus_labels(cfg, environ.get("HPC_JOB_ID")),
     )
 
 

@@ -14,8 +14,13 @@ Records (one JSON object per line)::
     {"type": "header", "version": 1, "t": 1700000000.0, "mode": "nvml" | "cpu-only",
      "reason": "...", "gpus": 2, "devices": [...], "host": "...", "pid": 1, ...}
     {"type": "sample", "t": ..., "gpus": [{"index": 0, "util": 97, "mem": 123,
-     "power_w": 301.2, "energy_mj": 123456}], "cpu_s": 1.9, "cpu_percent": 190.0,
-     "rss": 123456, "procs": 3}
+     "power_w": 301.2, "energy_mj": 123456, "procs": 1, "sm_active": 81.5,
+     "sm_occupancy": 40.2}], "cpu_s": 1.9, "cpu_percent": 190.0, "rss": 123456, "procs": 3}
+    {"type": "idle", "t": ..., "device": "gpu0", ...}   (hpc.accounting.idle)
+
+Per GPU, ``util`` is NVML's utilization.gpu (the share of time any kernel ran),
+``procs`` the compute processes NVML sees on it, and ``sm_active``/``sm_occupancy``
+GPM's SM activity and occupancy (Hopper and later; absent where GPM is not offered).
     {"type": "error", "t": ..., "error": "..."}
     {"type": "stop", "t": ..., "samples": 10, "sampler_cpu_s": 0.01}
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -34,6 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from hpc.accounting.gpm import Gpm
+from hpc.accounting.idle import IdleDetector, IdlePolicy, event_record
+from hpc.accounting.prometheus import TextfileWriter
+from hpc.files import write_atomic
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
@@ -53,6 +66,12 @@ class SamplerConfig:
     # ... or this user's processes whose environment holds NAME=VALUE (re-found every
     # tree_refresh_s): the ranks in a container, seen from the host (hpc.accounting.host).
     env_match: tuple[str, str] | None = None
+    # accounting.idle ({window_s, below_util, action}): events go into the JSONL file and
+    # into idle-<file stem>.json beside it (what the Session reads); None: off.
+    idle: dict[str, Any] | None = None
+    # accounting.prometheus_textfile: a node_exporter textfile directory; labels for it.
+    prometheus_dir: str | None = None
+    labels: dict[str, str] | None = None
 
 
 class _Processes:
@@ -149,6 +168,7 @@ class _Nvml:
         indices, self.selection = _select_devices(count, gpu_indices, pynvml)
         self.handles = [(i, pynvml.nvmlDeviceGetHandleByIndex(i)) for i in indices]
         self.unsupported: set[str] = set()
+        self.gpm = Gpm(pynvml, self.handles)
 
     def devices(self) -> list[dict[str, Any]]:
         out = []
@@ -185,6 +205,7 @@ class _Nvml:
             mem = self._call("memory", nv.nvmlDeviceGetMemoryInfo, h)
             power = self._call("power", nv.nvmlDeviceGetPowerUsage, h)
             energy = self._call("energy", nv.nvmlDeviceGetTotalEnergyConsumption, h)
+            procs = self._call("procs", nv.nvmlDeviceGetComputeRunningProcesses, h)
             out.append(
                 {
                     "index": index,
@@ -192,11 +213,14 @@ class _Nvml:
                     "mem": None if mem is None else int(mem.used),
                     "power_w": None if power is None else power / 1000.0,
                     "energy_mj": None if energy is None else int(energy),
+                    "procs": None if procs is None else len(procs),
+                    **self.gpm.sample(index, h),
                 }
             )
         return out
 
     def close(self) -> None:
+        self.gpm.close()
         with contextlib.suppress(self.nv.NVMLError):
             self.nv.nvmlShutdown()
 
@@ -247,6 +271,16 @@ class Sampler:
         self._last_sample: float | None = None
         self._errors: set[str] = set()
         self._lock = threading.Lock()
+        policy = IdlePolicy.from_config(config.idle)
+        self._idle = IdleDetector(policy) if policy.active else None
+        self.idle_events: list[dict[str, Any]] = []
+        self.idle_path = self.path.with_name(f"idle-{self.path.stem}.json")
+        self._prom: TextfileWriter | None = None
+        if config.prometheus_dir:
+            node = int(self.path.stem[4:]) if self.path.stem[4:].isdigit() else 0
+            self._prom = TextfileWriter(
+                Path(config.prometheus_dir), config.job_id, node, dict(config.labels or {})
+            )
 
     # -- lifecycle -------------------------------------------------------------------
     def open(self) -> None:
@@ -263,6 +297,7 @@ class Sampler:
             self._nvml = None
             self.reason = f"NVML unavailable: {exc or type(exc).__name__}"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.idle_path.unlink(missing_ok=True)  # a start judges its own samples only
         exists = self.path.exists() and self.path.stat().st_size > 0
         needs_newline = exists and _last_byte(self.path) != b"\n"
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open
@@ -318,6 +353,9 @@ class Sampler:
             self._fsync()
             self._fh.close()
             self._fh = None
+        if self._prom is not None:
+            with contextlib.suppress(OSError):
+                self._prom.remove()
         if self._nvml is not None:
             self._nvml.close()
             self._nvml = None
@@ -346,9 +384,30 @@ class Sampler:
                 return record
             self._write(record)
             self.samples += 1
+            if self._idle is not None:
+                self._check_idle(record)
             if time.monotonic() - self._last_fsync >= self.config.fsync_every_s:
                 self._fsync()
+        if self._prom is not None:
+            try:
+                self._prom.write(record, self.path.parent.parent)
+            except OSError as exc:
+                self._note_error(exc)
         return record
+
+    def _check_idle(self, record: dict[str, Any]) -> None:
+        """(under the lock) Record the idle events this sample completes."""
+        assert self._idle is not None
+        events = self._idle.feed(record)
+        for event in events:
+            doc = event_record(event)
+            self._write(doc)
+            self.idle_events.append(doc)
+            log.warning("hpc-launch: %s", event.line())
+        if events:
+            action = self._idle.policy.action
+            body = {"action": action, "host": socket.gethostname(), "events": self.idle_events}
+            write_atomic(self.idle_path, json.dumps(body, indent=1) + "\n")
 
     def _loop(self) -> None:
         interval = self.config.interval_s

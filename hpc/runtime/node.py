@@ -17,6 +17,7 @@ from typing import Any
 
 from hpc.accounting import summarize
 from hpc.accounting.host import ON_HOST_ENV
+from hpc.accounting.prometheus import prometheus_labels
 from hpc.accounting.sampler import Sampler, SamplerConfig
 from hpc.nccl import nccl_env
 from hpc.runtime.environment import RankInfo
@@ -124,6 +125,9 @@ class NodeAccounting:
         self.path = self.directory / f"node{info.node_rank}.jsonl"
         self.interval_s = float(acct.get("interval_s", 10.0))
         self.job_id = job_id
+        self.idle = dict(acct.get("idle") or {})
+        self.prometheus_dir = acct.get("prometheus_textfile")
+        self.labels = prometheus_labels(cfg, job_id)
         self.sampler: Any = None
         self.sidecar: Sidecar | None = None
 
@@ -139,13 +143,22 @@ class NodeAccounting:
         _samplers[self.path] = self
         self.directory.mkdir(parents=True, exist_ok=True)
         config = SamplerConfig(
-            path=self.path, interval_s=self.interval_s, root_pid=os.getppid(), job_id=self.job_id
+            path=self.path,
+            interval_s=self.interval_s,
+            root_pid=os.getppid(),
+            job_id=self.job_id,
+            idle=self.idle or None,
+            prometheus_dir=str(self.prometheus_dir) if self.prometheus_dir else None,
+            labels=self.labels,
         )
         spec = {
             "path": str(config.path),
             "interval_s": config.interval_s,
             "root_pid": config.root_pid,
             "job_id": config.job_id,
+            "idle": config.idle,
+            "prometheus_dir": config.prometheus_dir,
+            "labels": config.labels,
         }
         self.sidecar = start_sidecar(spec)
         if self.sidecar is not None:

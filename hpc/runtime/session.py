@@ -38,7 +38,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from hpc.defaults import PREEMPTION_SIGNAL
-from hpc.exitcodes import PREEMPTED
+from hpc.exitcodes import COMPLETED_IDLE, PREEMPTED
 from hpc.files import write_atomic
 from hpc.rundir import records
 from hpc.runtime import failures
@@ -47,6 +47,8 @@ from hpc.runtime.checkpoint_async import AsyncCheckpointer
 from hpc.runtime.checkpoint_dcp import DcpCheckpointManager, make_checkpoints
 from hpc.runtime.environment import ClusterEnvironment, RankInfo
 from hpc.runtime.heartbeat import Heartbeat
+from hpc.runtime.idle_watch import IdleWatch
+from hpc.runtime.idle_watch import tags as idle_tags
 from hpc.runtime.node import NodeAccounting, place_rank, start_sidecar, summarize_run
 from hpc.runtime.preemption import StopSignals
 from hpc.runtime.rank_discovery import from_env
@@ -89,6 +91,9 @@ class Session:
             str((cfg.get("preemption") or {}).get("signal", PREEMPTION_SIGNAL))
         )
         self.stop_requested = False
+        # accounting.idle: the sampler's findings (hpc.runtime.idle_watch)
+        idle_action = ((cfg.get("accounting") or {}).get("idle") or {}).get("action", "off")
+        self.idle = IdleWatch(self.run_dir, idle_action != "off" and self.info.local_rank == 0)
         self.stop_agreement = StopAgreement(1)  # the real one once the process group is up
         self._wrapped: list[Any] = []  # DDP wrappers from wrap_model(), released on exit
         self.config_hash = records.config_hash(cfg.get("job", {}))
@@ -218,7 +223,9 @@ class Session:
                 exc_type, exc = type(save_error), save_error
             else:
                 log.error("and the checkpoint in flight failed: %s", save_error)
-        preempted = exc_type is None and self.stop_requested
+        idle = exc_type is None and self.stop_requested and self.signals.received is None
+        idle = idle and self.idle.stopped_idle()
+        preempted = exc_type is None and self.stop_requested and not idle
         if exc is not None and not isinstance(exc, KeyboardInterrupt | SystemExit):
             failures.record(self.run_dir, self.rank, exc)  # who failed first, for the launcher
         self.accounting.stop()
@@ -230,6 +237,11 @@ class Session:
             self.tracker.finish(status=None, timeout_s=self._flush_timeout())
             if self.is_main:  # for the batch shell: srun's exit code may be a kill's
                 write_atomic(self.run_dir / PREEMPTED_MARKER, f"{self.signals.name or 'signal'}\n")
+        elif idle:
+            self.tracker.set_tags({"end_reason": "idle", **idle_tags(self.idle.read())})
+            self.tracker.finish("FINISHED", timeout_s=self._flush_timeout())
+            if self.is_main:
+                print("hpc-launch: idle (accounting.idle): ending COMPLETED_IDLE", flush=True)
         elif exc_type is None:
             self.tracker.finish("FINISHED", timeout_s=self._flush_timeout())
             if self.is_main:
@@ -251,6 +263,8 @@ class Session:
             self.signals.uninstall()
         if preempted:
             raise SystemExit(PREEMPTED)
+        if idle:
+            raise SystemExit(COMPLETED_IDLE)
         if save_error is not None and exc is save_error:
             raise save_error
 
@@ -351,9 +365,22 @@ class Session:
         where a step takes longer than 50 ms).
         """
         self.heartbeat.progress(step)
-        if self.stop_agreement.agreed(self.signals.received is not None):
+        if self.idle.polls:
+            self._idle_poll(step)
+        if self.stop_agreement.agreed(self.signals.received is not None or self.idle.stop):
             self.stop_requested = True
         return self.stop_requested or step % self.every_steps == 0
+
+    def _stop_cause(self) -> str:
+        if self.signals.name:
+            return self.signals.name
+        return "idle" if self.idle.stop else "signal"
+
+    def _idle_poll(self, step: int) -> None:
+        events = self.idle.poll()
+        if events and self.is_main:
+            self.tracker.set_tags(idle_tags(events))
+            self.tracker.log_metrics({"idle_devices": float(len(events))}, step)
 
     def save_checkpoint(self, step: int, state: dict[str, Any]) -> Path:
         """Every rank saves its state; metrics up to ``step`` become committed.
@@ -416,7 +443,7 @@ class Session:
         self.tracker.commit(step)
         if stopping:
             print(
-                f"hpc-launch: stopping at step {step} ({self.signals.name or 'signal'}): "
+                f"hpc-launch: stopping at step {step} ({self._stop_cause()}): "
                 f"checkpoint {path.name} committed",
                 flush=True,
             )

@@ -393,6 +393,13 @@ def _validate_node_setup(cfg: dict[str, Any]) -> None:
         raise ConfigError("placement.link_layer", f"{layer!r} is not InfiniBand or Ethernet")
     if not cfg["accounting"]["interval_s"] > 0:
         raise ConfigError("accounting.interval_s", "must be > 0")
+    idle = cfg["accounting"].get("idle") or {}
+    if idle.get("action", "off") not in ("off", "warn", "stop"):
+        raise ConfigError("accounting.idle.action", f"{idle['action']!r} is not off, warn or stop")
+    if not float(idle.get("window_s", 1800.0)) > 0:
+        raise ConfigError("accounting.idle.window_s", "must be > 0")
+    if not 0 <= float(idle.get("below_util", 5.0)) <= 100:
+        raise ConfigError("accounting.idle.below_util", "must be a percentage, 0 to 100")
 
 
 def _validate_tracking(tracking: dict[str, Any]) -> None:

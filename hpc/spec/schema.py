@@ -171,11 +171,25 @@ class NcclConfig:
 
 
 @dataclass
+class IdleConfig:
+    """The idle policy (hpc.accounting.idle): a GPU whose every sample in ``window_s`` is
+    under ``below_util`` % (or that no process holds) is warned about (``warn``), or the
+    job checkpoints and ends COMPLETED_IDLE (``stop``, exit code 77). ``off``: not judged."""
+
+    window_s: float = 1800.0
+    below_util: float = 5.0
+    action: str = "off"
+
+
+@dataclass
 class AccountingConfig:
     """Per-node NVML/CPU sampling into <run_dir>/accounting/node<N>.jsonl."""
 
     enabled: bool = True
     interval_s: float = 10.0
+    idle: IdleConfig = field(default_factory=IdleConfig)
+    # A node_exporter textfile-collector directory: live per-job metrics (hpc_job_*.prom).
+    prometheus_textfile: str | None = None
 
 
 @dataclass

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hpc.exitcodes import FAILED_HANG, NODE_LOST, PREEMPTED, PREFLIGHT_FAILED
+from hpc.exitcodes import COMPLETED_IDLE, FAILED_HANG, NODE_LOST, PREEMPTED, PREFLIGHT_FAILED
 from hpc.launchers.slurm.reason import restart_reason
 from hpc.launchers.slurm.requeue import restart_count
 from hpc.rundir.records import finished, load, update
@@ -59,6 +59,9 @@ def finish(run_dir: Path, code: int) -> None:
         return
     if code == FAILED_HANG:  # the watchdog's end (job.json has the hang's message)
         update(run_dir, state=JobState.FAILED_HANG, exit_code=code)
+        return
+    if code == COMPLETED_IDLE:  # the idle policy's end: not a failure, not requeued
+        update(run_dir, state=JobState.COMPLETED_IDLE, exit_code=code)
         return
     if code == PREFLIGHT_FAILED:  # the pre-flight reading recorded the nodes
         update(run_dir, state=JobState.FAILED_PREFLIGHT, exit_code=code)
