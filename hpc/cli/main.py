@@ -20,6 +20,7 @@ DELEGATED = {
     "cost": "hpc.cost.cli:main",
     "sweep": "hpc.slurm_schedules.cli:main",
     "config": "hpc.cli.config:main",
+    "jobstats": "hpc.cli.jobstats:main",
 }
 
 
