@@ -118,7 +118,9 @@ def pick_window(span_s: float, interval_s: float) -> float:
 @dataclass
 class _Series:
     metric: str
-    points: list[tuple[float, float | None, bool]] = field(default_factory=list)  # t, v, idle
+    points: list[tuple[float, float | None, bool, int]] = field(
+        default_factory=list
+    )  # t v idle seg
     util: list[float] = field(default_factory=list)
     mem: list[int] = field(default_factory=list)
     power: list[tuple[float, float]] = field(default_factory=list)
@@ -161,7 +163,7 @@ def node_stats(
             for device, value, metric, no_proc in readings(rec):
                 s = series.setdefault(device, _Series(metric))
                 idle = no_proc or (value is not None and value < policy.below_util)
-                s.points.append((t, value, idle))
+                s.points.append((t, value, idle, seg))
                 g = gpus.get(device)
                 if g is not None:
                     if g.get("util") is not None:
@@ -200,7 +202,7 @@ def _device(
     name: str, s: _Series, window_s: float, first: float, seg_t: dict[int, tuple[float, float]]
 ) -> DeviceStats:
     d = DeviceStats(device=name, metric=s.metric, samples=len(s.points))
-    values = [v for _, v, _ in s.points if v is not None]
+    values = [p[1] for p in s.points if p[1] is not None]
     d.mean = sum(values) / len(values) if values else None
     if s.metric == "sm_active" and s.util:
         d.nvml_util_mean = sum(s.util) / len(s.util)
@@ -211,13 +213,13 @@ def _device(
     d.energy_kwh = _energy_kwh(s)
     if name.startswith("gpu"):  # the GPU is allocated for the sampler's whole span
         d.allocated_hours = sum(b - a for a, b in seg_t.values()) / 3600.0
-    prev: float | None = None
-    for t, _, idle in s.points:
-        if prev is not None and idle and t > prev:
-            d.idle_hours += (t - prev) / 3600.0
-        prev = t
+    prev: tuple[float, int] | None = None  # the previous sample's time and start
+    for t, _, idle, seg in s.points:
+        if prev is not None and prev[1] == seg and idle and t > prev[0]:
+            d.idle_hours += (t - prev[0]) / 3600.0
+        prev = (t, seg)
     buckets: dict[int, list[tuple[float | None, bool]]] = {}
-    for t, v, idle in s.points:
+    for t, v, idle, _ in s.points:
         buckets.setdefault(int((t - first) // window_s), []).append((v, idle))
     for k in sorted(buckets):
         got = [v for v, _ in buckets[k] if v is not None]

@@ -1,4 +1,7 @@
-"""Busy for a few steps, then idle (waiting, no compute) until the idle policy stops it."""
+"""Busy for 500 steps, then idle (waiting, no compute) until the idle policy stops it.
+
+Every rank makes the same calls (the stop agreement counts them), so the busy phase is
+a number of steps, not a time."""
 
 import time
 
@@ -6,10 +9,8 @@ from hpc.runtime.session import Session
 
 with Session.from_env() as s:
     step = 0
-    busy_until = time.monotonic() + 1.0
-    while time.monotonic() < busy_until:  # CPU-bound "training"
+    for step in range(1, 501):  # CPU-bound "training"
         sum(i * i for i in range(20000))
-        step += 1
         s.log_metrics({"loss": 1.0 / step}, step)
         if s.should_checkpoint(step):
             s.save_checkpoint(step, {"step": step})
