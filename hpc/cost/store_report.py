@@ -55,14 +55,15 @@ def _rate_exprs(combos: list[tuple[str, str]], rates: list[float | None]) -> tup
         return "r.rate", "r.unpriced", join
     values = {(r or 0.0, r is None) for r in rates}
     if len(values) <= 1:
-        rate, miss = next(iter(values), (0.0, False))
-        return repr(float(rate)), "TRUE" if miss else "FALSE", ""
+        only, unpriced = next(iter(values), (0.0, False))
+        return repr(float(only)), "TRUE" if unpriced else "FALSE", ""
     whens = [
         f"WHEN coalesce(a.partition, '') = {_lit(p)} AND coalesce(a.gpu_type, '') = {_lit(g)}"
         for p, g in combos
     ]
-    rate = " ".join(f"{w} THEN {float(r or 0.0)!r}" for w, r in zip(whens, rates, strict=True))
-    miss = " ".join(f"{w} THEN {r is None}" for w, r in zip(whens, rates, strict=True))
+    pairs = list(zip(whens, rates, strict=True))
+    rate = " ".join(f"{w} THEN {float(r or 0.0)!r}" for w, r in pairs)
+    miss = " ".join(f"{w} THEN {r is None}" for w, r in pairs)
     return f"CASE {rate} END", f"CASE {miss} END", ""
 
 
