@@ -199,3 +199,18 @@ def test_stop_on_a_real_local_run_that_goes_idle(tmp_path: Path) -> None:
     doc = json.loads(shown.stdout)
     assert doc["nodes"][0]["devices"][0]["device"] == "cpu"
     assert any(w["idle"] for w in doc["nodes"][0]["devices"][0]["windows"])
+
+
+def test_example_dashboard_uses_only_series_we_write() -> None:
+    dash = json.loads((FIXTURES.parents[1] / "examples/grafana/hpc-launch-jobs.json").read_text())
+    rec = json.loads((SAMPLES / "gpu_h200_gpm_no_process.jsonl").read_text().splitlines()[40])
+    written = set(re.findall(r"^(hpc_job_\w+)\{", render(rec, {"job_id": "1"}, {0: 1}), re.M))
+    used = {
+        m
+        for p in dash["panels"]
+        for t in p["targets"]
+        for m in re.findall(r"hpc_job_\w+", t["expr"])
+    }
+    assert used and used <= written, used - written
+    names = {v["name"] for v in dash["templating"]["list"]}
+    assert {"job_id", "user", "account"} <= names
