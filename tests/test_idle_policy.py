@@ -214,3 +214,44 @@ def test_example_dashboard_uses_only_series_we_write() -> None:
     assert used and used <= written, used - written
     names = {v["name"] for v in dash["templating"]["list"]}
     assert {"job_id", "user", "account"} <= names
+
+
+SACCT = (
+    "JobID|JobIDRaw|User|Account|Partition|State|Submit|Start|End|Elapsed|NCPUS|AllocTRES\n"
+    "81234|81234|ann|phys|gpu|COMPLETED|2026-05-28T20:20:00|2026-05-28T20:26:40|"
+    "2026-05-28T20:46:41|00:20:01|16|billing=16,cpu=16,gres/gpu=2\n"
+    "81235|81235|bob|chem|gpu|COMPLETED|2026-05-28T20:20:00|2026-05-28T20:26:40|"
+    "2026-05-28T20:46:41|00:20:01|16|billing=16,cpu=16,gres/gpu=2\n"
+)
+
+
+def test_cost_report_idle_columns_file_and_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpc.cost.cli import main as cost_main
+
+    monkeypatch.setenv("HPC_COST_STORE", str(tmp_path / "s.duckdb"))
+    run = tmp_path / "runs" / "r1"
+    (run / "accounting").mkdir(parents=True)
+    shutil.copy(SAMPLES / "gpu_h100x2_one_idle.jsonl", run / "accounting" / "node0.jsonl")
+    record = {"job_id": "81234", "run_dir": str(run), "accounting_file": "accounting"}
+    (run / "job.json").write_text(json.dumps(record))
+    sacct = tmp_path / "s.psv"
+    sacct.write_text(SACCT)
+    args = ["--by", "job", "--format", "json"]
+    assert cost_main(["report", "--sacct", str(sacct), "--accounting", str(run), *args]) == 0
+    direct = json.loads(capsys.readouterr().out)
+    rows = {r["key"]: r for r in direct["rows"]}
+    assert rows["81234"]["idle_gpu_hours"] == pytest.approx(1 / 3, abs=1e-6)
+    assert rows["81234"]["efficiency"] == pytest.approx(0.5, abs=1e-3)
+    assert rows["81235"]["idle_gpu_hours"] is None and rows["81235"]["efficiency"] is None
+    assert direct["total"]["efficiency"] == rows["81234"]["efficiency"]  # accounted jobs only
+    ingest = ["ingest", "--sacct", str(sacct), "--accounting", str(run.parent)]
+    assert cost_main(ingest) == 0
+    capsys.readouterr()
+    assert cost_main(["report", "--store", *args]) == 0
+    stored = json.loads(capsys.readouterr().out)
+    assert stored["rows"] == direct["rows"] and stored["total"] == direct["total"]
+    assert cost_main(["report", "--store", "--by", "user"]) == 0
+    table = capsys.readouterr().out
+    assert "idle GPU-h" in table and "efficiency %" in table and "50.0" in table

@@ -205,7 +205,9 @@ class _Nvml:
             mem = self._call("memory", nv.nvmlDeviceGetMemoryInfo, h)
             power = self._call("power", nv.nvmlDeviceGetPowerUsage, h)
             energy = self._call("energy", nv.nvmlDeviceGetTotalEnergyConsumption, h)
-            procs = self._call("procs", nv.nvmlDeviceGetComputeRunningProcesses, h)
+            # absent from some nvidia-ml-py versions (and fakes): then not sampled
+            running = getattr(nv, "nvmlDeviceGetComputeRunningProcesses", None)
+            procs = None if running is None else self._call("procs", running, h)
             out.append(
                 {
                     "index": index,

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpc.accounting.idle import IdlePolicy, readings
+
+IDLE_BELOW = IdlePolicy().below_util  # what "idle" means in the summary (%, or no process)
+
 
 @dataclass
 class _Segment:
@@ -27,6 +31,8 @@ class _Segment:
     energy_last: dict[int, int] | None = None
     power_j: dict[int, float] | None = None
     power_prev: dict[int, tuple[float, float]] | None = None
+    idle_s: float = 0.0  # GPU-seconds between samples that read idle
+    sample_prev: dict[str, float] | None = None
 
     def energy_j(self) -> float | None:
         """GPU energy of this segment: counter delta, else integrated power; None if unknown."""
@@ -51,7 +57,9 @@ def summarize(path: str | os.PathLike[str]) -> dict[str, Any]:
     Returns ``gpus`` (most GPUs of any start), ``gpu_hours``, ``gpu_util_mean`` (None
     without GPU samples), ``peak_gpu_memory_bytes`` and ``peak_rss_bytes`` (None if never
     seen), ``energy_kwh`` (None if unknown), ``wall_s``, ``cpu_hours``, ``samples``,
-    ``restarts`` (number of header records, i.e. starts), ``mode``, ``reason``,
+    ``restarts`` (number of header records, i.e. starts), ``idle_gpu_hours`` (GPU time
+    between samples under :data:`IDLE_BELOW` % or with no process on the GPU; None
+    without GPU samples), ``mode``, ``reason``,
     ``job_id``, ``first_t``/``last_t`` (epoch seconds) and ``bad_lines`` (torn lines
     left by a killed writer). A line that is not JSON raises ``ValueError`` naming the
     file and line, unless it is the last line of a start (a torn write).
@@ -109,6 +117,14 @@ def _add_record(seg: _Segment, rec: dict[str, Any], path: Path, lineno: int) -> 
     seg.cpu_s += float(rec.get("cpu_s") or 0.0)
     if rec.get("rss") is not None:
         seg.peak_rss = max(seg.peak_rss or 0, int(rec["rss"]))
+    if seg.gpus and rec.get("gpus"):
+        seg.sample_prev = seg.sample_prev or {}
+        for device, value, _, no_proc in readings(rec):
+            prev = seg.sample_prev.get(device)
+            idle = no_proc or (value is not None and value < IDLE_BELOW)
+            if prev is not None and t > prev and idle:
+                seg.idle_s += t - prev
+            seg.sample_prev[device] = t
     for gpu in rec.get("gpus") or []:
         index = int(gpu.get("index", 0))
         if gpu.get("util") is not None:
@@ -141,6 +157,7 @@ def _summary(segments: list[_Segment], header: dict[str, Any], bad: int) -> dict
     known = bool(energies) and all(e is not None for e in energies)
     peaks_mem = [s.peak_mem for s in segments if s.peak_mem is not None]
     peaks_rss = [s.peak_rss for s in segments if s.peak_rss is not None]
+    gpu_segments = [s for s in segments if s.gpus > 0 and s.mode == "nvml"]
     return {
         "gpus": max((s.gpus for s in segments), default=0),
         "gpu_hours": sum(s.gpus * (s.t_last - s.t0) for s in segments) / 3600.0,
@@ -148,6 +165,7 @@ def _summary(segments: list[_Segment], header: dict[str, Any], bad: int) -> dict
         "peak_gpu_memory_bytes": max(peaks_mem) if peaks_mem else None,
         "peak_rss_bytes": max(peaks_rss) if peaks_rss else None,
         "energy_kwh": sum(e or 0.0 for e in energies) / 3.6e6 if known else None,
+        "idle_gpu_hours": sum(s.idle_s for s in gpu_segments) / 3600.0 if gpu_segments else None,
         "wall_s": sum(s.t_last - s.t0 for s in segments),
         "cpu_hours": sum(s.cpu_s for s in segments) / 3600.0,
         "samples": sum(s.samples for s in segments),

@@ -26,7 +26,9 @@ def split_days(data: dict[str, np.ndarray]) -> tuple[pa.Array, dict[str, np.ndar
         k: v[idx] * frac if k in ("gpu_hours", "cpu_hours", "cost") else v[idx]
         for k, v in data.items()
     }
-    out["energy"] = data["energy"][idx] * frac
+    for k in ("energy", "idle", "agh"):
+        if k in data:
+            out[k] = data[k][idx] * frac
     day = np.where(placed[idx], day, np.iinfo(np.int64).min)
     uniq, inverse = np.unique(day, return_inverse=True)
     names = [

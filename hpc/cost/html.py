@@ -53,6 +53,10 @@ def _num(v: float | None, digits: int = 2) -> str:
     return "—" if v is None else f"{v:,.{digits}f}"
 
 
+def _eff(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
 def _json(obj: Any) -> str:
     """JSON safe to put inside <script>."""
     return json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
@@ -242,20 +246,23 @@ def _table(report: Report) -> str:
     cur = f" ({html.escape(report.currency)})" if report.currency else ""
     head = (
         f"<tr><th>{html.escape(report.group_by)}</th><th>jobs</th><th>GPU-h</th>"
-        f"<th>CPU-h</th><th>cost{cur}</th><th>GPU util %</th><th>energy kWh</th></tr>"
+        f"<th>CPU-h</th><th>cost{cur}</th><th>GPU util %</th><th>energy kWh</th>"
+        "<th>idle GPU-h</th><th>efficiency %</th></tr>"
     )
     body = "".join(
         f"<tr><td>{html.escape(r.key)}{' *' if r.provisional_jobs else ''}</td>"
         f"<td>{r.jobs:,}</td><td>{_num(r.gpu_hours)}</td><td>{_num(r.cpu_hours)}</td>"
         f"<td>{_num(r.cost)}</td><td>{_num(r.gpu_util_mean, 1)}</td>"
-        f"<td>{_num(r.energy_kwh)}</td></tr>"
+        f"<td>{_num(r.energy_kwh)}</td><td>{_num(r.idle_gpu_hours)}</td>"
+        f"<td>{_eff(r.efficiency)}</td></tr>"
         for r in rows
     )
     t = report.total
     foot = (
         f"<tr><td>total{' *' if t.provisional_jobs else ''}</td><td>{t.jobs:,}</td>"
         f"<td>{_num(t.gpu_hours)}</td><td>{_num(t.cpu_hours)}</td><td>{_num(t.cost)}</td>"
-        f"<td>{_num(t.gpu_util_mean, 1)}</td><td>{_num(t.energy_kwh)}</td></tr>"
+        f"<td>{_num(t.gpu_util_mean, 1)}</td><td>{_num(t.energy_kwh)}</td>"
+        f"<td>{_num(t.idle_gpu_hours)}</td><td>{_eff(t.efficiency)}</td></tr>"
     )
     more = (
         f'<p class="sub">First {MAX_TABLE_ROWS} of {len(report.rows):,} rows: use '

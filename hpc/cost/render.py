@@ -3,8 +3,12 @@
 JSON is exactly::
 
     {"window": {"start": ISO8601|null, "end": ISO8601|null}, "group_by": "account",
-     "rows": [{"key", "jobs", "gpu_hours", "cpu_hours", "cost", "gpu_util_mean"}],
-     "total": {"jobs", "gpu_hours", "cpu_hours", "cost"}}
+     "rows": [{"key", "jobs", "gpu_hours", "cpu_hours", "cost", "gpu_util_mean",
+               "idle_gpu_hours", "efficiency"}],
+     "total": {"jobs", "gpu_hours", "cpu_hours", "cost", "idle_gpu_hours", "efficiency"}}
+
+``idle_gpu_hours`` and ``efficiency`` (0..1) come from the joined accounting records
+(null without any).
 
 Skipped rows and notes are not part of the JSON/CSV: :func:`side_notes` gives them as
 text lines for standard error; the table and HTML show them.
@@ -47,6 +51,8 @@ def to_dict(report: Report) -> dict[str, Any]:
                 "cpu_hours": _r(r.cpu_hours),
                 "cost": _r(r.cost),
                 "gpu_util_mean": None if r.gpu_util_mean is None else _r(r.gpu_util_mean),
+                "idle_gpu_hours": _opt(r.idle_gpu_hours),
+                "efficiency": _opt(r.efficiency),
             }
             for r in report.rows
         ],
@@ -55,8 +61,14 @@ def to_dict(report: Report) -> dict[str, Any]:
             "gpu_hours": _r(report.total.gpu_hours),
             "cpu_hours": _r(report.total.cpu_hours),
             "cost": _r(report.total.cost),
+            "idle_gpu_hours": _opt(report.total.idle_gpu_hours),
+            "efficiency": _opt(report.total.efficiency),
         },
     }
+
+
+def _opt(v: float | None) -> float | None:
+    return None if v is None else _r(v)
 
 
 def to_json(report: Report) -> str:
@@ -72,6 +84,8 @@ CSV_COLUMNS = (
     "gpu_util_mean",
     "energy_kwh",
     "provisional_jobs",
+    "idle_gpu_hours",
+    "efficiency",
 )
 
 
@@ -98,6 +112,8 @@ def _csv_row(r: Row) -> list[object]:
         opt(r.gpu_util_mean),
         opt(r.energy_kwh),
         int(r.provisional_jobs),
+        opt(r.idle_gpu_hours),
+        opt(r.efficiency),
     ]
 
 
@@ -109,6 +125,10 @@ def side_notes(report: Report) -> list[str]:
 
 def _fmt(v: float | None, digits: int = 2) -> str:
     return "—" if v is None else f"{v:,.{digits}f}"
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
 
 
 def to_table(report: Report, width: int | None = None) -> str:
@@ -127,6 +147,8 @@ def to_table(report: Report, width: int | None = None) -> str:
     table.add_column("CPU-h", justify="right", footer=_fmt(t.cpu_hours))
     table.add_column("cost" + cur, justify="right", footer=_fmt(t.cost))
     table.add_column("GPU util %", justify="right", footer=_fmt(t.gpu_util_mean, 1))
+    table.add_column("idle GPU-h", justify="right", footer=_fmt(t.idle_gpu_hours))
+    table.add_column("efficiency %", justify="right", footer=_pct(t.efficiency))
     table.add_column("energy kWh", justify="right", footer=_fmt(t.energy_kwh))
     for r in report.rows[:MAX_TABLE_ROWS]:
         table.add_row(
@@ -136,6 +158,8 @@ def to_table(report: Report, width: int | None = None) -> str:
             _fmt(r.cpu_hours),
             _fmt(r.cost),
             _fmt(r.gpu_util_mean, 1),
+            _fmt(r.idle_gpu_hours),
+            _pct(r.efficiency),
             _fmt(r.energy_kwh),
         )
     buf = io.StringIO()

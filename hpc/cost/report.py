@@ -51,6 +51,10 @@ class Row:
     gpu_util_mean: float | None = None
     energy_kwh: float | None = None
     provisional_jobs: int = 0
+    # From the joined accounting records (hpc.accounting.summary): GPU-hours the sampler
+    # saw idle, and 1 - idle / the GPU-hours it sampled, over the jobs that have both.
+    idle_gpu_hours: float | None = None
+    efficiency: float | None = None
 
 
 @dataclass
@@ -166,7 +170,7 @@ def build_report(
     gpu_hours = gpus * hours
     cpu_hours = _num(t["ncpus"], 0.0) * hours
     cost = _price(t, prices, hours, gpu_hours, cpu_hours, used, notes, skipped)
-    util, energy = _join(t, accounting, notes)
+    util, energy, idle, agh = _join(t, accounting, notes)
 
     keep = np.flatnonzero(used)
     data = {
@@ -175,6 +179,8 @@ def build_report(
         "cost": cost[keep],
         "util": util[keep],
         "energy": energy[keep],
+        "idle": idle[keep],
+        "agh": agh[keep],
         "prov": provisional[keep].astype(np.int64),
         "lo": np.where(by_elapsed, np.nan, np.maximum(s, ws))[keep],
         "hi": np.where(by_elapsed, np.nan, np.minimum(e, we))[keep],
@@ -190,6 +196,8 @@ def build_report(
         _wmean(data["util"], data["gpu_hours"]),
         _nansum_or_none(data["energy"]),
         int(data["prov"].sum()),
+        _nansum_or_none(data["idle"]),
+        efficiency(_nansum_or_none(data["idle"]), _nansum_or_none(data["agh"])),
     )
     report = Report(
         window_start=start,
@@ -275,13 +283,20 @@ def _price(
     return cost
 
 
+def efficiency(idle: float | None, sampled: float | None) -> float | None:
+    """1 - idle / sampled GPU-hours (None when unknown or nothing sampled)."""
+    if idle is None or not sampled:
+        return None
+    return max(0.0, 1.0 - idle / sampled)
+
+
 def _join(
     t: pa.Table, accounting: AccountingSet | None, notes: list[str]
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     n = t.num_rows
     util, energy = np.full(n, np.nan), np.full(n, np.nan)
     if not accounting or not accounting.runs or not n:
-        return util, energy
+        return util, energy, np.full(n, np.nan), np.full(n, np.nan)
     keys = sorted(accounting.runs)
     idx = pc.coalesce(
         pc.index_in(t["job_id"], value_set=pa.array(keys)),
@@ -290,10 +305,19 @@ def _join(
     idx_np = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False)
     vals_u = np.array([_nan(accounting.runs[k].summary["gpu_util_mean"]) for k in keys] + [np.nan])
     vals_e = np.array([_nan(accounting.runs[k].summary["energy_kwh"]) for k in keys] + [np.nan])
+    idle_k = [_nan(accounting.runs[k].summary.get("idle_gpu_hours")) for k in keys]
+    vals_i = np.array([*idle_k, np.nan])
+    vals_a = np.array(
+        [
+            np.nan if np.isnan(i) else _nan(accounting.runs[k].summary.get("gpu_hours"))
+            for k, i in zip(keys, idle_k, strict=True)
+        ]
+        + [np.nan]
+    )
     util, energy = vals_u[idx_np], vals_e[idx_np]
     matched = len(set(idx_np[idx_np >= 0].tolist()))
     notes.append(f"accounting records joined for {matched} of {len(keys)} job(s)")
-    return util, energy
+    return util, energy, vals_i[idx_np], vals_a[idx_np]
 
 
 def _nan(v: float | None) -> float:
@@ -332,6 +356,8 @@ def _group(keys: pa.ChunkedArray | None, data: dict[str, np.ndarray], group_by: 
             "n_util": (~np.isnan(data["util"])).astype(np.int64),
             "s_util": np.nan_to_num(data["util"]),
             "energy": pa.array(data["energy"], from_pandas=True),
+            "idle": pa.array(data["idle"], from_pandas=True),
+            "agh": pa.array(data["agh"], from_pandas=True),
             "prov": data["prov"],
         }
     )
@@ -350,6 +376,8 @@ def _group(keys: pa.ChunkedArray | None, data: dict[str, np.ndarray], group_by: 
                     "n_util",
                     "s_util",
                     "energy",
+                    "idle",
+                    "agh",
                     "prov",
                 )
             ]
@@ -375,6 +403,8 @@ def _group(keys: pa.ChunkedArray | None, data: dict[str, np.ndarray], group_by: 
                 util,
                 agg["energy_sum"][i],
                 agg["prov_sum"][i],
+                agg["idle_sum"][i],
+                efficiency(agg["idle_sum"][i], agg["agh_sum"][i]),
             )
         )
     if group_by == "day":

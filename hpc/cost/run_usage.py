@@ -112,6 +112,7 @@ def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             default=None,
         ),
         "energy_kwh": sum(energies) if energies and None not in energies else None,
+        "idle_gpu_hours": _sum_known([s.get("idle_gpu_hours") for s in summaries]),
         "wall_s": max(s["wall_s"] for s in summaries),
         "cpu_hours": sum(s["cpu_hours"] for s in summaries),
         "samples": sum(s["samples"] for s in summaries),
@@ -195,3 +196,8 @@ def as_allocations(acc: AccountingSet) -> AllocationSet:
         )
     notes = ["allocations taken from run records (no sacct input): CPU-hours not known"]
     return AllocationSet.from_records(rows, sources=["--accounting"], notes=notes)
+
+
+def _sum_known(values: list[Any]) -> float | None:
+    known = [float(v) for v in values if v is not None]
+    return sum(known) if known else None

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from hpc.cost.model import PENDING_STATES, RUNNING_STATES
 from hpc.cost.prices import PriceTable
-from hpc.cost.report import GROUPS, NONE_KEY, Report, Row, _iso
+from hpc.cost.report import GROUPS, NONE_KEY, Report, Row, _iso, efficiency
 
 if TYPE_CHECKING:
     from hpc.cost.run_usage import AccountingSet
@@ -148,6 +148,7 @@ def build_store_report(
             ).fetchall()
         }
         acct_join, util, energy, matched_key = "", "NULL::DOUBLE", "NULL::DOUBLE", "NULL"
+        idle = agh = "NULL::DOUBLE"
         keys: list[str] = []
         if accounting is not None and accounting.runs:
             keys = sorted(accounting.runs)
@@ -164,6 +165,8 @@ def build_store_report(
                             [_float(accounting.runs[k].summary.get("energy_kwh")) for k in keys],
                             pa.float64(),
                         ),
+                        "i": pa.array([_idle(accounting, k)[0] for k in keys], pa.float64()),
+                        "a": pa.array([_idle(accounting, k)[1] for k in keys], pa.float64()),
                     }
                 ),
             )
@@ -173,11 +176,14 @@ def build_store_report(
             util = "CASE WHEN j1.k IS NOT NULL THEN j1.u ELSE j2.u END"
             energy = "CASE WHEN j1.k IS NOT NULL THEN j1.en ELSE j2.en END"
             matched_key = "coalesce(j1.k, j2.k)"
+            idle = "CASE WHEN j1.k IS NOT NULL THEN j1.i ELSE j2.i END"
+            agh = "CASE WHEN j1.k IS NOT NULL THEN j1.a ELSE j2.a END"
         key_col = "job_id" if group_by == "job" else group_by
         base = f"""
             SELECT a.start, a."end", a.elapsed_s, a.gpus, a.ncpus, a.billing, a.state,
                    {rate} AS rate, {unpriced} AS unpriced, {util} AS util,
                    {energy} AS energy, {matched_key} AS matched,
+                   {idle} AS idle, {agh} AS agh,
                    {_in(state, RUNNING_STATES & present)} AS running,
                    contains(a.job_id, '[') AS ranged,
                    coalesce(CAST(a.{_q(key_col)} AS VARCHAR), '{NONE_KEY}') AS key
@@ -255,6 +261,8 @@ def build_store_report(
             ("sum(coalesce(util, 0.0)) FILTER (WHERE used)", 0.0 if no_acct else None),
             ("sum(energy) FILTER (WHERE used)", _NULL if no_acct else None),
             ("sum(prov::BIGINT) FILTER (WHERE used)", 0 if not running_present else None),
+            ("sum(idle) FILTER (WHERE used)", _NULL if no_acct else None),
+            ("sum(agh) FILTER (WHERE used)", _NULL if no_acct else None),
         ]
         miss = "used AND coalesce(unpriced, FALSE) AND gpu_hours > 0"
         stats_aggs: list[tuple[str, Any]] = [
@@ -286,13 +294,13 @@ def build_store_report(
             values = iter(r[1:])
             filled = [next(values) if const is None else const for _, const in aggs]
             out.append((r[0], *[None if v is _NULL else v for v in filled]))
-        stats = [sum(r[11 + i] for r in out) for i in range(11)]
+        stats = [sum(r[13 + i] for r in out) for i in range(11)]
         matched = 0
         if keys:
             only = {k: v for k, v in params.items() if k == "cluster"}
             sql = f"SELECT count(DISTINCT matched) FROM ({base})"
             matched = _count(con.execute(sql, only) if only else con.execute(sql))
-        groups = [r[:11] for r in out if r[1]]
+        groups = [r[:13] for r in out if r[1]]
     finally:
         for name in registered:
             con.unregister(name)
@@ -326,7 +334,16 @@ def build_store_report(
     rows = [_row(g) for g in groups]
     rows.sort(key=lambda r: (-r.cost, -r.gpu_hours, -r.cpu_hours, r.key))
     sums = [sum(g[i] or 0 for g in groups) for i in range(1, 9)]
-    total = _row(("total", *sums, _sum_energy(groups), sum(g[10] for g in groups)))
+    total = _row(
+        (
+            "total",
+            *sums,
+            _sum_known(groups, 9),
+            sum(g[10] for g in groups),
+            _sum_known(groups, 11),
+            _sum_known(groups, 12),
+        )
+    )
     return Report(
         window_start=start,
         window_end=end,
@@ -342,17 +359,26 @@ def build_store_report(
 
 
 def _row(g: tuple[Any, ...]) -> Row:
-    key, jobs, gh, ch, cost, w_util, w_has, n_util, s_util, energy, prov = g
+    key, jobs, gh, ch, cost, w_util, w_has, n_util, s_util, energy, prov, idle, agh = g
     util = None
     if n_util:
         util = w_util / w_has if w_has > 0 else s_util / n_util
     return Row(key, int(jobs), float(gh or 0.0), float(ch or 0.0), float(cost or 0.0),
-               util, None if energy is None else float(energy), int(prov or 0))  # fmt: skip
+               util, None if energy is None else float(energy), int(prov or 0),
+               None if idle is None else float(idle),
+               efficiency(None if idle is None else float(idle), agh))  # fmt: skip
 
 
-def _sum_energy(groups: list[tuple[Any, ...]]) -> float | None:
-    known = [g[9] for g in groups if g[9] is not None]
+def _sum_known(groups: list[tuple[Any, ...]], i: int) -> float | None:
+    known = [g[i] for g in groups if g[i] is not None]
     return float(sum(known)) if known else None
+
+
+def _idle(accounting: AccountingSet, key: str) -> tuple[float | None, float | None]:
+    """(idle GPU-hours, sampled GPU-hours) of a job's record; both None if idle unknown."""
+    summary = accounting.runs[key].summary
+    idle = _float(summary.get("idle_gpu_hours"))
+    return (None, None) if idle is None else (idle, _float(summary.get("gpu_hours")))
 
 
 def _float(v: object) -> float | None:

@@ -186,7 +186,7 @@ def summarize_run(directory: Path) -> dict[str, Any] | None:
         return None
     parts = [summarize(path) for path in files]
     total: dict[str, Any] = {"nodes": len(parts)}
-    for key in ("gpus", "gpu_hours", "cpu_hours", "samples", "energy_kwh"):
+    for key in ("gpus", "gpu_hours", "cpu_hours", "samples", "energy_kwh", "idle_gpu_hours"):
         values = [p.get(key) for p in parts]
         total[key] = None if any(v is None for v in values) else sum(values)
     for key in ("peak_gpu_memory_bytes", "peak_rss_bytes", "wall_s", "restarts"):

@@ -63,10 +63,15 @@ def test_json_shape_is_exact(
     doc = json.loads(out)
     assert list(doc) == ["window", "group_by", "rows", "total"]
     assert doc["window"] == {"start": None, "end": None} and doc["group_by"] == by
-    assert list(doc["total"]) == ["jobs", "gpu_hours", "cpu_hours", "cost"]
+    assert list(doc["total"]) == [
+        "jobs", "gpu_hours", "cpu_hours", "cost", "idle_gpu_hours", "efficiency"
+    ]  # fmt: skip
     assert isinstance(doc["total"]["jobs"], int)
     for row in doc["rows"]:
-        assert list(row) == ["key", "jobs", "gpu_hours", "cpu_hours", "cost", "gpu_util_mean"]
+        assert list(row) == [
+            "key", "jobs", "gpu_hours", "cpu_hours", "cost", "gpu_util_mean",
+            "idle_gpu_hours", "efficiency",
+        ]  # fmt: skip
         assert isinstance(row["key"], str) and isinstance(row["jobs"], int)
         for k in ("gpu_hours", "cpu_hours", "cost"):
             assert isinstance(row[k], float)
