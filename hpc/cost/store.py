@@ -117,7 +117,13 @@ class Store:
         self.close()
 
     def _create(self) -> None:
-        self.con.execute(f"CREATE TABLE IF NOT EXISTS allocations (cluster VARCHAR, {COLUMNS_SQL})")
+        self.con.execute(
+            f"CREATE TABLE IF NOT EXISTS allocations (cluster VARCHAR, {COLUMNS_SQL}, "
+            "ranged BOOLEAN)"
+        )
+        if not self.has_ranged():  # a store from before the column: fill it once
+            self.con.execute("ALTER TABLE allocations ADD COLUMN ranged BOOLEAN")
+            self.con.execute("UPDATE allocations SET ranged = contains(job_id, '[')")
         self.con.execute(
             "CREATE TABLE IF NOT EXISTS runs (cluster VARCHAR, job_id VARCHAR, "
             "summary VARCHAR, run_dirs VARCHAR, mlflow_run_ids VARCHAR, record VARCHAR)"
@@ -218,8 +224,8 @@ class Store:
                 )
                 total = _count(
                     con.execute(
-                        f"INSERT INTO allocations (cluster, {names}) SELECT $c, {names} "
-                        f"FROM stage s WHERE {in_b}",
+                        f"INSERT INTO allocations (cluster, {names}, ranged) SELECT $c, "
+                        f"{names}, contains(job_id, '[') FROM stage s WHERE {in_b}",
                         {"c": cluster},
                     )
                 )
@@ -235,6 +241,15 @@ class Store:
         )
         con.execute("DROP TABLE stage")
         return counts
+
+    def has_ranged(self) -> bool:
+        """Whether ``allocations`` has the ``ranged`` column (a pending array range: the
+        JobID holds ``[``), filled at ingest so that a report need not read every JobID."""
+        found = self.con.execute(
+            "SELECT count(*) FROM information_schema.columns "
+            "WHERE table_name = 'allocations' AND column_name = 'ranged'"
+        ).fetchall()
+        return bool(found and found[0][0])
 
     def put_runs(self, cluster: str, accounting: AccountingSet) -> Counts:
         counts = Counts()

@@ -179,13 +179,22 @@ def build_store_report(
             idle = "CASE WHEN j1.k IS NOT NULL THEN j1.i ELSE j2.i END"
             agh = "CASE WHEN j1.k IS NOT NULL THEN j1.a ELSE j2.a END"
         key_col = "job_id" if group_by == "job" else group_by
+        # The flag stored at ingest spares reading every JobID (a third of the query).
+        ranged = "contains(a.job_id, '[')"
+        if store.has_ranged():
+            unfilled = con.execute(
+                f"SELECT count(*) FROM allocations WHERE ranged IS NULL AND {where}",
+                {k: v for k, v in params.items() if k == "cluster"},
+            ).fetchall()
+            if not unfilled[0][0]:
+                ranged = "a.ranged"
         base = f"""
             SELECT a.start, a."end", a.elapsed_s, a.gpus, a.ncpus, a.billing, a.state,
                    {rate} AS rate, {unpriced} AS unpriced, {util} AS util,
                    {energy} AS energy, {matched_key} AS matched,
                    {idle} AS idle, {agh} AS agh,
                    {_in(state, RUNNING_STATES & present)} AS running,
-                   contains(a.job_id, '[') AS ranged,
+                   {ranged} AS ranged,
                    coalesce(CAST(a.{_q(key_col)} AS VARCHAR), '{NONE_KEY}') AS key
             FROM allocations a {rate_join} {acct_join} WHERE {where_a}
         """
