@@ -255,3 +255,17 @@ def test_cost_report_idle_columns_file_and_store(
     assert cost_main(["report", "--store", "--by", "user"]) == 0
     table = capsys.readouterr().out
     assert "idle GPU-h" in table and "efficiency %" in table and "50.0" in table
+
+
+def test_slurm_batch_records_completed_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpc.launchers.slurm.job_steps import finish
+    from hpc.states import TERMINAL, JobState
+
+    monkeypatch.setenv("HPC_STATE_DIR", str(tmp_path / "state"))
+    run = tmp_path / "run"
+    records.create(records.RunRecord("j", "slurm", str(run), "c.yaml", None, "ck", state="RUNNING"))
+    finish(run, COMPLETED_IDLE)
+    assert records.load(run)["state"] == JobState.COMPLETED_IDLE
+    assert JobState.COMPLETED_IDLE in TERMINAL
