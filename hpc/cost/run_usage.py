@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hpc.accounting.sampler import summarize
+from hpc.accounting.summary import summarize
 from hpc.cost.model import AllocationSet, CostInputError
 
 RECORD = "job.json"
