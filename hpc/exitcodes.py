@@ -6,6 +6,9 @@ PREEMPTED = 75
 # The hang watchdog ended the job: no rank made progress (or one fell behind) for too long
 # (hpc.runtime.watchdog). Stacks are in <run_dir>/hangs/; the state is FAILED_HANG.
 FAILED_HANG = 76
+# hpc-launch refused to submit: a budget (budgets.yaml, policy refuse) would be exceeded
+# (EX_NOPERM). Nothing was submitted; one line names the budget (hpc.cost.guard).
+BUDGET_REFUSED = 77
 # A node failed the pre-flight check (hpc.runtime.preflight) before any rank started:
 # the node is named in job.json and joins the run's exclusion list. State FAILED_PREFLIGHT.
 PREFLIGHT_FAILED = 78
