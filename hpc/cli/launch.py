@@ -141,15 +141,14 @@ def cost_check(
     except CostInputError as exc:
         err(f"error: {exc}")
         return 2
+    if guard.refused is not None and not dry_run:  # one line: budget, consumed, estimate, limit
+        err(f"error: {guard.refused.line()}; nothing submitted")
+        return BUDGET_REFUSED
     for line in guard.lines():
         err(line)
-    if guard.refused is None:
-        return None
-    if dry_run:
+    if guard.refused is not None:
         err(f"note: a submit would be refused: {guard.refused.line()}")
-        return None
-    err(f"error: {guard.refused.line()}; nothing submitted")
-    return BUDGET_REFUSED
+    return None
 
 
 def show_config(spec: JobSpec) -> None:

@@ -40,18 +40,25 @@ class Hold:
 
 
 def reached(config: dict[str, Any], now: datetime | None = None) -> Hold | None:
-    """The first holding budget of this sweep task's config that is spent, if any."""
+    """The first holding budget of this sweep task's config that is spent, if any (what
+    this task itself used so far, a moment since its start, is left out)."""
     key = job_key(config, sweep=True)
     budgets = [b for b in load_budgets() if b.hold and b.matches(key)]
     if not budgets:
         return None
     now = now or datetime.now(UTC)
-    usage = gather_usage(budgets, now)
+    me = {os.environ.get("SLURM_JOB_ID"), _array_task_id()}  # this task: just started
+    usage = [u for u in gather_usage(budgets, now) if u.job_id not in me]
     for b in budgets:
         used = consumed(b, usage, now)
         if used >= b.limit:
             return Hold(b, used)
     return None
+
+
+def _array_task_id() -> str | None:
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else None
 
 
 def _scontrol(*args: str) -> str | None:

@@ -221,7 +221,7 @@ def test_refused_launch_submits_nothing_and_estimate_says_so(workdir: Path) -> N
     args = ["resources.tasks_per_node=1", "resources.time=00:30:00", "job.epochs=1"]
     proc = hpc_launch(args, workdir, **env)
     assert proc.returncode == 77, proc.stderr
-    (line,) = [ln for ln in proc.stderr.splitlines() if "error" in ln]
+    (line,) = proc.stderr.strip().splitlines()  # one line, nothing else
     assert line == (
         f"hpc-launch: error: budget tiny (every job; total, {workdir / 'budgets.yaml'}): refused: "
         "consumed 0.00 EUR + estimate 0.50 EUR > limit 0.40 EUR; nothing submitted"
