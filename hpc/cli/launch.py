@@ -134,11 +134,10 @@ def cost_check(
     """Print the estimate (and budget warnings); the exit code when a budget refuses
     (or the budgets file is bad), else None: go on."""
     from hpc.cost.guard import before_submit  # noqa: PLC0415 (lazy: budgets only here)
-    from hpc.cost.model import CostInputError  # noqa: PLC0415
 
     try:
         guard = before_submit(configs, sweep=sweep)
-    except CostInputError as exc:
+    except ValueError as exc:  # hpc.cost.model.CostInputError: names the file and key
         err(f"error: {exc}")
         return 2
     if guard.refused is not None and not dry_run:  # one line: budget, consumed, estimate, limit

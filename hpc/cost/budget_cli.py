@@ -117,7 +117,7 @@ def cmd_budgets(argv: list[str]) -> int:
     store = _take(args, "--store")
     if args:
         raise ConfigError(args[0], f"unknown argument ({USAGE_BUDGETS})")
-    from hpc.cost.budgets import budget_files  # noqa: PLC0415
+    from hpc.cost.estimate import budget_files  # noqa: PLC0415
 
     files = budget_files()
     budgets = load_budgets(files)

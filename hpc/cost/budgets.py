@@ -34,12 +34,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hpc.cost.estimate import Estimate, Figure, fmt_figure, row_figure
+from hpc.cost.estimate import Estimate, Figure, budget_files, fmt_figure, row_figure
 from hpc.cost.model import CostInputError
 from hpc.cost.prices import PriceTable, load_prices
 
-BUDGETS_VARIABLE = "HPC_BUDGETS"
-BUDGETS_FILE = "budgets.yaml"
 PERIODS = ("month", "quarter", "total")
 POLICIES = ("warn", "refuse")
 MATCH_KEYS = ("account", "user", "project", "sweep")
@@ -102,15 +100,6 @@ class Budget:
             return f"{amount:.4g} GPU-h"
         currency = self.prices.currency if self.prices else ""
         return f"{amount:.2f}{' ' + currency if currency else ''}"
-
-
-def budget_files() -> list[Path]:
-    env = os.environ.get(BUDGETS_VARIABLE)
-    if env is not None:
-        return [Path(p) for p in env.split(":") if p]
-    from hpc.spec.sources import profile_dirs  # noqa: PLC0415
-
-    return [Path(d) / BUDGETS_FILE for _, d in profile_dirs() if (Path(d) / BUDGETS_FILE).is_file()]
 
 
 def load_budgets(paths: list[Path] | None = None, prices: PriceTable | None = None) -> list[Budget]:

@@ -17,10 +17,13 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hpc.cost.budgets import Budget, consumed, gather_usage, load_budgets
+from hpc.cost.estimate import budget_files
 from hpc.cost.guard import job_key
+
+if TYPE_CHECKING:
+    from hpc.cost.budgets import Budget
 from hpc.files import write_atomic
 
 HOLD_FILE = "budget_hold.json"
@@ -42,8 +45,13 @@ class Hold:
 def reached(config: dict[str, Any], now: datetime | None = None) -> Hold | None:
     """The first holding budget of this sweep task's config that is spent, if any (what
     this task itself used so far, a moment since its start, is left out)."""
+    files = budget_files()
+    if not files:
+        return None
+    from hpc.cost.budgets import consumed, gather_usage, load_budgets  # noqa: PLC0415 (pyarrow)
+
     key = job_key(config, sweep=True)
-    budgets = [b for b in load_budgets() if b.hold and b.matches(key)]
+    budgets = [b for b in load_budgets(files) if b.hold and b.matches(key)]
     if not budgets:
         return None
     now = now or datetime.now(UTC)

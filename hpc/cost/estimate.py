@@ -24,9 +24,10 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hpc.cost.prices import PriceTable, load_prices
+if TYPE_CHECKING:  # hpc.cost.prices imports pyarrow (via hpc.cost.model): only when priced
+    from hpc.cost.prices import PriceTable
 
 TYPICAL_RUNS = 10
 PRICES_VARIABLE = "HPC_COST_PRICES"
@@ -154,18 +155,31 @@ def request_of(config: Mapping[str, Any], time_s: int | None) -> Request:
 def find_prices(explicit: str | Path | None = None) -> PriceTable | None:
     """The price table: ``explicit``, else ``$HPC_COST_PRICES``, else the first
     ``prices.yaml`` of the profile dirs (user, then site); None when there is none."""
-    if explicit:
-        return load_prices(explicit)
-    env = os.environ.get(PRICES_VARIABLE)
-    if env:
-        return load_prices(env)
-    from hpc.spec.sources import profile_dirs  # noqa: PLC0415 (lazy: light, but only here)
+    path: str | Path | None = explicit or os.environ.get(PRICES_VARIABLE)
+    if not path:
+        from hpc.spec.sources import profile_dirs  # noqa: PLC0415
 
-    for _, directory in profile_dirs():
-        path = Path(directory) / PRICES_FILE
-        if path.is_file():
-            return load_prices(path)
-    return None
+        found = [Path(d) / PRICES_FILE for _, d in profile_dirs()]
+        path = next((p for p in found if p.is_file()), None)
+    if not path:
+        return None
+    from hpc.cost.prices import load_prices  # noqa: PLC0415 (lazy: pyarrow, see above)
+
+    return load_prices(path)
+
+
+BUDGETS_VARIABLE = "HPC_BUDGETS"
+BUDGETS_FILE = "budgets.yaml"
+
+
+def budget_files() -> list[Path]:
+    """``$HPC_BUDGETS`` (``:``-separated), else ``budgets.yaml`` in each profile dir."""
+    env = os.environ.get(BUDGETS_VARIABLE)
+    if env is not None:
+        return [Path(p) for p in env.split(":") if p]
+    from hpc.spec.sources import profile_dirs  # noqa: PLC0415
+
+    return [Path(d) / BUDGETS_FILE for _, d in profile_dirs() if (Path(d) / BUDGETS_FILE).is_file()]
 
 
 def parse_billing_weights(text: str) -> dict[str, float]:
@@ -267,13 +281,19 @@ def median_figure(figures: list[Figure]) -> Figure:
     )
 
 
+def store_file() -> Path:
+    """:func:`hpc.cost.store.default_path`, without importing the store (pyarrow, duckdb)."""
+    from hpc.rundir.records import state_dir  # noqa: PLC0415
+
+    env = os.environ.get("HPC_COST_STORE")
+    return Path(env) if env else state_dir() / "cost.duckdb"
+
+
 def typical_from_store(
     name: str, user: str | None, prices: PriceTable | None, store_path: str | Path | None = None
 ) -> tuple[Figure | None, int]:
     """The median of the last TYPICAL_RUNS finished runs of ``name`` by ``user``."""
-    from hpc.cost.store import default_path  # noqa: PLC0415 (lazy: duckdb only with a store)
-
-    path = Path(store_path) if store_path else default_path()
+    path = Path(store_path) if store_path else store_file()
     if not path.exists():
         return None, 0
     rows = _stored_runs(path, name, user)

@@ -11,11 +11,21 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hpc.cost.budgets import Verdict, check, gather_usage, load_budgets
-from hpc.cost.estimate import Estimate, Request, current_user, estimate, find_prices, request_of
+from hpc.cost.estimate import (
+    Estimate,
+    Request,
+    budget_files,
+    current_user,
+    estimate,
+    find_prices,
+    request_of,
+)
 from hpc.spec.rules import parse_time_limit
+
+if TYPE_CHECKING:  # hpc.cost.budgets imports pyarrow (via hpc.cost.model): only with a file
+    from hpc.cost.budgets import Verdict
 
 
 @dataclass
@@ -55,12 +65,20 @@ def before_submit(
     Raises CostInputError (naming the file and key) for a bad budgets or prices file.
     """
     items = list(configs)
-    budgets = load_budgets() if check_budgets else []
+    files = budget_files() if check_budgets else []
+    if files:
+        from hpc.cost.budgets import check, gather_usage, load_budgets  # noqa: PLC0415
+
+        budgets = load_budgets(files)
+    else:
+        budgets = []
     prices = next((b.prices for b in budgets if b.prices is not None), None) or find_prices()
     est = estimate([(request_for(c), n) for c, n in items], prices)
     guard = Guard(est)
     if not budgets or not items:
         return guard
+    from hpc.cost.budgets import check, gather_usage  # noqa: PLC0415
+
     now = now or datetime.now(UTC)
     key = job_key(items[0][0], sweep)
     matching = [b for b in budgets if b.matches(key)]
