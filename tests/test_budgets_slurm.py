@@ -76,10 +76,10 @@ def test_capped_sweep_holds_its_pending_tasks(workdir: Path) -> None:
         jobs: list[str] = []
         while time.monotonic() < deadline:
             jobs = queued(name)
-            if len(jobs) == 2 and all("|PENDING|" in j and "Held" in j for j in jobs):
+            if len(jobs) == 2 and all("|PENDING|" in j and "held" in j.lower() for j in jobs):
                 break
             time.sleep(1)
-        assert len(jobs) == 2 and all("|PENDING|" in j and "Held" in j for j in jobs), jobs
+        assert len(jobs) == 2 and all("|PENDING|" in j and "held" in j.lower() for j in jobs), jobs
         status = hpc(["status", array_id, "--json"], workdir, **env)
         data = json.loads(status.stdout)
         assert data["budget_hold"]["budget"] == "cap", status.stdout
