@@ -98,9 +98,11 @@ def hold_sweep(sweep_dir: Path, hold: Hold, job_id: str | None) -> list[str]:
         "limit": hold.budget.limit,
         "message": hold.line(),
         "arrays": arrays,
-        "held_by_task": job_id,
+        "held_by_task": _array_task_id() or job_id,
     }
     write_atomic(sweep_dir / HOLD_FILE, json.dumps(record, indent=2) + "\n")
+    # ARRAY_TASK, not $SLURM_JOB_ID: requeueing the latter inside a task hits the whole array
+    job_id = _array_task_id() or job_id
     if job_id:
         why = _scontrol("requeuehold", job_id)
         if why:
