@@ -72,18 +72,20 @@ def test_capped_sweep_holds_its_pending_tasks(workdir: Path) -> None:
         assert "estimate for 3 tasks: at most 0 GPU-h, 0.25 CPU-h, 9000.00 EUR" in proc.stderr
         assert "budget cap (sweep=" in proc.stderr and "warning" in proc.stderr
         assert wait_for_job(f"{array_id}_0", timeout=60) == "COMPLETED"
+        # Held at the next task's start (or the one after, when slurmdbd had not yet
+        # recorded task 0 when task 1 looked): every task left is pending, held.
         deadline = time.monotonic() + 60
         jobs: list[str] = []
         while time.monotonic() < deadline:
             jobs = queued(name)
-            if len(jobs) == 2 and all("|PENDING|" in j and "held" in j.lower() for j in jobs):
+            if jobs and all("|PENDING|" in j and "held" in j.lower() for j in jobs):
                 break
             time.sleep(1)
-        assert len(jobs) == 2 and all("|PENDING|" in j and "held" in j.lower() for j in jobs), jobs
+        assert jobs and all("|PENDING|" in j and "held" in j.lower() for j in jobs), jobs
         status = hpc(["status", array_id, "--json"], workdir, **env)
         data = json.loads(status.stdout)
         assert data["budget_hold"]["budget"] == "cap", status.stdout
-        assert data["counts"]["done"] == 1
+        assert data["counts"]["done"] >= 1 and data["counts"]["done"] + len(jobs) == 3
         text = hpc(["status", array_id], workdir, **env).stdout
         assert "held: budget cap (sweep=" in text and "reached: consumed" in text
         assert f"scontrol release {array_id}" in text
