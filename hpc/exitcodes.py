@@ -9,12 +9,17 @@ FAILED_HANG = 76
 # The idle policy (accounting.idle, action stop) ended the job: a GPU was idle for a whole
 # window; it checkpointed first. State COMPLETED_IDLE: not a failure, not requeued.
 COMPLETED_IDLE = 77
+# hpc-launch refused to submit: a budget (budgets.yaml, policy refuse) would be exceeded
+# (EX_NOPERM). Nothing was submitted; one line names the budget (hpc.cost.guard).
 # A node failed the pre-flight check (hpc.runtime.preflight) before any rank started:
 # the node is named in job.json and joins the run's exclusion list. State FAILED_PREFLIGHT.
 PREFLIGHT_FAILED = 78
 # Reserved: a node of the job was lost during the run (state NODE_LOST); nothing ends
 # a job with it yet.
 NODE_LOST = 79
+# hpc-launch refused to submit: a budget (budgets.yaml, policy refuse) would be exceeded.
+# Nothing was submitted; one line names the budget (hpc.cost.guard).
+BUDGET_REFUSED = 80
 
 
 def shell_code(returncode: int) -> int:

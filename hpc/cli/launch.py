@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from hpc.backend import NotSupported, SubmitError
+from hpc.exitcodes import BUDGET_REFUSED
 from hpc.registry import get_launcher
 from hpc.rundir import records
 from hpc.spec.compose import EMBEDDED
@@ -83,7 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def launch(
-    overrides: Sequence[str], show_cfg: bool = False, source: ConfigSource = EMBEDDED
+    overrides: Sequence[str],
+    show_cfg: bool = False,
+    source: ConfigSource = EMBEDDED,
+    check_budget: bool = True,
 ) -> int:
     try:
         spec = load_spec(overrides, source=source)
@@ -98,7 +102,15 @@ def launch(
     if show_cfg:
         sys.stdout.write(spec.config_yaml())
         return 0
-    if spec.config.get("dry_run"):
+    dry_run = bool(spec.config.get("dry_run"))
+    estimate: list[str] = []
+    if check_budget:
+        refused, estimate = cost_check([(spec.config, 1)], dry_run=dry_run, sweep=False)
+        if refused is not None:
+            return refused
+    if dry_run:
+        for line in estimate:
+            err(line)
         sys.stdout.write(plan.text)
         show_config(spec)
         show_placement(spec, launcher.follows_by_default)
@@ -114,9 +126,32 @@ def launch(
         err(f"error: {spec.launcher} rejected the job: {exc}")
         return 1
     err(f"{handle.job_id}: started, run directory {handle.run_dir}")
+    for line in estimate:  # after the submit: a rejected job gets its one error line only
+        err(line)
     if not launcher.follows_by_default and not spec.config.get("wait"):
         return 0
     return follow(handle, spec.name)
+
+
+def cost_check(
+    configs: list[tuple[dict[str, object], int]], dry_run: bool, sweep: bool
+) -> tuple[int | None, list[str]]:
+    """The exit code when a budget refuses (or the budgets file is bad; its one error line
+    is printed), else None: go on; and the estimate and budget lines to show."""
+    from hpc.cost.guard import before_submit  # noqa: PLC0415 (lazy: budgets only here)
+
+    try:
+        guard = before_submit(configs, sweep=sweep)
+    except ValueError as exc:  # hpc.cost.model.CostInputError: names the file and key
+        err(f"error: {exc}")
+        return 2, []
+    if guard.refused is not None and not dry_run:  # one line: budget, consumed, estimate, limit
+        err(f"error: {guard.refused.line()}; nothing submitted")
+        return BUDGET_REFUSED, []
+    lines = list(guard.lines())
+    if guard.refused is not None:
+        lines.append(f"note: a submit would be refused: {guard.refused.line()}")
+    return None, lines
 
 
 def show_config(spec: JobSpec) -> None:
@@ -223,9 +258,22 @@ def run_sweep(overrides: Sequence[str], source: ConfigSource = EMBEDDED) -> int:
     except KeyError as exc:
         err(f"error: cluster: {exc.args[0]}")
         return 2
+    dry_run = bool(first.config.get("dry_run"))
+    counts: dict[tuple[str, ...], int] = {}
+    for t in plan.tasks:
+        counts[t.shape] = counts.get(t.shape, 0) + 1
+    refused, estimate = cost_check(
+        [(spec.config, counts.get(shape, 0)) for shape, spec in plan.shapes.items()],
+        dry_run=dry_run,
+        sweep=True,
+    )
+    if refused is not None:
+        return refused
+    for line in estimate:
+        err(line)
     try:
-        task = functools.partial(launch, source=source)
-        return launcher.submit_sweep(plan, bool(first.config.get("dry_run")), task)
+        task = functools.partial(launch, source=source, check_budget=False)
+        return launcher.submit_sweep(plan, dry_run, task)
     except ConfigError as exc:  # a backend's refusal while rendering, before any submit
         err(f"error: {exc}")
         return 2

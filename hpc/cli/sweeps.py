@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hpc.cli.jobs import refresh_states
+from hpc.cost.cap import read_hold
 from hpc.rundir import records
 from hpc.states import CATEGORIES, category
 
@@ -97,6 +98,7 @@ class SweepStatus:
         self.sweep: dict[str, Any] = {}
         self.tasks: list[TaskView] = []
         self.warnings: list[str] = []
+        self.hold: dict[str, Any] | None = None  # budget_hold.json (hpc.cost.cap)
         self._clients: dict[str, Any] = {}
         self._final_metrics: dict[int, dict[str, float]] = {}
         self._mlflow_failed = False
@@ -104,6 +106,7 @@ class SweepStatus:
     def refresh(self) -> None:
         self.warnings = []
         self.sweep = json.loads((self.sweep_dir / SWEEP_FILE).read_text(encoding="utf-8"))
+        self.hold = read_hold(self.sweep_dir)
         self.tasks = []
         for entry in self.sweep.get("tasks", []):
             job_id = (
@@ -237,6 +240,7 @@ class SweepStatus:
                 for t in self.tasks
             ],
             "warnings": self.warnings,
+            "budget_hold": self.hold,
         }
 
 
@@ -312,6 +316,15 @@ def render(status: SweepStatus, mode: str) -> Any:
         )
     else:
         parts.append(Text(f"best {status.metric} ({mode}): no task has logged it yet"))
+    if status.hold:
+        arrays = " ".join(map(str, status.hold.get("arrays") or [])) or "ARRAY"
+        parts.append(
+            Text(
+                f"held: {status.hold.get('message')}; pending tasks are held, not lost "
+                f"(scontrol release {arrays} to go on)",
+                style="bold red",
+            )
+        )
     parts += [Text(f"warning: {w}", style="yellow") for w in status.warnings]
     return Group(*parts)
 

@@ -4,6 +4,8 @@
                     [--accounting DIR ...] [--live] [--prices FILE] [--start T] [--end T]
                     [--by user|account|partition|day|job] [--format table|csv|json|html]
                     [--out PATH] [--store [PATH]] [--cluster NAME]
+    hpc cost estimate [-m] [key=value ...]      (hpc.cost.budget_cli)
+    hpc cost budgets [--json]                   (hpc.cost.budget_cli)
     hpc cost ingest [--sacct FILE ...] [--live [--lookback DAYS | --start T --end T]]
                     [--accounting DIR ...] [--store PATH] [--cluster NAME]
 
@@ -67,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    for name, text in (("estimate", "estimate a job's cost"), ("budgets", "budget states")):
+        sub.add_parser(name, help=f"{text} (hpc cost {name} --help)", add_help=False)
     rep = sub.add_parser(
         "report",
         help="aggregate and price allocations",
@@ -354,9 +358,14 @@ def _tune_arrow() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``main(["report", "--sacct", "f.psv", "--format", "json"])``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("estimate", "budgets"):  # their own module (hpc.cost.budget_cli)
+        from hpc.cost.budget_cli import main as budget_main  # noqa: PLC0415
+
+        return budget_main(argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        args = parser.parse_args(argv)
         if args.command in ("report", "ingest"):
             _without_pandas()
             _tune_arrow()

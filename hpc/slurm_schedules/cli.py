@@ -303,6 +303,8 @@ def _history_line(entry: dict[str, Any]) -> str:
     elif entry.get("launched_job"):
         what = f"job {entry['launched_job']}"
     status = "ok" if entry.get("exit_code") == 0 else f"[red]{entry.get('error', 'failed')}[/red]"
+    if entry.get("skipped"):
+        status = f"[yellow]skipped: {entry['skipped']}[/yellow]"
     return f"{_fmt_time(entry.get('time'))} {what} {status}".replace("  ", " ")
 
 

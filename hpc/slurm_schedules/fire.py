@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 
+from hpc.exitcodes import BUDGET_REFUSED
 from hpc.launchers.slurm import client
 from hpc.slurm_schedules import cron, resubmit, store
 
@@ -116,7 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     found = re.search(r"^(\S+): started, run directory (\S+)", err, re.M)
     if found:
         entry["launched_job"], entry["run_dir"] = found.group(1), found.group(2)
-    if code != 0:
+    if code == BUDGET_REFUSED:  # a spent budget: this occurrence is skipped, not failed
+        errors = [ln for ln in err.splitlines() if "budget" in ln]
+        entry["skipped"] = (errors[-1] if errors else "a budget is spent").removeprefix(
+            "hpc-launch: error: "
+        )
+    elif code != 0:
         errors = [ln for ln in err.splitlines() if ln.strip()]
         entry["error"] = errors[-1] if errors else f"hpc-launch exit code {code}"
     with store.locked():

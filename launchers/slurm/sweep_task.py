@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from hpc.credentials import ENV_FILE, write_env_file
+from hpc.exitcodes import BUDGET_REFUSED
 from hpc.files import write_atomic
 from hpc.launchers.slurm.job_steps import slurm_job_id
 from hpc.rundir import records
@@ -58,11 +59,30 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m hpc.launchers.slurm.sweep_task SWEEP_DIR INDEX", file=sys.stderr)
         return 2
     try:
-        prepare(Path(args[0]), int(args[1]))
+        run_dir = prepare(Path(args[0]), int(args[1]))
     except (ConfigError, FileNotFoundError, IndexError, KeyError, ValueError) as exc:
         print(f"hpc-launch: sweep task {args[1]}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return budget_cap(Path(args[0]), run_dir, args[1])
+
+
+def budget_cap(sweep_dir: Path, run_dir: Path, index: str) -> int:
+    """A spent ``hold: true`` budget holds the sweep (hpc.cost.cap): exit BUDGET_REFUSED."""
+    from hpc.cost import cap  # noqa: PLC0415 (lazy: budgets only where a file exists)
+    from hpc.cost.model import CostInputError  # noqa: PLC0415
+
+    try:
+        hold = cap.reached(records.read_run_config(run_dir / "config.yaml"))
+    except CostInputError as exc:  # a bad budgets file must not stop the sweep
+        print(f"hpc-launch: sweep task {index}: warning: budgets: {exc}", file=sys.stderr)
+        return 0
+    if hold is None:
+        return 0
+    print(f"hpc-launch: sweep task {index}: {hold.line()}; holding the sweep", flush=True)
+    for problem in cap.hold_sweep(sweep_dir, hold, os.environ.get("SLURM_JOB_ID")):
+        print(f"hpc-launch: sweep task {index}: warning: {problem}", file=sys.stderr)
+    records.update(run_dir, state="PENDING", message=hold.line())
+    return BUDGET_REFUSED
 
 
 if __name__ == "__main__":

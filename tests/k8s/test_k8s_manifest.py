@@ -65,8 +65,9 @@ def normalise(text: str, workdir: Path) -> str:
 def plan_text(workdir: Path, overrides: list[str]) -> str:
     proc = hpc_launch([*overrides, "dry_run=true", f"run_dir={workdir}/run-1"], workdir)
     assert proc.returncode == 0, proc.stderr
-    # stderr: the composed job section only (no warnings)
-    header, *rest = proc.stderr.splitlines()
+    # stderr: the cost estimate, then the composed job section (no warnings)
+    estimate, header, *rest = proc.stderr.splitlines()
+    assert estimate.startswith("hpc-launch: estimate: at most "), proc.stderr
     assert header.startswith("hpc-launch: config: job and your own keys"), proc.stderr
     assert all(line.startswith("  ") for line in rest), proc.stderr
     return proc.stdout
