@@ -39,7 +39,7 @@ def python_dirs() -> list[str]:
     """The venv, the interpreter's own prefix, and where ``hpc`` is imported from."""
     repo = str(Path(hpc.__file__).resolve().parent.parent)
     dirs = [sys.prefix, sys.base_prefix, str(Path(sys.executable).resolve().parent.parent), repo]
-    return _outermost(d for d in dirs if not d.startswith(("/usr/", "/etc/")) and d != "/usr")
+    return sorted({d for d in dirs if not d.startswith(("/usr/", "/etc/")) and d != "/usr"})
 
 
 def _under(path: str, dirs: Iterable[str]) -> bool:
@@ -88,7 +88,8 @@ def build(bundle: Path, same_path: Iterable[str]) -> Path:
     ]
     writable = _outermost(str(Path(p).resolve()) for p in same_path)
     mounts += [_bind(path, writable=True) for path in writable]
-    mounts += [_bind(path) for path in python_dirs() if not _under(path, writable)]
+    # Nested binds are fine (a checkout's .venv inside it): mounted in this order.
+    mounts += [_bind(path) for path in sorted(python_dirs(), key=len) if not _under(path, writable)]
     config = {
         "ociVersion": "1.0.2",
         "process": {

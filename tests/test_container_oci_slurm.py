@@ -44,11 +44,16 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def test_runtime_found_through_the_bundles_bind_mounts(bundle: Path) -> None:
+def test_runtime_found_through_the_bundles_bind_mounts(bundle: Path, tmp_path: Path) -> None:
     config = json.loads((bundle / "config.json").read_text())
     binds = [(m["destination"], m["source"]) for m in config["mounts"] if m["type"] == "bind"]
     assert not has_runtime(bundle / "rootfs")  # an empty rootfs: the venv is bound into it
     assert has_runtime(bundle / "rootfs", binds)
+    # A clean clone: the checkout bound at its path, its .venv in it.
+    clone = tmp_path / "clone"
+    (clone / ".venv/lib/python3.11/site-packages/hpc_launch-0.1.0.dist-info").mkdir(parents=True)
+    assert has_runtime(bundle / "rootfs", [(str(clone), str(clone))])
+    assert not has_runtime(bundle / "rootfs", [("/opt/x", str(tmp_path / "nothing"))])
 
 
 def test_slurm_22_05_takes_one_container_task_per_node() -> None:

@@ -319,9 +319,10 @@ _RUNTIME_IN_IMAGE = (
     "/usr/local/lib/python3*/*-packages/hpc_launch-*.dist-info",
     "/opt/*/lib/python3*/site-packages/hpc_launch-*.dist-info",
 )
-_RUNTIME_IN_PREFIX = (
-    "lib/python3*/site-packages/hpc/run.py",
-    "lib/python3*/site-packages/hpc_launch-*.dist-info",
+_RUNTIME_IN_PREFIX = tuple(
+    f"{venv}lib/python3*/site-packages/{what}"
+    for venv in ("", "*/", ".*/")  # the bound dir is the venv, or holds it (a checkout's .venv)
+    for what in ("hpc/run.py", "hpc_launch-*.dist-info")
 )
 
 
