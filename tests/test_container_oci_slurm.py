@@ -31,7 +31,8 @@ from support import REPO, cli_env, hpc_launch
 
 # 2 ranks: 23 steps per epoch, only stop and final checkpoints (as test_preemption_slurm).
 EPOCHS = 60
-SHORT = [f"job.epochs={EPOCHS}", "checkpoint.every_steps=100000"]
+SHORT = [f"job.epochs={EPOCHS}", "checkpoint.every_steps=100000", "job.name=oci-digits"]
+NAME = "oci-digits"  # the Slurm job name (this suite's prefix) and the outputs dir
 # The worktree's code on both sides of the container (the bundle binds REPO read-only).
 CODE = {"PYTHONPATH": str(REPO)}
 
@@ -121,7 +122,7 @@ def test_digits_in_an_oci_container_on_two_nodes_preempted_resumes_once(
     require_cluster(min_nodes=2)
     # The acceptance command as written: 22.05 refuses 2 tasks per node in a container.
     image = ["cluster=slurm", "container.runtime=oci", f"container.image={bundle}"]
-    refused = hpc_launch([*image, "resources.nodes=2"], workdir, **CODE)
+    refused = hpc_launch([*image, "resources.nodes=2", f"job.name={NAME}"], workdir, **CODE)
     assert refused.returncode == 2, refused.stderr
     assert "resources.tasks_per_node: 2: Slurm 22.05" in refused.stderr
     assert not (workdir / "outputs").exists() or not any((workdir / "outputs").rglob("job.json"))
@@ -140,7 +141,7 @@ def test_digits_in_an_oci_container_on_two_nodes_preempted_resumes_once(
         [*image, "resources.nodes=2", "resources.tasks_per_node=1", *SHORT], workdir, **CODE
     )
     assert proc.returncode == 0, proc.stderr
-    run_dir = only_run_dir(workdir)
+    run_dir = only_run_dir(workdir, NAME)
     rec = json.loads((run_dir / "job.json").read_text())
     job_id = str(rec["job_id"])
     jobs.append(job_id)
@@ -169,7 +170,7 @@ def test_digits_in_an_oci_container_on_two_nodes_preempted_resumes_once(
     assert rec["state"] == "COMPLETED" and rec["extra"]["restart_count"] == 1
     assert rec["extra"]["last_interruption"] == "preemption"
     assert reference.wait(timeout=120) == 0, reference.stderr.read() if reference.stderr else ""
-    ref_run = only_run_dir(ref_dir)
+    ref_run = only_run_dir(ref_dir, NAME)
     assert_bitwise_equal(final_model(run_dir), final_model(ref_run))
     losses = loss_history(run_dir, f"sqlite:///{workdir / 'mlflow.db'}")
     assert [s for s, _ in losses] == list(range(1, EPOCHS * 23 + 1)), "each step exactly once"
