@@ -14,6 +14,7 @@ runtime cannot be checked without running it; an OCI bundle's rootfs is looked a
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from dataclasses import dataclass, field
@@ -213,6 +214,24 @@ def _pip_install(
 
 
 # -- validation (may read the filesystem: local images and bundles) --------------------------
+def check_slurm(cfg: dict[str, Any], version: str | None) -> None:
+    """At submit, with the cluster's Slurm version (``None``: unknown, nothing to say).
+
+    Slurm 22.05's slurmstepd runs one task per node in a ``--container`` step: it
+    refuses more ("_modify_config: unexpected number of tasks 2 > 1"); 23.02 runs several."""
+    if container.runtime(cfg) != "oci" or not version:
+        return
+    tasks = int(cfg["resources"]["tasks_per_node"])
+    major, _, minor = version.partition(".")
+    if tasks > 1 and (int(major), int(minor or 0)) < (23, 2):
+        raise ConfigError(
+            "resources.tasks_per_node",
+            f"{tasks}: Slurm {version} runs one task per node in a --container step "
+            "(slurmstepd refuses more); set resources.tasks_per_node=1 (and resources.nodes), "
+            "or use Slurm >= 23.02",
+        )
+
+
 def validate(cfg: dict[str, Any]) -> None:
     kind = container.runtime(cfg)
     if kind == "none":
@@ -259,6 +278,7 @@ def _validate_bundle(cfg: dict[str, Any], bundle: str) -> None:
             if str(m.get("source", "")) == str(m.get("destination", ""))
         ]
         rootfs = path / str((config.get("root") or {}).get("path") or "rootfs")
+        binds = bind_mounts(config)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ConfigError(
             "container.image", f"{bundle}/config.json does not read ({exc})"
@@ -281,7 +301,7 @@ def _validate_bundle(cfg: dict[str, Any], bundle: str) -> None:
             "container.install",
             f"host: {bundle}/config.json must bind {framework_root()} at the same path",
         )
-    if install == "none" and not has_runtime(rootfs):
+    if install == "none" and not has_runtime(rootfs, binds):
         raise ConfigError(
             "container.image",
             f"{rootfs} has no hpc-launch runtime (no hpc package in its site-packages): "
@@ -289,14 +309,49 @@ def _validate_bundle(cfg: dict[str, Any], bundle: str) -> None:
         )
 
 
-def has_runtime(rootfs: Path) -> bool:
-    """Whether a rootfs holds the ``hpc`` package (or an installed hpc-launch)."""
-    patterns = (
-        "usr/lib/python3*/*-packages/hpc/run.py",
-        "usr/local/lib/python3*/*-packages/hpc/run.py",
-        "opt/*/lib/python3*/site-packages/hpc/run.py",
-        "usr/lib/python3*/*-packages/hpc_launch-*.dist-info",
-        "usr/local/lib/python3*/*-packages/hpc_launch-*.dist-info",
-        "opt/*/lib/python3*/site-packages/hpc_launch-*.dist-info",
-    )
-    return any(next(rootfs.glob(p), None) is not None for p in patterns)
+# Where an image keeps the ``hpc`` package (container paths), and, below a bound directory
+# (a venv or an install prefix mounted from the host), where a prefix keeps it.
+_RUNTIME_IN_IMAGE = (
+    "/usr/lib/python3*/*-packages/hpc/run.py",
+    "/usr/local/lib/python3*/*-packages/hpc/run.py",
+    "/opt/*/lib/python3*/site-packages/hpc/run.py",
+    "/usr/lib/python3*/*-packages/hpc_launch-*.dist-info",
+    "/usr/local/lib/python3*/*-packages/hpc_launch-*.dist-info",
+    "/opt/*/lib/python3*/site-packages/hpc_launch-*.dist-info",
+)
+_RUNTIME_IN_PREFIX = tuple(
+    f"{venv}lib/python3*/site-packages/{what}"
+    for venv in ("", "*/", ".*/")  # the bound dir is the venv, or holds it (a checkout's .venv)
+    for what in ("hpc/run.py", "hpc_launch-*.dist-info")
+)
+
+
+def bind_mounts(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(destination, source)`` of a bundle config's bind mounts."""
+    out = []
+    for m in config.get("mounts") or []:
+        options = [str(o) for o in m.get("options") or []]
+        if m.get("type") == "bind" or "bind" in options or "rbind" in options:
+            out.append((str(m["destination"]).rstrip("/") or "/", str(m.get("source", ""))))
+    return out
+
+
+def has_runtime(rootfs: Path, binds: list[tuple[str, str]] | None = None) -> bool:
+    """Whether a bundle holds the ``hpc`` package (or an installed hpc-launch): in its
+    rootfs, or in a host directory its config.json binds (``/usr``, a venv ...)."""
+    binds = binds or []
+
+    def on_host(inside: str) -> str:
+        best = max(
+            (d for d, _ in binds if inside == d or inside.startswith(d.rstrip("/") + "/")),
+            key=len,
+            default=None,
+        )
+        if best is None:
+            return str(rootfs) + inside
+        source = dict(binds)[best]
+        return source + inside[len(best.rstrip("/")) :]
+
+    candidates = [on_host(p) for p in _RUNTIME_IN_IMAGE]
+    candidates += [f"{source}/{p}" for _, source in binds for p in _RUNTIME_IN_PREFIX]
+    return any(glob.glob(c) for c in candidates)
