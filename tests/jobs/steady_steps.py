@@ -26,6 +26,10 @@ SLOW_RANK = int(os.environ.get("SLOW_RANK", "-1"))
 with Session.from_env() as s:
     resumed = s.resume()
     start = resumed.step if resumed else 0
+    print(
+        f"rank {s.rank} starts after step {start} on {os.environ.get('SLURMD_NODENAME', '-')}",
+        flush=True,
+    )
     time.sleep(FIRST_STEP_DELAY_S)
     for step in range(start + 1, STEPS + 1):
         value = torch.ones(1)
