@@ -25,6 +25,7 @@ adds the previous attempt's unresponsive nodes to the list (:func:`nodes_down`).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -59,6 +60,7 @@ def probe(nodes: list[str], timeout_s: float) -> dict[str, str]:
                 "--nodes=1",
                 "--ntasks=1",
                 f"--nodelist={node}",
+                "--overlap",  # what the failed step may still hold on a node is no obstacle
                 "--kill-on-bad-exit=0",
                 "true",
             ],
@@ -107,6 +109,10 @@ def clean_environment(env: Mapping[str, str], count: int) -> dict[str, str]:
 
 
 def queue_successor(run_dir: Path, excluded: list[str], count: int) -> str:
+    """A successor that excludes the lost nodes and starts once this job has ended; then
+    this job is no longer Slurm's to requeue (the lost node going DOWN while this shell
+    still runs would requeue it as NODE_FAIL). Should Slurm requeue it first all the
+    same, the successor waits for its end (afterany) and finds the run finished."""
     job_id = os.environ.get("SLURM_JOB_ID", "")
     proc = subprocess.run(
         ["sbatch", "--parsable", f"--exclude={','.join(excluded)}",
@@ -116,6 +122,12 @@ def queue_successor(run_dir: Path, excluded: list[str], count: int) -> str:
     )  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"sbatch: {proc.stderr.strip() or proc.returncode}")
+    no_requeue = subprocess.run(
+        ["scontrol", "update", f"JobId={job_id}", "Requeue=0"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    if no_requeue.returncode != 0:
+        print(f"hpc-launch: warning: scontrol update Requeue=0: {no_requeue.stderr.strip()}")
     return proc.stdout.strip().split(";")[0]
 
 
@@ -196,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m hpc.launchers.slurm.nodeloss RUN_DIR PROBE_TIMEOUT_S",
               file=sys.stderr)  # fmt: skip
         return 2
+    # Slurm may end this job meanwhile (the lost node marked DOWN): SIGTERM, and SIGKILL
+    # KillWait later. The decision, a few seconds, is finished in between (a handler, not
+    # SIG_IGN: the probes and sbatch keep the default).
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         return decide(Path(args[0]), float(args[1]))
     except (OSError, ValueError, KeyError) as exc:
