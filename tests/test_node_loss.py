@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hpc.launchers.slurm import nodeloss
+from hpc.launchers.slurm import nodeloss, reason
 
 # srun fails on the nodes in $LOST, hangs on those in $SILENT; sbatch and scontrol
 # record their arguments (and sbatch a few variables of its environment).
@@ -30,11 +30,16 @@ echo "4242;testcluster"
 """
 SCONTROL = """#!/bin/bash
 echo "scontrol $*" >>"$REC"
+if [ "$1 $2" = "show job" ]; then
+  echo "JobId=100 JobName=nl-unit JobState=PENDING Reason=BeginTime Restarts=1 Requeue=1"
+fi
 if [ "$1 $2" = "show node" ]; then
-  echo "NodeName=n1 Arch=x86_64 CPUTot=2 State=IDLE ThreadsPerCore=1"
-  echo "NodeName=n2 Arch=x86_64 CPUTot=2 State=DOWN+NOT_RESPONDING ThreadsPerCore=1"
-  echo "NodeName=n3 Arch=x86_64 CPUTot=2 State=MIXED* ThreadsPerCore=1"
-  echo "NodeName=n4 Arch=x86_64 CPUTot=2 State=ALLOCATED ThreadsPerCore=1"
+  for n in ${4//,/ }; do case $n in
+    n1) echo "NodeName=n1 Arch=x86_64 CPUTot=2 State=IDLE ThreadsPerCore=1" ;;
+    n2) echo "NodeName=n2 Arch=x86_64 CPUTot=2 State=DOWN+NOT_RESPONDING ThreadsPerCore=1" ;;
+    n3) echo "NodeName=n3 Arch=x86_64 CPUTot=2 State=MIXED* ThreadsPerCore=1" ;;
+    n4) echo "NodeName=n4 Arch=x86_64 CPUTot=2 State=ALLOCATED ThreadsPerCore=1" ;;
+  esac; done
 fi
 """
 
@@ -177,5 +182,12 @@ def test_resubmit_mode_without_a_successor_ends_the_run(
 
 
 def test_nodes_slurm_reports_down_or_not_responding(cluster: Path) -> None:
-    assert nodeloss.nodes_down(["n1", "n2", "n3", "n4"]) == ["n2", "n3"]
-    assert nodeloss.nodes_down([]) == []
+    assert reason.nodes_down(["n1", "n2", "n3", "n4"]) == ["n2", "n3"]
+    assert reason.nodes_down([]) == []
+
+
+def test_a_requeue_by_slurm_with_a_node_down_is_a_node_failure(cluster: Path) -> None:
+    # While Slurm requeues a job for a node failure, the job is pending (no NODE_FAIL).
+    assert reason.requeued_by_slurm("100", 0, ["n1", "n2"]) == "node_fail"
+    assert reason.requeued_by_slurm("100", 0, ["n1", "n4"]) == reason.MANUAL_REQUEUE
+    assert reason.requeued_by_slurm("100", 1, ["n1", "n2"]) is None  # not past this attempt

@@ -16,9 +16,8 @@ from typing import Any
 
 from hpc.exitcodes import FAILED_HANG, NODE_LOST, PREEMPTED, PREFLIGHT_FAILED
 from hpc.hostlist import expand
-from hpc.launchers.slurm.nodeloss import nodes_down
 from hpc.launchers.slurm.preflight import EXCLUDED, excluded_after
-from hpc.launchers.slurm.reason import restart_reason
+from hpc.launchers.slurm.reason import nodes_down, restart_reason
 from hpc.launchers.slurm.requeue import restart_count
 from hpc.rundir.records import finished, load, update
 from hpc.states import JobState

@@ -3,7 +3,7 @@
 ``python -m hpc.launchers.slurm.nodeloss RUN_DIR PROBE_TIMEOUT_S`` runs in the batch
 shell after a step that failed for no reason of its own (not a checkpointed stop, not
 a hang, not the pre-flight check). It probes every node of the allocation with a tiny
-step (``srun -w NODE true``), all at once, each bounded by ``PROBE_TIMEOUT_S``; a
+step (``srun -w NODE true``), all at once, each bounded by ``PROBE_TIMEOUT_S`` (+2 s); a
 node whose slurmd is gone or that cannot start a task does not pass. Then:
 
 * no node lost: exit 1 (an ordinary failure; the batch shell goes on as before); so
@@ -19,7 +19,8 @@ node whose slurmd is gone or that cannot start a task does not pass. Then:
   Slurm places itself): the run ends NODE_LOST (exit 3).
 
 When Slurm itself noticed first (NODE_FAIL) and requeued the job, the next attempt
-adds the previous attempt's unresponsive nodes to the list (:func:`nodes_down`).
+adds the previous attempt's unresponsive nodes to the list
+(:func:`hpc.launchers.slurm.reason.nodes_down`).
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ from hpc.runtime.checkpoint import latest_step
 from hpc.states import JobState
 
 NOT_LOST, RESUBMITTED, ENDED = 1, 0, 3
-# scontrol's state flags of a node that cannot run jobs (``*``: not responding).
-_BAD_STATES = ("DOWN", "FAIL", "DRAIN", "NOT_RESPONDING", "POWER_DOWN", "POWERED_DOWN")
 
 
 def probe(nodes: list[str], timeout_s: float) -> dict[str, str]:
@@ -54,7 +53,7 @@ def probe(nodes: list[str], timeout_s: float) -> dict[str, str]:
             [
                 "timeout",
                 "-k",
-                "5",
+                "2",
                 f"{timeout_s:g}",
                 "srun",
                 "--nodes=1",
@@ -73,32 +72,12 @@ def probe(nodes: list[str], timeout_s: float) -> dict[str, str]:
     lost: dict[str, str] = {}
     for node, proc in procs.items():
         _, err = proc.communicate()
-        if proc.returncode == 124:
+        if proc.returncode in (124, 137):  # ended by timeout: TERM, then KILL 2 s later
             lost[node] = f"no task started within {timeout_s:g}s"
         elif proc.returncode != 0:
-            last = (err.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-            lost[node] = f"a probe step failed: {last}"
+            last = (err.strip().splitlines() or ["no message"])[-1]
+            lost[node] = f"a probe step failed (exit {proc.returncode}: {last})"
     return lost
-
-
-def nodes_down(nodes: list[str]) -> list[str]:
-    """Those of ``nodes`` that Slurm reports down, failing, drained or not responding."""
-    if not nodes:
-        return []
-    try:
-        out = subprocess.run(
-            ["scontrol", "show", "node", "-o", ",".join(nodes)],
-            capture_output=True, text=True, timeout=30, check=False,
-        ).stdout  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    bad = []
-    for line in out.splitlines():
-        fields = dict(t.partition("=")[::2] for t in line.split() if "=" in t)
-        state = fields.get("State", "")
-        if state.endswith("*") or any(flag in state for flag in _BAD_STATES):
-            bad.append(fields.get("NodeName", ""))
-    return sorted(n for n in bad if n)
 
 
 def clean_environment(env: Mapping[str, str], count: int) -> dict[str, str]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from hpc.hostlist import expand
 from hpc.launchers.slurm.reason import requeued_by_slurm
 from hpc.rundir import records
 from hpc.runtime.checkpoint import latest_step
@@ -69,7 +70,8 @@ def decide(run_dir: Path, signal_name: str) -> bool:
     step = latest_step(Path(record["checkpoint_dir"]))
     attempt = restart_count(os.environ)
     resubmit = pre.get("mode", "requeue") == "resubmit"
-    by_slurm = requeued_by_slurm(job_id, attempt) if job_id and not resubmit else None
+    nodes = expand(os.environ.get("SLURM_JOB_NODELIST", "")) or []
+    by_slurm = requeued_by_slurm(job_id, attempt, nodes) if job_id and not resubmit else None
     if by_slurm:  # scontrol requeue by hand, a node failure: Slurm requeues it already
         records.update(
             run_dir,
