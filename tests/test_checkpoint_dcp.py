@@ -46,6 +46,7 @@ def ranks(
     procs = []
     for rank in range(world):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
+        env["PYTHONFAULTHANDLER"] = "1"  # a fatal signal prints every thread's stack
         env.update(extra)
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])

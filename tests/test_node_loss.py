@@ -188,6 +188,6 @@ def test_nodes_slurm_reports_down_or_not_responding(cluster: Path) -> None:
 
 def test_a_requeue_by_slurm_with_a_node_down_is_a_node_failure(cluster: Path) -> None:
     # While Slurm requeues a job for a node failure, the job is pending (no NODE_FAIL).
-    assert reason.requeued_by_slurm("100", 0, ["n1", "n2"]) == "node_fail"
-    assert reason.requeued_by_slurm("100", 0, ["n1", "n4"]) == reason.MANUAL_REQUEUE
-    assert reason.requeued_by_slurm("100", 1, ["n1", "n2"]) is None  # not past this attempt
+    assert reason.requeued_by_slurm("100", 0, nodes=["n1", "n2"]) == "node_fail"
+    assert reason.requeued_by_slurm("100", 0, nodes=["n1", "n4"]) == reason.MANUAL_REQUEUE
+    assert reason.requeued_by_slurm("100", 1, nodes=["n1", "n2"]) is None  # not past this attempt

@@ -89,7 +89,21 @@ def test_sweep_is_one_array_with_child_runs(workdir: Path) -> None:
     assert task0["job_id"] == f"{array_id}_0" and task0["state"] == "COMPLETED"
 
 
-def test_cancel(workdir: Path) -> None:
+def slurm_state(job_id: str) -> str:
+    """The controller's view of the job ('' once it has left the queue)."""
+    out = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True
+    ).stdout
+    return out.strip()
+
+
+@pytest.mark.parametrize("when", ["at_start", "in_step"])
+def test_cancel_is_not_taken_for_a_preemption(workdir: Path, when: str) -> None:
+    """scancel sends the SIGTERM a preemption sends too: the job must not requeue itself.
+
+    ``at_start`` cancels as soon as the job runs (before or during the pre-flight step,
+    where a stop skips the step); ``in_step`` while the rank runs (it checkpoints and
+    exits as for a preemption)."""
     script = workdir / "sleepy.py"
     script.write_text("import time\nprint('sleeping', flush=True)\ntime.sleep(600)\n")
     proc = hpc_launch(
@@ -103,10 +117,37 @@ def test_cancel(workdir: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     run_dir = next((workdir / "outputs" / "digits").iterdir())
-    job_id = json.loads((run_dir / "job.json").read_text())["job_id"]
+    record = json.loads((run_dir / "job.json").read_text())
+    job_id, log = record["job_id"], Path(record["extra"]["log_file"])
+    deadline = time.monotonic() + 60
+    while not (
+        slurm_state(job_id) == "RUNNING"
+        if when == "at_start"
+        else (log.exists() and "sleeping" in log.read_text())
+    ):
+        assert time.monotonic() < deadline, f"job {job_id} did not get to {when}"
+        time.sleep(0.2)
     cancelled = hpc(["cancel", job_id], workdir)
     assert cancelled.returncode == 0, cancelled.stderr
     assert wait_for_job(job_id, timeout=120) == "CANCELLED"
+    deadline = time.monotonic() + 60  # the batch shell handles the SIGTERM, then ends
+    while (state := slurm_state(job_id)) and state != "PENDING":
+        assert time.monotonic() < deadline, f"job {job_id} still {state}"
+        time.sleep(0.5)
+    log_text = log.read_text() if log.exists() else ""
+    attempts = subprocess.run(
+        ["sacct", "-D", "-X", "-n", "-P", "-j", job_id, "-o", "State"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    if state == "PENDING":  # requeued: do not leave it for the next test
+        subprocess.run(["scancel", job_id])
+    assert state == "" and attempts[0] == "CANCELLED", (state, attempts, log_text)
+    assert "REQUEUED" not in attempts, (attempts, log_text)
+    record = json.loads((run_dir / "job.json").read_text())
+    assert record["state"] not in ("REQUEUED", "FAILED_PREFLIGHT"), (record, log_text)
+    # A stop during the pre-flight step blames no node.
+    assert not record["extra"].get("excluded_nodes"), (record, log_text)
 
 
 def test_sbatch_rejection_is_shown(workdir: Path) -> None:

@@ -58,7 +58,7 @@ def finish(run_dir: Path, code: int) -> None:
     by_slurm = (
         current == JobState.REQUEUED and (record.get("extra") or {}).get("requeued_by") == "slurm"
     )
-    stopped = current in (JobState.PREEMPTED, JobState.FAILED) or by_slurm
+    stopped = current in (JobState.PREEMPTED, JobState.FAILED, JobState.CANCELLED) or by_slurm
     resubmitted = current == JobState.REQUEUED and code == PREEMPTED  # preemption.mode=resubmit
     if code == PREEMPTED and (stopped or resubmitted):  # the decision recorded the state
         update(run_dir, exit_code=code)

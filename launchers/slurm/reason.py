@@ -14,6 +14,7 @@ Two views, both read the same way on Slurm 22.05 and 24.11:
 from __future__ import annotations
 
 import subprocess
+import time
 
 # Slurm job states that name their cause → the value recorded in last_interruption.
 STATE_REASONS = {
@@ -66,14 +67,46 @@ def previous_attempt_state(states: list[str]) -> str | None:
     return ended[-1] if ended else None
 
 
+def job_fields(job_id: str) -> dict[str, str]:
+    """``scontrol show job -o JOB`` as fields (empty when Slurm does not answer)."""
+    return parse_scontrol_job(_run(["scontrol", "show", "job", "-o", job_id]) or "")
+
+
+def cancelled(job_id: str, fields: dict[str, str], settle_s: float = 5.0) -> bool:
+    """Slurm ends the job as CANCELLED: ``scancel`` by its user or an admin.
+
+    ``scontrol`` shows a job that is being cancelled as COMPLETING, like one at its time
+    limit (which is to requeue); the accounting record names the cause at once
+    (``CANCELLED by UID``), so a COMPLETING job is looked up there, for up to
+    ``settle_s`` while slurmdbd catches up. Preemption by cancellation
+    (``PreemptMode=CANCEL``) keeps the job RUNNING through its GraceTime."""
+    state = fields.get("JobState", "")
+    if state == "CANCELLED":
+        return True
+    if state != "COMPLETING":
+        return False
+    deadline = time.monotonic() + settle_s
+    while True:
+        out = _run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "State"]) or ""
+        states = parse_attempt_states(out)
+        if states and states[-1] not in _UNFINISHED:
+            return states[-1] == "CANCELLED"
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
 def requeued_by_slurm(
-    job_id: str, restart_count: int, nodes: list[str] | None = None
+    job_id: str,
+    restart_count: int,
+    fields: dict[str, str] | None = None,
+    nodes: list[str] | None = None,
 ) -> str | None:
     """While handling a stop: the reason when Slurm is already requeueing this job. The
     job's state then no longer names a node failure (it is pending again): one of its
     ``nodes`` down says it."""
-    out = _run(["scontrol", "show", "job", "-o", job_id])
-    fields = parse_scontrol_job(out or "")
+    if fields is None:
+        fields = job_fields(job_id)
     restarts = fields.get("Restarts", "")
     if not restarts.isdigit() or int(restarts) <= restart_count:
         return None

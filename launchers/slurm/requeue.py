@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from hpc.hostlist import expand
-from hpc.launchers.slurm.reason import requeued_by_slurm
+from hpc.launchers.slurm.reason import cancelled, job_fields, requeued_by_slurm
 from hpc.rundir import records
 from hpc.runtime.checkpoint import latest_step
 from hpc.runtime.preemption import restarts_without_progress
@@ -70,8 +70,22 @@ def decide(run_dir: Path, signal_name: str) -> bool:
     step = latest_step(Path(record["checkpoint_dir"]))
     attempt = restart_count(os.environ)
     resubmit = pre.get("mode", "requeue") == "resubmit"
+    fields = job_fields(job_id) if job_id else {}
+    if job_id and cancelled(
+        job_id, fields
+    ):  # scancel: the SIGTERM is no preemption, the run is not to go on
+        records.update(
+            run_dir,
+            state="CANCELLED",
+            extra={"last_interruption": "cancelled"},
+            message=f"cancelled at step {step}: not requeued",
+        )
+        print(f"hpc-launch: job {job_id} was cancelled at step {step}: not requeued", flush=True)
+        return False
     nodes = expand(os.environ.get("SLURM_JOB_NODELIST", "")) or []
-    by_slurm = requeued_by_slurm(job_id, attempt, nodes) if job_id and not resubmit else None
+    by_slurm = (
+        requeued_by_slurm(job_id, attempt, fields, nodes) if job_id and not resubmit else None
+    )
     if by_slurm:  # scontrol requeue by hand, a node failure: Slurm requeues it already
         records.update(
             run_dir,

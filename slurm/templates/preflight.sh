@@ -5,5 +5,8 @@ timeout -k 5 {{ timeout }} srun --ntasks-per-node=1 --ntasks="$SLURM_JOB_NUM_NOD
   --kill-on-bad-exit=0 {{ python }} -m hpc.runtime.preflight "$HPC_CONFIG_FILE" >"$out" 2>&1
 preflight=$?
 cat "$out"
-{{ python }} -m hpc.launchers.slurm.preflight "$HPC_RUN_DIR" "$out" "$preflight" {{ timeout }}
-preflight=$?; rm -f "$out"
+if [ -z "$sig" ]; then  # a stop signal (preemption, scancel) cut it short: no node to blame
+  {{ python }} -m hpc.launchers.slurm.preflight "$HPC_RUN_DIR" "$out" "$preflight" {{ timeout }}
+  preflight=$?
+fi
+rm -f "$out"
