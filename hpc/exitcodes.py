@@ -14,8 +14,8 @@ COMPLETED_IDLE = 77
 # A node failed the pre-flight check (hpc.runtime.preflight) before any rank started:
 # the node is named in job.json and joins the run's exclusion list. State FAILED_PREFLIGHT.
 PREFLIGHT_FAILED = 78
-# Reserved: a node of the job was lost during the run (state NODE_LOST); nothing ends
-# a job with it yet.
+# A node of the job was lost during the run (hpc.launchers.slurm.nodeloss) and no
+# resubmission without it is left (fault.node_resubmits). State NODE_LOST.
 NODE_LOST = 79
 # hpc-launch refused to submit: a budget (budgets.yaml, policy refuse) would be exceeded.
 # Nothing was submitted; one line names the budget (hpc.cost.guard).

@@ -59,6 +59,8 @@ CASES: list[tuple[list[str], str]] = [
     (["fault.first_step_timeout_s=10", "fault.stall_timeout_s=20"], "fault.first_step_timeout_s"),
     (["fault.straggler_steps=-1"], "fault.straggler_steps"),
     (["fault.hang_requeues=-1"], "fault.hang_requeues"),
+    (["fault.node_probe_timeout_s=0"], "fault.node_probe_timeout_s"),
+    (["fault.node_resubmits=-1"], "fault.node_resubmits"),
     (["fault.watchdog=maybe"], "fault.watchdog"),
     (["nccl.profile=bogus"], "nccl.profile"),
     (["nccl=bogus"], "nccl"),

@@ -359,7 +359,7 @@ def _validate_preemption(cfg: dict[str, Any]) -> None:
 def _validate_fault(fault: dict[str, Any]) -> None:
     """The watchdog's limits: timeouts of 1 s to 7 days, counts >= 0."""
     for key in (
-        "stall_timeout_s", "first_step_timeout_s", "preflight_timeout_s"
+        "stall_timeout_s", "first_step_timeout_s", "preflight_timeout_s", "node_probe_timeout_s"
     ):  # fmt: skip
         value = fault.get(key)
         if value is not None and not 1 <= value <= 7 * 86400:  # NaN fails too
@@ -370,7 +370,7 @@ def _validate_fault(fault: dict[str, Any]) -> None:
             "fault.first_step_timeout_s",
             f"{first!r}s is shorter than fault.stall_timeout_s ({stall!r}s)",
         )
-    for key in ("straggler_steps", "hang_requeues"):
+    for key in ("straggler_steps", "hang_requeues", "node_resubmits"):
         if fault.get(key) is not None and fault[key] < 0:
             raise ConfigError(f"fault.{key}", f"must be >= 0, got {fault[key]}")
 

@@ -202,7 +202,10 @@ class FaultConfig:
 
     ``preflight``: before training, one task per node checks the run and checkpoint
     dirs, free space, GPUs, HCAs and the rendezvous (:mod:`hpc.runtime.preflight`),
-    within ``preflight_timeout_s``; a failing node ends the job FAILED_PREFLIGHT (78)."""
+    within ``preflight_timeout_s``; a failing node ends the job FAILED_PREFLIGHT (78).
+    A node lost during the run (its ranks killed, its slurmd gone) is found by probing
+    every node for at most ``node_probe_timeout_s``; the run is resubmitted without it
+    up to ``node_resubmits`` times, else it ends NODE_LOST (79)."""
 
     watchdog: bool = True
     stall_timeout_s: float = STALL_TIMEOUT_S
@@ -211,6 +214,8 @@ class FaultConfig:
     hang_requeues: int = HANG_REQUEUES
     preflight: bool = True
     preflight_timeout_s: float = 60.0
+    node_probe_timeout_s: float = 20.0
+    node_resubmits: int = 2
 
 
 @dataclass

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from hpc.exitcodes import COMPLETED_IDLE, FAILED_HANG, NODE_LOST, PREEMPTED, PREFLIGHT_FAILED
-from hpc.launchers.slurm.reason import restart_reason
+from hpc.hostlist import expand
+from hpc.launchers.slurm.preflight import EXCLUDED, excluded_after
+from hpc.launchers.slurm.reason import nodes_down, restart_reason
 from hpc.launchers.slurm.requeue import restart_count
 from hpc.rundir.records import finished, load, update
 from hpc.states import JobState
@@ -39,6 +41,10 @@ def start(run_dir: Path, env: Mapping[str, str]) -> None:
         reason = restart_reason(job_id, before.get("last_interruption") if ours else None)
         if reason:
             extra["last_interruption"] = reason
+        if reason == "node_fail":  # Slurm requeued it: its unresponsive nodes are avoided
+            down = nodes_down(expand(str(before.get("nodes") or "")))
+            if down:
+                extra[EXCLUDED] = excluded_after({"extra": before}, down)
     update(run_dir, state=JobState.RUNNING, job_id=job_id, extra=extra)
 
 

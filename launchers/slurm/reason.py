@@ -4,7 +4,8 @@ Two views, both read the same way on Slurm 22.05 and 24.11:
 
 - while the batch shell handles a stop signal, ``scontrol show job -o`` tells
   whether Slurm itself is already requeueing the job (``Restarts`` is past this
-  run's ``SLURM_RESTART_COUNT``: ``scontrol requeue`` by hand, a node failure);
+  run's ``SLURM_RESTART_COUNT``: ``scontrol requeue`` by hand, or a node failure
+  when one of the job's nodes is down, ``scontrol show node -o``);
 - when a requeued job starts again, ``sacct --duplicates`` holds the state the
   previous attempt ended in (``NODE_FAIL``, ``PREEMPTED``, ``TIMEOUT``, or
   ``REQUEUED`` for a requeue by the job itself or by hand).
@@ -24,6 +25,8 @@ STATE_REASONS = {
     "DEADLINE": "time_limit",
 }
 MANUAL_REQUEUE = "manual_requeue"  # requeued by someone, not by the job's own batch shell
+# scontrol's state flags of a node that cannot run jobs (``*``: not responding).
+_BAD_STATES = ("DOWN", "FAIL", "DRAIN", "NOT_RESPONDING", "POWER_DOWN", "POWERED_DOWN")
 _UNFINISHED = frozenset({"RUNNING", "PENDING", "REQUEUED_HOLD", "REQUEUE_FED", "SUSPENDED"})
 
 
@@ -94,15 +97,36 @@ def cancelled(job_id: str, fields: dict[str, str], settle_s: float = 5.0) -> boo
 
 
 def requeued_by_slurm(
-    job_id: str, restart_count: int, fields: dict[str, str] | None = None
+    job_id: str,
+    restart_count: int,
+    fields: dict[str, str] | None = None,
+    nodes: list[str] | None = None,
 ) -> str | None:
-    """While handling a stop: the reason when Slurm is already requeueing this job."""
+    """While handling a stop: the reason when Slurm is already requeueing this job. The
+    job's state then no longer names a node failure (it is pending again): one of its
+    ``nodes`` down says it."""
     if fields is None:
         fields = job_fields(job_id)
     restarts = fields.get("Restarts", "")
     if not restarts.isdigit() or int(restarts) <= restart_count:
         return None
-    return STATE_REASONS.get(fields.get("JobState", ""), MANUAL_REQUEUE)
+    reason = STATE_REASONS.get(fields.get("JobState", ""), MANUAL_REQUEUE)
+    if reason == MANUAL_REQUEUE and nodes and nodes_down(nodes):
+        return STATE_REASONS["NODE_FAIL"]
+    return reason
+
+
+def nodes_down(nodes: list[str]) -> list[str]:
+    """Those of ``nodes`` that Slurm reports down, failing, drained or not responding."""
+    if not nodes:
+        return []
+    bad = []
+    for line in (_run(["scontrol", "show", "node", "-o", ",".join(nodes)]) or "").splitlines():
+        fields = dict(t.partition("=")[::2] for t in line.split() if "=" in t)
+        state = fields.get("State", "")
+        if state.endswith("*") or any(flag in state for flag in _BAD_STATES):
+            bad.append(fields.get("NodeName", ""))
+    return sorted(n for n in bad if n)
 
 
 def restart_reason(job_id: str, recorded: str | None) -> str | None:

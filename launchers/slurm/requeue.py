@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from hpc.hostlist import expand
 from hpc.launchers.slurm.reason import cancelled, job_fields, requeued_by_slurm
 from hpc.rundir import records
 from hpc.runtime.checkpoint import latest_step
@@ -81,7 +82,10 @@ def decide(run_dir: Path, signal_name: str) -> bool:
         )
         print(f"hpc-launch: job {job_id} was cancelled at step {step}: not requeued", flush=True)
         return False
-    by_slurm = requeued_by_slurm(job_id, attempt, fields) if job_id and not resubmit else None
+    nodes = expand(os.environ.get("SLURM_JOB_NODELIST", "")) or []
+    by_slurm = (
+        requeued_by_slurm(job_id, attempt, fields, nodes) if job_id and not resubmit else None
+    )
     if by_slurm:  # scontrol requeue by hand, a node failure: Slurm requeues it already
         records.update(
             run_dir,

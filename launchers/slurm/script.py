@@ -17,7 +17,7 @@ from typing import Any
 
 from hpc.credentials import ENV_FILE
 from hpc.defaults import EXIT_GRACE_S
-from hpc.exitcodes import PREFLIGHT_FAILED
+from hpc.exitcodes import NODE_LOST, PREFLIGHT_FAILED
 from hpc.launchers.slurm import container as slurm_container
 from hpc.launchers.slurm import render
 from hpc.quoting import shell_join, shell_word
@@ -144,7 +144,7 @@ def render_script(
 
 
 def fault_parts(spec: JobSpec, python: str) -> dict[str, str]:
-    """The pre-flight step (``fault.preflight``)."""
+    """The pre-flight step (``fault.preflight``) and the node-loss probe's limits."""
     fault = spec.config.get("fault") or {}
     timeout = f"{float(fault.get('preflight_timeout_s', 60)):g}"
     preflight = ""
@@ -153,6 +153,8 @@ def fault_parts(spec: JobSpec, python: str) -> dict[str, str]:
     return {
         "preflight": preflight,
         "preflight_failed": str(PREFLIGHT_FAILED),
+        "node_lost": str(NODE_LOST),
+        "probe_timeout": f"{float(fault.get('node_probe_timeout_s', 20)):g}",
     }
 
 

@@ -6,7 +6,8 @@ before the first step (a slow start). ``NO_COLLECTIVE=1`` drops the all-reduce a
 ``should_checkpoint`` (whose stop agreement all-reduces now and then), so ranks run
 apart; and ``SLOW_RANK`` names a rank that takes ten times as long a step (a
 straggler). Every rank writes ``ready.<rank>`` (its pid) into the run directory once
-it has made 3 steps, so a test knows whom to stop.
+it has made 3 steps, so a test knows whom to stop. ``STEPS_AFTER_RESUME``: a resumed
+run makes that many more steps and ends (a first attempt runs until it is stopped).
 """
 
 import os
@@ -22,12 +23,18 @@ STEPS = int(os.environ.get("STEPS", "1000000"))
 FIRST_STEP_DELAY_S = float(os.environ.get("FIRST_STEP_DELAY_S", "0"))
 COLLECTIVE = os.environ.get("NO_COLLECTIVE") != "1"
 SLOW_RANK = int(os.environ.get("SLOW_RANK", "-1"))
+STEPS_AFTER_RESUME = int(os.environ.get("STEPS_AFTER_RESUME", "0"))
 
 with Session.from_env() as s:
     resumed = s.resume()
     start = resumed.step if resumed else 0
+    last = start + STEPS_AFTER_RESUME if resumed and STEPS_AFTER_RESUME else STEPS
+    print(
+        f"rank {s.rank} starts after step {start} on {os.environ.get('SLURMD_NODENAME', '-')}",
+        flush=True,
+    )
     time.sleep(FIRST_STEP_DELAY_S)
-    for step in range(start + 1, STEPS + 1):
+    for step in range(start + 1, last + 1):
         value = torch.ones(1)
         if s.world_size > 1 and COLLECTIVE:
             dist.all_reduce(value)
