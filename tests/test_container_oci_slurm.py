@@ -60,10 +60,13 @@ def test_runtime_found_through_the_bundles_bind_mounts(bundle: Path, tmp_path: P
 def test_slurm_22_05_takes_one_container_task_per_node() -> None:
     cfg = {"container": {"runtime": "oci"}, "resources": {"tasks_per_node": 2}}
     with pytest.raises(ConfigError, match=r"resources.tasks_per_node: 2: Slurm 22.05 runs one"):
-        check_slurm(cfg, "22.05")
-    check_slurm(cfg, "23.02")
-    check_slurm(cfg, None)
-    check_slurm({**cfg, "resources": {"tasks_per_node": 1}}, "22.05")
+        check_slurm(cfg, lambda: "22.05")
+    check_slurm(cfg, lambda: "23.02")
+    check_slurm(cfg, lambda: None)
+    check_slurm({**cfg, "resources": {"tasks_per_node": 1}}, lambda: "22.05")
+    asked: list[int] = []  # a job without a container does not ask for the version
+    check_slurm({**cfg, "container": {"runtime": "none"}}, lambda: str(asked.append(1)))
+    assert not asked
 
 
 def ranks_in_container(run_dir: Path, ranks: int, timeout: float = 60) -> set[str]:

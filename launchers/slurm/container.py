@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,12 +215,16 @@ def _pip_install(
 
 
 # -- validation (may read the filesystem: local images and bundles) --------------------------
-def check_slurm(cfg: dict[str, Any], version: str | None) -> None:
-    """At submit, with the cluster's Slurm version (``None``: unknown, nothing to say).
+def check_slurm(cfg: dict[str, Any], slurm_version: Callable[[], str | None]) -> None:
+    """At submit, with the cluster's Slurm version, asked only for an OCI job (``None``:
+    unknown, nothing to say).
 
     Slurm 22.05's slurmstepd runs one task per node in a ``--container`` step: it
     refuses more ("_modify_config: unexpected number of tasks 2 > 1"); 23.02 runs several."""
-    if container.runtime(cfg) != "oci" or not version:
+    if container.runtime(cfg) != "oci":
+        return
+    version = slurm_version()
+    if not version:
         return
     tasks = int(cfg["resources"]["tasks_per_node"])
     major, _, minor = version.partition(".")

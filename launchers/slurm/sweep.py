@@ -74,7 +74,7 @@ def submit_sweep(plan: SweepPlan, dry_run: bool = False) -> int:
     first: JobSpec = next(iter(plan.shapes.values()))
     if not dry_run:
         for spec in plan.shapes.values():
-            slurm_container.check_slurm(spec.config, client.slurm_version())
+            slurm_container.check_slurm(spec.config, client.slurm_version)
     parallel = first.config["cluster"].get("array_parallelism")
     submissions: list[dict[str, Any]] = []
     scripts: dict[str, str] = {}
