@@ -168,4 +168,11 @@ class Launcher(abc.ABC):
 
     def submit_sweep(self, plan: SweepPlan, dry_run: bool, launch_task: LaunchTask) -> int:
         """Submit (or with ``dry_run`` print) a planned sweep; return the exit code."""
-        raise NotSupported(f"sweeps are not supported on {self.name}")
+        raise self.no_sweeps()
+
+    def supports_sweeps(self) -> bool:
+        """Whether this backend submits sweeps (it overrides :meth:`submit_sweep`)."""
+        return type(self).submit_sweep is not Launcher.submit_sweep
+
+    def no_sweeps(self) -> NotSupported:
+        return NotSupported(f"sweeps are not supported on {self.name}")

@@ -258,6 +258,9 @@ def run_sweep(overrides: Sequence[str], source: ConfigSource = EMBEDDED) -> int:
     except KeyError as exc:
         err(f"error: cluster: {exc.args[0]}")
         return 2
+    if not launcher.supports_sweeps():  # before the estimate: one error line
+        err(f"error: cluster: {launcher.no_sweeps()}")
+        return 2
     dry_run = bool(first.config.get("dry_run"))
     counts: dict[tuple[str, ...], int] = {}
     for t in plan.tasks:
