@@ -33,8 +33,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hpc.hostlist import expand
 from hpc.launchers.slurm.preflight import EXCLUDED, excluded_after
 from hpc.launchers.slurm.requeue import hand_over, restart_count
@@ -129,7 +127,7 @@ def decide(run_dir: Path, timeout_s: float) -> int:
         print("hpc-launch: no node answers: not taken for a node loss", flush=True)
         return NOT_LOST
     record = records.load(run_dir)
-    cfg = yaml.safe_load(Path(record["config_file"]).read_text(encoding="utf-8")) or {}
+    cfg = records.read_run_config(record["config_file"])
     extra: dict[str, Any] = record.get("extra") or {}
     excluded = excluded_after(record, list(lost))
     names = ",".join(sorted(lost))

@@ -21,8 +21,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hpc.hostlist import expand
 from hpc.launchers.slurm.reason import cancelled, job_fields, requeued_by_slurm
 from hpc.rundir import records
@@ -60,7 +58,7 @@ def classify(signal_name: str, left: int | None, lead_s: int) -> str:
 
 def decide(run_dir: Path, signal_name: str) -> bool:
     record = records.load(run_dir)
-    cfg = yaml.safe_load(Path(record["config_file"]).read_text(encoding="utf-8"))
+    cfg = records.read_run_config(record["config_file"])
     pre = cfg.get("preemption") or {}
     extra = record.get("extra") or {}
     job_id = os.environ.get("SLURM_JOB_ID", "")
@@ -176,7 +174,7 @@ def decide_hang(run_dir: Path) -> bool:
     the last one there is. The count is ``extra.hang_requeues`` in job.json.
     """
     record = records.load(run_dir)
-    cfg = yaml.safe_load(Path(record["config_file"]).read_text(encoding="utf-8"))
+    cfg = records.read_run_config(record["config_file"])
     cap = int((cfg.get("fault") or {}).get("hang_requeues", 1))
     extra = record.get("extra") or {}
     used = int(extra.get("hang_requeues", 0))

@@ -22,8 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from hpc.defaults import PREEMPTION_SIGNAL
 from hpc.files import write_atomic
 from hpc.rundir import records
@@ -59,7 +57,7 @@ def steps(job_id: str) -> list[str]:
 
 def watch(run_dir: Path, job_id: str) -> int:
     record = records.load(run_dir)
-    cfg = yaml.safe_load(Path(record["config_file"]).read_text(encoding="utf-8")) or {}
+    cfg = records.read_run_config(record["config_file"])
     fault = cfg.get("fault") or {}
     if not fault.get("watchdog", True):
         return 0
