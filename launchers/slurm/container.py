@@ -17,13 +17,13 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hpc
 from hpc.accounting.host import ON_HOST_ENV
+from hpc.defaults import EXIT_GRACE_S
 from hpc.quoting import shell_join, shell_word
 from hpc.spec import container
 from hpc.spec.container import SITE_DIR, Mount
@@ -44,6 +44,7 @@ class ContainerStep:
     beside: list[str] = field(default_factory=list)  # started beside the step (indented)
     after: list[str] = field(default_factory=list)  # once the step ended (indented)
     notes: list[str] = field(default_factory=list)  # shown at submit and in the plan
+    ranks_per_task: int = 1  # >1: one task per node starts the node's ranks (OCI)
 
     @property
     def command(self) -> list[str]:
@@ -111,6 +112,7 @@ def step(
             f"container (oci): bundle {image}; its config.json mounts the run dir and the "
             "launch dir at the same paths (checked); Slurm passes the step's environment in"
         )
+        _ranks_per_node(cfg, out, python, site)
     else:
         added, shown = container.required_mounts(needed, user)
         binds = [m.spec() for m in [*added, *user, *extra]]
@@ -131,6 +133,27 @@ def step(
     if install == "pip":
         out.prepare += _pip_install(spec, out, python, site, host_python)
     return out
+
+
+def _ranks_per_node(cfg: dict[str, Any], out: ContainerStep, python: str, site: str) -> None:
+    """OCI: one container per node. Slurm 22.05's slurmstepd runs one task per node in a
+    ``--container`` step ("_modify_config: unexpected number of tasks 2 > 1"), so with
+    more ranks per node the step has one task per node and ``hpc.runtime.node_ranks``
+    starts the node's ranks inside (any Slurm version: one bundle start per node)."""
+    per_node = int(cfg["resources"]["tasks_per_node"])
+    if per_node < 2:
+        return
+    grace = float(cfg["cluster"].get("exit_grace_s", EXIT_GRACE_S))
+    starter = [python, "-m", "hpc.runtime.node_ranks", str(per_node), f"--grace={grace:g}", "--"]
+    if site:
+        starter = ["env", f"PYTHONPATH={site}", *starter]
+    rank = out.inner[2:] if site else out.inner  # the ranks inherit PYTHONPATH
+    out.inner = [*starter, *rank]
+    out.ranks_per_task = per_node
+    out.notes.append(
+        f"container (oci): one task per node; hpc.runtime.node_ranks starts its {per_node} "
+        "ranks in the container (Slurm 22.05 runs one task per node in a container step)"
+    )
 
 
 def _pyxis_options(box: dict[str, Any], image: str, binds: list[str], workdir: str) -> list[str]:
@@ -215,28 +238,6 @@ def _pip_install(
 
 
 # -- validation (may read the filesystem: local images and bundles) --------------------------
-def check_slurm(cfg: dict[str, Any], slurm_version: Callable[[], str | None]) -> None:
-    """At submit, with the cluster's Slurm version, asked only for an OCI job (``None``:
-    unknown, nothing to say).
-
-    Slurm 22.05's slurmstepd runs one task per node in a ``--container`` step: it
-    refuses more ("_modify_config: unexpected number of tasks 2 > 1"); 23.02 runs several."""
-    if container.runtime(cfg) != "oci":
-        return
-    version = slurm_version()
-    if not version:
-        return
-    tasks = int(cfg["resources"]["tasks_per_node"])
-    major, _, minor = version.partition(".")
-    if tasks > 1 and (int(major), int(minor or 0)) < (23, 2):
-        raise ConfigError(
-            "resources.tasks_per_node",
-            f"{tasks}: Slurm {version} runs one task per node in a --container step "
-            "(slurmstepd refuses more); set resources.tasks_per_node=1 (and resources.nodes), "
-            "or use Slurm >= 23.02",
-        )
-
-
 def validate(cfg: dict[str, Any]) -> None:
     kind = container.runtime(cfg)
     if kind == "none":

@@ -83,7 +83,6 @@ class SlurmLauncher(Launcher):
 
     def submit(self, plan: Plan) -> SlurmJob:
         spec = plan.spec
-        slurm_container.check_slurm(spec.config, client.slurm_version)
         prepare_run(plan, None)
         retries = int(spec.config["cluster"].get("submit_retries", 5))
         try:

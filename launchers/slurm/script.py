@@ -77,7 +77,12 @@ def srun_command(
     # --wait: once one task has exited, the others get cluster.exit_grace_s to follow
     # (a rank hung at exit would otherwise hold the allocation until the time limit).
     grace = float(spec.config["cluster"].get("exit_grace_s", EXIT_GRACE_S))
-    srun = render.srun_words(res["tasks_per_node"], res["cpus_per_task"], grace, bind=True)
+    tasks, cpus = int(res["tasks_per_node"]), int(res["cpus_per_task"])
+    if box is not None and box.ranks_per_task > 1:  # one task per node starts its ranks
+        tasks, cpus = tasks // box.ranks_per_task, cpus * box.ranks_per_task
+    srun = render.srun_words(tasks, cpus, grace, bind=True)
+    if box is not None and box.ranks_per_task > 1:  # not the job's SLURM_NTASKS srun inherits
+        srun.insert(-2, f"--ntasks={int(res['nodes']) * tasks}")
     if box is not None:  # the ranks in the container; this shell stays outside
         return [*srun, *box.srun_options, *box.command]
     return [*srun, *worker]

@@ -8,7 +8,6 @@ from typing import Any, Protocol, TypeVar
 
 from hpc.files import write_atomic
 from hpc.launchers.slurm import client
-from hpc.launchers.slurm import container as slurm_container
 from hpc.launchers.slurm.script import job_environment, python_for, render_script, sbatch_directives
 from hpc.quoting import shell_word
 from hpc.rundir import records
@@ -72,9 +71,6 @@ def chunks(tasks: Sequence[Indexed], size: int) -> list[list[Indexed]]:
 def submit_sweep(plan: SweepPlan, dry_run: bool = False) -> int:
     limit = max_array_size() if not dry_run else DEFAULT_MAX_ARRAY_SIZE
     first: JobSpec = next(iter(plan.shapes.values()))
-    if not dry_run:
-        for spec in plan.shapes.values():
-            slurm_container.check_slurm(spec.config, client.slurm_version)
     parallel = first.config["cluster"].get("array_parallelism")
     submissions: list[dict[str, Any]] = []
     scripts: dict[str, str] = {}
