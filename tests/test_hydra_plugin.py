@@ -27,6 +27,8 @@ from hydra.test_utils.launcher_common_tests import (
     LauncherTestSuite,
 )
 
+from hpc.exitcodes import BUDGET_REFUSED
+
 from slurm_helpers import require_cluster, wait_for_job
 from support import cli_env
 
@@ -339,11 +341,13 @@ if __name__ == "__main__":
 """
 
 
-def run_app(app_dir: Path, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+def run_app(
+    app_dir: Path, args: list[str], timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "app.py", "-m", *args],
         cwd=app_dir,
-        env=cli_env(app_dir),
+        env=cli_env(app_dir, **env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -473,6 +477,27 @@ def test_bad_launcher_values_name_the_key(app_dir: Path, override: str, key: str
     assert proc.returncode != 0
     assert f"hydra.launcher (slurm): {key}" in proc.stderr, proc.stderr
     assert not list(app_dir.glob("multirun/*/*/.hpc-launch/*/sweep.json")), "nothing submitted"
+
+
+def test_a_refusing_budget_stops_a_plugin_sweep_before_anything_is_written(
+    app_dir: Path,
+) -> None:
+    (app_dir / "prices.yaml").write_text("currency: EUR\ncpu_hour: 1.0\n")
+    budgets = app_dir / "budgets.yaml"
+    budgets.write_text(
+        "version: 1\nprices: prices.yaml\nbudgets:\n"
+        "  - {name: tiny, money: 1.5, policy: refuse, period: total}\n"
+    )
+    args = ["hydra/launcher=hpc_local", "hydra.launcher.overrides=['resources.time=00:30:00']"]
+    args.append("+x=1,2,3,4")  # 4 points of 1 CPU for 30 min: 2.00 EUR
+    proc = run_app(app_dir, args, 120, HPC_BUDGETS=str(budgets), HPC_COST_LIVE="0")
+    assert proc.returncode == BUDGET_REFUSED, proc.stderr
+    assert (
+        f"hpc_local: error: budget tiny (every job; total, {budgets}): refused: consumed "
+        "0.00 EUR + estimate 2.00 EUR > limit 1.50 EUR; nothing submitted"
+    ) in proc.stderr.splitlines()
+    assert not list(app_dir.glob("multirun/*/*/.hpc-launch/*/sweep.json")), "nothing submitted"
+    assert not list(app_dir.glob("multirun/*/*/*/result.txt"))
 
 
 def test_local_fire_and_forget_and_wait(app_dir: Path) -> None:

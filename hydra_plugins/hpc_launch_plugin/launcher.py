@@ -40,6 +40,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,6 +235,7 @@ class _HpcLauncherBase(Launcher):
         for num, overrides in zip(nums, job_overrides, strict=True):
             log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
         backend = get_launcher(self.backend)
+        self._check_cost(plan)
         if self.params.get("dry_run"):  # the scripts on stdout; nothing written
             backend.submit_sweep(plan, True, launch_task)
             return [self._queued(plan, i, ov, None) for i, ov in enumerate(job_overrides)]
@@ -243,6 +245,29 @@ class _HpcLauncherBase(Launcher):
             return [self._queued(plan, i, ov, ids[i]) for i, ov in enumerate(job_overrides)]
         states = self._wait(backend, plan, ids)
         return [self._result(plan, i, ov, states[i]) for i, ov in enumerate(job_overrides)]
+
+    def _check_cost(self, plan: SweepPlan) -> None:
+        """hpc-launch's estimate and budgets, as for ``hpc-launch -m``: a refusing budget
+        ends the launch with BUDGET_REFUSED and one line before anything is written."""
+        from hpc.cost.guard import before_submit  # noqa: PLC0415 (lazy: only when launching)
+        from hpc.exitcodes import BUDGET_REFUSED  # noqa: PLC0415
+
+        counts = Counter(task.shape for task in plan.tasks)
+        configs = [(spec.config, counts[shape]) for shape, spec in plan.shapes.items()]
+        try:
+            guard = before_submit(configs, sweep=True)
+        except ValueError as exc:  # hpc.cost.model.CostInputError: names the file and key
+            raise LauncherConfigError(f"hydra.launcher ({self.backend}): {exc}") from None
+        if guard.refused is not None and not self.params.get("dry_run"):
+            print(
+                f"hpc_{self.backend}: error: {guard.refused.line()}; nothing submitted",
+                file=sys.stderr,
+            )
+            raise SystemExit(BUDGET_REFUSED)  # past Hydra's handler: its own exit code
+        for line in guard.lines():
+            log.info(f"hpc_{self.backend}: {line}")
+        if guard.refused is not None:
+            log.info(f"hpc_{self.backend}: note: a submit would be refused: {guard.refused.line()}")
 
     @abc.abstractmethod
     def _submit(self, backend: Backend, plan: SweepPlan) -> list[str | None]:
