@@ -42,6 +42,7 @@ def test_record_and_accuracy(finished_run: tuple[Path, Path]) -> None:
     assert record["launcher"] == "local" and record["name"] == "digits"
     assert record["tracking_uri"] == f"sqlite:///{workdir / 'mlflow.db'}"
     assert record["extra"]["accuracy"] >= 0.90
+    assert record["extra"]["project"] == "hpc-launch"  # tracking.experiment: project budgets
     assert Path(record["config_file"]).is_file()
     log = (run_dir / "logs" / "rank0.log").read_text()
     assert "world size 2" in log and "final accuracy" in log

@@ -395,13 +395,15 @@ def stored_usage(since: datetime | None, store_path: str | Path | None = None) -
     with store:
         rows = store.con.execute(
             "SELECT a.job_id, json_extract_string(r.record, '$.name'), a.user, a.account, "
+            "json_extract_string(r.record, '$.extra.project'), "
             'a.partition, a.state, a.start, a."end", a.gpus, a.ncpus, a.gpu_type, a.billing '
             "FROM allocations a LEFT JOIN runs r ON r.cluster = a.cluster AND r.job_id = a.job_id "
             f"WHERE a.start IS NOT NULL AND {where}",
             params,
         ).fetchall()
     out = []
-    for job_id, name, user, account, part, state, start, end, gpus, ncpus, gtype, bill in rows:
+    for job_id, name, user, account, project, part, state, start, end, *rest in rows:
+        gpus, ncpus, gtype, bill = rest
         running = state in ("RUNNING", "SUSPENDED", "COMPLETING")
         out.append(
             Usage(
@@ -409,7 +411,7 @@ def stored_usage(since: datetime | None, store_path: str | Path | None = None) -
                 name,
                 user,
                 account,
-                None,
+                project,
                 part,
                 state,
                 datetime.fromtimestamp(start, UTC),
@@ -426,13 +428,20 @@ def stored_usage(since: datetime | None, store_path: str | Path | None = None) -
 def gather_usage(
     budgets: list[Budget], now: datetime, store_path: str | Path | None = None
 ) -> list[Usage]:
-    """Store plus sacct over the earliest period of ``budgets``; sacct wins per job id."""
+    """Store plus sacct over the earliest period of ``budgets``; sacct wins per job id.
+
+    A job's project (``tracking.experiment``) is in its run record (``job.json``,
+    ``extra.project``), which ``hpc cost ingest --accounting`` stores: a project budget
+    counts the jobs whose records are in the store."""
     if not budgets:
         return []
     starts = [period_start(b.period, now) for b in budgets]
     since = None if None in starts else min(s for s in starts if s is not None)
     by_id = {u.job_id: u for u in stored_usage(since, store_path)}
     for u in live_usage(since):
+        known = by_id.get(u.job_id)
+        if known is not None:  # sacct knows no project: the job's record in the store does
+            u.project = u.project or known.project
         by_id[u.job_id] = u
     return list(by_id.values())
 

@@ -56,7 +56,10 @@ class RunRecord:
         state: str = "PENDING",
         extra: dict[str, Any] | None = None,
     ) -> RunRecord:
-        """The record of a new run of ``spec``: its paths, and its tracking URI redacted."""
+        """The record of a new run of ``spec``: its paths, and its tracking URI redacted;
+        ``extra.project``: the run's ``tracking.experiment`` (what project budgets count)."""
+        project = (spec.config.get("tracking") or {}).get("experiment")
+        tags = {"project": str(project)} if project else {}
         return cls(
             name=spec.name,
             launcher=launcher,
@@ -66,7 +69,7 @@ class RunRecord:
             checkpoint_dir=str(spec.checkpoint_dir),
             job_id=job_id,
             state=state,
-            extra=dict(extra or {}),
+            extra=tags | dict(extra or {}),
         )
 
 

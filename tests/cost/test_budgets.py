@@ -13,6 +13,7 @@ from hpc.cost.budgets import (
     Usage,
     check,
     consumed,
+    gather_usage,
     parse_budgets,
     parse_sacct,
     period_start,
@@ -102,6 +103,35 @@ def test_consumed_on_the_store(store_path: Path) -> None:
     assert consumed(train, usage, NOW) == pytest.approx(5)
     # Q4: every row; 101: 2x3 + 4x0.5, 102: 3x2 + 0.5x3, 103: 2x2 + 2x0.5, 104: 10x2 + 10x0.5
     assert consumed(money, usage, NOW) == pytest.approx(8 + 7.5 + 5 + 25)
+
+
+def test_a_project_budget_counts_the_jobs_whose_records_name_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    psv = tmp_path / "sacct.psv"
+    psv.write_text("\n".join([HEADER, *ROWS]) + "\n")
+    path = tmp_path / "cost.duckdb"
+    runs = AccountingSet()
+    for job_id, project in (("101", "vision"), ("102", "speech"), ("103", "vision")):
+        record = {"name": "train", "job_id": job_id, "extra": {"project": project}}
+        runs.runs[job_id] = RunAccounting(job_id, {}, record=record)
+    with Store(path) as s:
+        ingest_sacct(s, psv, "sacct.psv", "default")
+        s.put_runs("default", runs)
+    vision, speech = budgets(
+        [
+            {"name": "v", "project": "vision", "gpu_hours": 10, "period": "total"},
+            {"name": "s", "project": "sp*", "gpu_hours": 10, "period": "total"},
+        ]
+    )
+    usage = stored_usage(None, path)
+    assert consumed(vision, usage, NOW) == pytest.approx(2 + 2)  # 101 and 103
+    assert consumed(speech, usage, NOW) == pytest.approx(3)
+    # A job sacct reports as running now keeps the project its stored record names.
+    live = "102|train|alice|lab|gpu|RUNNING|2026-12-03T10:00:00|Unknown|1|cpu=1,gres/gpu=1\n"
+    monkeypatch.setattr("hpc.cost.budgets.live_usage", lambda *_: parse_sacct(live))
+    usage = gather_usage([speech], NOW, path)
+    assert consumed(speech, usage, NOW) == pytest.approx(2)  # 10:00 to NOW, 1 GPU
 
 
 def test_running_jobs_count_up_to_now_and_sacct_rows_parse() -> None:
