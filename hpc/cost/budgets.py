@@ -34,8 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hpc.cost.common import CostInputError
 from hpc.cost.estimate import Estimate, Figure, budget_files, fmt_figure, row_figure
-from hpc.cost.model import CostInputError
 from hpc.cost.prices import PriceTable, load_prices
 
 PERIODS = ("month", "quarter", "total")

@@ -22,15 +22,15 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pyarrow as pa
-
+from hpc.cost.common import CostInputError
 from hpc.cost.html import to_html
-from hpc.cost.model import AllocationSet, CostInputError
 from hpc.cost.prices import PriceTable, load_prices
 from hpc.cost.render import side_notes, to_csv, to_json, to_table
-from hpc.cost.report import Report, build_report
+from hpc.cost.report_rows import Report
 from hpc.cost.run_usage import as_allocations, load_accounting
-from hpc.cost.sacct.reader import live_sacct, parse_format, read_sacct
+
+# pyarrow, numpy and the sacct readers are imported where rows are read as a table (a
+# file, --live, ingest): a report over the store runs in SQL and starts in half the time.
 
 FORMATS = ("table", "csv", "json", "html")
 GROUPS = ("user", "account", "partition", "day", "job")
@@ -175,10 +175,9 @@ def run_report(args: argparse.Namespace) -> int:
         raise UsageError(
             "nothing to report: give --sacct FILE, --live, --accounting DIR or --store"
         )
-    try:
-        fields = parse_format(args.sacct_format) if args.sacct_format else None
-    except ValueError as exc:
-        raise UsageError(f"argument --sacct-format: {exc}") from None
+    if args.store is None:
+        _arrow_ready()
+    fields = _sacct_format(args.sacct_format)
     delimiter = _delimiter(args.delimiter)
 
     prices = None
@@ -187,6 +186,10 @@ def run_report(args: argparse.Namespace) -> int:
     if args.store is not None:
         report = _report_from_store(args, prices, start, end)
     else:
+        from hpc.cost.model import AllocationSet  # noqa: PLC0415 (lazy: pyarrow)
+        from hpc.cost.report import build_report  # noqa: PLC0415
+        from hpc.cost.sacct.reader import live_sacct, read_sacct  # noqa: PLC0415
+
         sets = [read_sacct(path, fields, delimiter) for path in args.sacct]
         if args.live:
             sets.append(live_sacct(start, end))
@@ -259,7 +262,10 @@ def _report_from_store(
             return report
         else:  # rows surely outside the window stay in the store (unless joined: the
             # accounting note counts matches over all rows)
+            _arrow_ready()
             allocs = store.load(start, end, args.cluster, prune=joined is None)
+    from hpc.cost.report import build_report  # noqa: PLC0415 (lazy: pyarrow, numpy)
+
     allocs.skipped.update(accounting.skipped)
     return build_report(allocs, prices, start, end, args.by, joined, details=html)
 
@@ -286,10 +292,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=args.lookback)
     if start and end and start >= end:
         raise UsageError("argument --end: must be after --start")
-    try:
-        fields = parse_format(args.sacct_format) if args.sacct_format else None
-    except ValueError as exc:
-        raise UsageError(f"argument --sacct-format: {exc}") from None
+    fields = _sacct_format(args.sacct_format)
     delimiter = _delimiter(args.delimiter)
     cluster = args.cluster or os.environ.get("HPC_COST_CLUSTER") or "default"
     accounting = load_accounting(args.accounting) if args.accounting else None
@@ -321,6 +324,24 @@ def run_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sacct_format(text: str | None) -> list[str] | None:
+    """``--sacct-format``'s fields (None: the reader's default)."""
+    if not text:
+        return None
+    from hpc.cost.sacct.reader import parse_format  # noqa: PLC0415 (lazy: pyarrow)
+
+    try:
+        return parse_format(text)
+    except ValueError as exc:
+        raise UsageError(f"argument --sacct-format: {exc}") from None
+
+
+def _arrow_ready() -> None:
+    """Before rows are read as an Arrow table: no pandas, memory given back at once."""
+    _without_pandas()
+    _tune_arrow()
+
+
 def _without_pandas() -> None:
     """Keep pyarrow from importing pandas (0.5 s and ~60 MiB) in this CLI process.
 
@@ -337,6 +358,8 @@ def _without_pandas() -> None:
             if name == "pandas":
                 raise ImportError("pandas not needed by hpc cost")
 
+    import pyarrow as pa  # noqa: PLC0415 (lazy: the store's SQL report needs none)
+
     blocker = _NoPandas()
     sys.meta_path.insert(0, blocker)
     try:
@@ -349,6 +372,8 @@ def _without_pandas() -> None:
 
 def _tune_arrow() -> None:
     """Give freed memory back at once (jemalloc, decay 0): peak RSS stays near live data."""
+    import pyarrow as pa  # noqa: PLC0415
+
     try:
         pa.set_memory_pool(pa.jemalloc_memory_pool())
         pa.jemalloc_set_decay_ms(0)
@@ -366,10 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        if args.command in ("report", "ingest"):
-            _without_pandas()
-            _tune_arrow()
-            return run_report(args) if args.command == "report" else run_ingest(args)
+        if args.command == "report":
+            return run_report(args)
+        if args.command == "ingest":
+            _arrow_ready()
+            return run_ingest(args)
         raise UsageError(f"unknown command {args.command!r}")
     except SystemExit as exc:  # --help
         return int(exc.code or 0)

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from hpc.cost.render import iso, side_notes
-from hpc.cost.report import Report
+from hpc.cost.report_rows import Report
 
 MAX_SERIES = 10
 MAX_TABLE_ROWS = 500

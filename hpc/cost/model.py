@@ -16,23 +16,18 @@ from datetime import datetime
 
 import pyarrow as pa
 
-
-class CostInputError(ValueError):
-    """Bad input; the message names the file (and line or key) it comes from."""
-
-    def __init__(self, source: str, message: str, line: int | None = None):
-        self.source = source
-        self.line = line
-        self.message = message
-        where = f"{source}:{line}" if line is not None else source
-        super().__init__(f"{where}: {message}")
-
+from hpc.cost.common import PENDING_STATES, RUNNING_STATES, CostInputError
 
 SacctError = CostInputError
-
-# States whose allocation is still running: the end is clipped to the window end (or now).
-RUNNING_STATES = frozenset({"RUNNING", "SUSPENDED", "COMPLETING", "REQUEUE_HOLD", "RESIZING"})
-PENDING_STATES = frozenset({"PENDING", "REQUEUE_FED"})
+__all__ = [
+    "PENDING_STATES",
+    "RUNNING_STATES",
+    "SCHEMA",
+    "Allocation",
+    "AllocationSet",
+    "CostInputError",
+    "SacctError",
+]
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpc.cost.model import CostInputError
+from hpc.cost.common import CostInputError
 
 _RATE = {"type": "number", "minimum": 0}
 _NAME_RATES = {"type": "object", "additionalProperties": _RATE}

@@ -22,7 +22,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from hpc.cost.report import Report, Row
+from hpc.cost.report_rows import Report, Row
 
 DIGITS = 6
 MAX_TABLE_ROWS = 2000  # a terminal table longer than this helps nobody

@@ -21,7 +21,6 @@ Per allocation (one row of an :class:`~hpc.cost.model.AllocationSet`):
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -32,47 +31,12 @@ import pyarrow.compute as pc
 from hpc.cost.days import split_days, timeline
 from hpc.cost.model import PENDING_STATES, RUNNING_STATES, AllocationSet
 from hpc.cost.prices import PriceTable
+from hpc.cost.report_rows import GROUPS, NONE_KEY, TOP_JOBS, Report, Row, efficiency, iso_z
 
 if TYPE_CHECKING:
     from hpc.cost.run_usage import AccountingSet
 
-GROUPS = ("user", "account", "partition", "day", "job")
-NONE_KEY = "(none)"
-TOP_JOBS = 25
-
-
-@dataclass
-class Row:
-    key: str
-    jobs: int
-    gpu_hours: float
-    cpu_hours: float
-    cost: float
-    gpu_util_mean: float | None = None
-    energy_kwh: float | None = None
-    provisional_jobs: int = 0
-    # From the joined accounting records (hpc.accounting.summary): GPU-hours the sampler
-    # saw idle, and 1 - idle / the GPU-hours it sampled, over the jobs that have both.
-    idle_gpu_hours: float | None = None
-    efficiency: float | None = None
-
-
-@dataclass
-class Report:
-    window_start: datetime | None
-    window_end: datetime | None
-    group_by: str
-    rows: list[Row]
-    total: Row
-    currency: str = ""
-    now: datetime | None = None
-    skipped: Counter[str] = field(default_factory=Counter)
-    notes: list[str] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
-    timeline: dict[str, dict[str, float]] = field(default_factory=dict)  # day -> series -> GPU-h
-    timeline_series: str = "account"
-    top_jobs: list[dict[str, Any]] = field(default_factory=list)
-    util_values: list[float] = field(default_factory=list)  # per job, from accounting
+__all__ = ["GROUPS", "NONE_KEY", "TOP_JOBS", "Report", "Row", "build_report", "efficiency"]
 
 
 def _epoch(col: pa.ChunkedArray) -> np.ndarray:
@@ -161,7 +125,7 @@ def build_report(
     used = inside | by_elapsed
     provisional = used & running
     if provisional.any():
-        at = "the window end" if we <= now.timestamp() else f"now ({_iso(now)})"
+        at = "the window end" if we <= now.timestamp() else f"now ({iso_z(now)})"
         notes.append(
             f"{int(provisional.sum())} running allocation(s) counted up to {at}: provisional"
         )
@@ -218,10 +182,6 @@ def build_report(
         report.top_jobs = _top_jobs(t, keep, data)
         report.util_values = data["util"][~np.isnan(data["util"])].tolist()
     return report
-
-
-def _iso(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _price(
@@ -281,13 +241,6 @@ def _price(
         )
         cost = np.where(refund, 0.0, cost)
     return cost
-
-
-def efficiency(idle: float | None, sampled: float | None) -> float | None:
-    """1 - idle / sampled GPU-hours (None when unknown or nothing sampled)."""
-    if idle is None or not sampled:
-        return None
-    return max(0.0, 1.0 - idle / sampled)
 
 
 def _join(

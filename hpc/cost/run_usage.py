@@ -15,10 +15,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpc.accounting.summary import summarize
-from hpc.cost.model import AllocationSet, CostInputError
+from hpc.cost.common import CostInputError
+
+if TYPE_CHECKING:
+    from hpc.cost.model import AllocationSet
 
 RECORD = "job.json"
 MAX_DEPTH = 3
@@ -163,6 +166,8 @@ def _field(record: dict[str, Any], key: str) -> str | None:
 
 def as_allocations(acc: AccountingSet) -> AllocationSet:
     """Allocation records from run records alone (no sacct): local and Kubernetes runs."""
+    from hpc.cost.model import AllocationSet  # noqa: PLC0415 (lazy: pyarrow)
+
     rows = []
     for i, (job_id, run) in enumerate(sorted(acc.runs.items()), 1):
         s, rec = run.summary, run.record

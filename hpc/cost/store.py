@@ -26,27 +26,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from hpc.cost.model import PENDING_STATES, RUNNING_STATES, SCHEMA, AllocationSet, CostInputError
+from hpc.cost.common import PENDING_STATES, RUNNING_STATES, CostInputError
 from hpc.cost.run_usage import AccountingSet, RunAccounting
 from hpc.rundir.records import state_dir
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from hpc.cost.model import AllocationSet
+
+# pyarrow (0.2 s to import, with numpy) only where rows move as Arrow tables: ingest and
+# load. A report over the store (hpc.cost.store_report) needs none.
 
 STORE_FILE = "cost.duckdb"
 BUCKET_ROWS = 500_000  # staged rows upserted at a time
 TIME_COLS = ("submit", "start", "end")
-# What an update may change; a row equal in all of these is "unchanged".
-VALUE_COLS = tuple(n for n in SCHEMA.names if n not in ("job_id", "submit", "line", "file"))
-_SQL_TYPES = {
-    pa.string(): "VARCHAR",
-    pa.int64(): "BIGINT",
-    pa.int32(): "INTEGER",
-    pa.float64(): "DOUBLE",
-}
+_SQL_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "int32": "INTEGER", "double": "DOUBLE"}
 
 
 def default_path() -> Path:
@@ -59,14 +58,33 @@ def q(name: str) -> str:
 
 
 def _sql_type(field: pa.Field) -> str:
+    import pyarrow as pa  # noqa: PLC0415
+
     if pa.types.is_timestamp(field.type):
         return "BIGINT"
     if pa.types.is_dictionary(field.type):
         return "VARCHAR"
-    return _SQL_TYPES[field.type]
+    return _SQL_TYPES[str(field.type)]
 
 
-COLUMNS_SQL = ", ".join(f"{q(f.name)} {_sql_type(f)}" for f in SCHEMA)
+@cache
+def schema_names() -> tuple[str, ...]:
+    from hpc.cost.model import SCHEMA  # noqa: PLC0415 (lazy: pyarrow)
+
+    return tuple(SCHEMA.names)
+
+
+@cache
+def columns_sql() -> str:
+    """The allocation columns as SQL (``"job_id" VARCHAR, ...``)."""
+    from hpc.cost.model import SCHEMA  # noqa: PLC0415 (lazy: pyarrow)
+
+    return ", ".join(f"{q(f.name)} {_sql_type(f)}" for f in SCHEMA)
+
+
+def value_cols() -> tuple[str, ...]:
+    """What an update may change; a row equal in all of these is "unchanged"."""
+    return tuple(n for n in schema_names() if n not in ("job_id", "submit", "line", "file"))
 
 
 @dataclass
@@ -118,7 +136,7 @@ class Store:
 
     def _create(self) -> None:
         self.con.execute(
-            f"CREATE TABLE IF NOT EXISTS allocations (cluster VARCHAR, {COLUMNS_SQL}, "
+            f"CREATE TABLE IF NOT EXISTS allocations (cluster VARCHAR, {columns_sql()}, "
             "ranged BOOLEAN)"
         )
         if not self.has_ranged():  # a store from before the column: fill it once
@@ -136,10 +154,13 @@ class Store:
     # --- writing ---------------------------------------------------------------------------
     def begin_stage(self) -> None:
         self.con.execute("DROP TABLE IF EXISTS stage")
-        self.con.execute(f"CREATE TEMP TABLE stage ({COLUMNS_SQL}, _lack_res BOOLEAN)")
+        self.con.execute(f"CREATE TEMP TABLE stage ({columns_sql()}, _lack_res BOOLEAN)")
 
     def stage(self, part: pa.Table) -> None:
         """Add one batch of allocation rows (SCHEMA, with or without ``_lack_res``)."""
+        import pyarrow as pa  # noqa: PLC0415
+        import pyarrow.compute as pc  # noqa: PLC0415
+
         cols = {}
         for name in part.column_names:
             col = part[name]
@@ -150,7 +171,7 @@ class Store:
             cols[name] = col
         if "_lack_res" not in cols:
             cols["_lack_res"] = pa.nulls(part.num_rows, pa.bool_())
-        names = ", ".join(q(n) for n in [*SCHEMA.names, "_lack_res"])
+        names = ", ".join(q(n) for n in [*schema_names(), "_lack_res"])
         with self._registered("_batch", pa.table(cols)):
             self.con.execute(f"INSERT INTO stage ({names}) SELECT {names} FROM _batch")
 
@@ -168,11 +189,15 @@ class Store:
         return _typed(table, with_lack=True)
 
     def staged_ids(self, ids: list[str]) -> pa.Table:
+        import pyarrow as pa  # noqa: PLC0415
+
         with self._registered("_ids", pa.table({"id": pa.array(ids, pa.string())})):
             return self.staged("job_id IN (SELECT id FROM _ids)")
 
     def replace_staged(self, lines: pa.ChunkedArray, rows: pa.Table) -> None:
         """Swap the staged rows at ``lines`` for ``rows`` (filled from their steps)."""
+        import pyarrow as pa  # noqa: PLC0415
+
         with self._registered("_gone", pa.table({"line": lines})):
             self.con.execute("DELETE FROM stage WHERE line IN (SELECT line FROM _gone)")
         self.stage(rows)
@@ -199,8 +224,8 @@ class Store:
         con.execute("UPDATE stage SET gpus = 0 WHERE gpus IS NULL")
         staged = _count(con.execute("SELECT count(*) FROM stage"))
         buckets = max(1, -(-staged // BUCKET_ROWS))
-        names = ", ".join(q(n) for n in SCHEMA.names)
-        same = " AND ".join(f"a.{q(c)} IS NOT DISTINCT FROM s.{q(c)}" for c in VALUE_COLS)
+        names = ", ".join(q(n) for n in schema_names())
+        same = " AND ".join(f"a.{q(c)} IS NOT DISTINCT FROM s.{q(c)}" for c in value_cols())
         counts = Counts()
         for b in range(buckets):
             in_b = f"hash(s.job_id) % {buckets} = {b}"
@@ -311,7 +336,9 @@ class Store:
             if n:
                 skipped["outside the report window"] += n
             base += f" AND NOT ({outside})"
-        names = ", ".join(q(n) for n in SCHEMA.names)
+        from hpc.cost.model import AllocationSet  # noqa: PLC0415 (lazy: pyarrow)
+
+        names = ", ".join(q(n) for n in schema_names())
         table = _to_arrow(self.con, f"SELECT {names} FROM allocations WHERE {base}", params)
         return AllocationSet(_typed(table), skipped, [f"store {self.path}"])
 
@@ -347,6 +374,11 @@ def _count(result: Any) -> int:
 
 def _typed(table: pa.Table, with_lack: bool = False) -> pa.Table:
     """Stored columns -> SCHEMA types (epoch seconds back to timestamps)."""
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.compute as pc  # noqa: PLC0415
+
+    from hpc.cost.model import SCHEMA  # noqa: PLC0415
+
     cols = []
     for f in SCHEMA:
         col = table[f.name]

@@ -15,11 +15,9 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-
-from hpc.cost.model import PENDING_STATES, RUNNING_STATES
+from hpc.cost.common import PENDING_STATES, RUNNING_STATES
 from hpc.cost.prices import PriceTable
-from hpc.cost.report import GROUPS, NONE_KEY, Report, Row, _iso, efficiency
+from hpc.cost.report_rows import GROUPS, NONE_KEY, Report, Row, efficiency, iso_z
 
 if TYPE_CHECKING:
     from hpc.cost.run_usage import AccountingSet
@@ -112,8 +110,14 @@ def build_store_report(
     )
     registered: list[str] = []
 
-    def register(name: str, table: pa.Table) -> None:
-        con.register(name, table)
+    def register(name: str, columns: dict[str, tuple[str, list[Any]]]) -> None:
+        """A temporary table of the given columns (name: (SQL type, values)), bound as
+        list parameters and unnested side by side."""
+        cols = ", ".join(f"unnest(?::{sql}[]) AS {col}" for col, (sql, _) in columns.items())
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT {cols}",
+            [values for _, values in columns.values()],
+        )
         registered.append(name)
 
     try:
@@ -129,14 +133,12 @@ def build_store_report(
             if rate_join:
                 register(
                     "_rates",
-                    pa.table(
-                        {
-                            "p": pa.array([c[0] for c in combos], pa.string()),
-                            "g": pa.array([c[1] for c in combos], pa.string()),
-                            "rate": pa.array([r or 0.0 for r in rates], pa.float64()),
-                            "unpriced": pa.array([r is None for r in rates], pa.bool_()),
-                        }
-                    ),
+                    {
+                        "p": ("VARCHAR", [c[0] for c in combos]),
+                        "g": ("VARCHAR", [c[1] for c in combos]),
+                        "rate": ("DOUBLE", [r or 0.0 for r in rates]),
+                        "unpriced": ("BOOLEAN", [r is None for r in rates]),
+                    },
                 )
         # The state sets, cut to the states stored: a short IN list is a few comparisons,
         # a long one a join over every row.
@@ -152,23 +154,16 @@ def build_store_report(
         keys: list[str] = []
         if accounting is not None and accounting.runs:
             keys = sorted(accounting.runs)
+            summaries = [accounting.runs[k].summary for k in keys]
             register(
                 "_acct",
-                pa.table(
-                    {
-                        "k": pa.array(keys, pa.string()),
-                        "u": pa.array(
-                            [_float(accounting.runs[k].summary.get("gpu_util_mean")) for k in keys],
-                            pa.float64(),
-                        ),
-                        "en": pa.array(
-                            [_float(accounting.runs[k].summary.get("energy_kwh")) for k in keys],
-                            pa.float64(),
-                        ),
-                        "i": pa.array([_idle(accounting, k)[0] for k in keys], pa.float64()),
-                        "a": pa.array([_idle(accounting, k)[1] for k in keys], pa.float64()),
-                    }
-                ),
+                {
+                    "k": ("VARCHAR", keys),
+                    "u": ("DOUBLE", [_float(s.get("gpu_util_mean")) for s in summaries]),
+                    "en": ("DOUBLE", [_float(s.get("energy_kwh")) for s in summaries]),
+                    "i": ("DOUBLE", [_idle(accounting, k)[0] for k in keys]),
+                    "a": ("DOUBLE", [_idle(accounting, k)[1] for k in keys]),
+                },
             )
             acct_join = (
                 "LEFT JOIN _acct j1 ON j1.k = a.job_id LEFT JOIN _acct j2 ON j2.k = a.job_id_raw"
@@ -312,7 +307,7 @@ def build_store_report(
         groups = [r[:13] for r in out if r[1]]
     finally:
         for name in registered:
-            con.unregister(name)
+            con.execute(f"DROP TABLE IF EXISTS {name}")
 
     skipped: Counter[str] = Counter()
     (ranged, pending, no_start, no_end, outside, prov, miss_n, miss_h, lack_bill, refunds,
@@ -324,7 +319,7 @@ def build_store_report(
     skipped["outside the report window"] += outside
     notes: list[str] = []
     if prov:
-        at = "the window end" if we is not None and we <= now.timestamp() else f"now ({_iso(now)})"
+        at = "the window end" if we is not None and we <= now.timestamp() else f"now ({iso_z(now)})"
         notes.append(f"{prov} running allocation(s) counted up to {at}: provisional")
     if gpu_priced and miss_n:
         notes.append(

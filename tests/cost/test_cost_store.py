@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -338,3 +340,35 @@ def test_live_ingest_spools_sacct_and_updates(
     doc = json.loads(out)
     assert rc == 0 and doc["total"]["jobs"] == 1 and doc["total"]["gpu_hours"] == 2.0
     assert "provisional" not in " ".join(doc.get("notes", []))
+
+
+ONLY_SQL = """
+import json, runpy, sys
+sys.argv = ["hpc cost", *sys.argv[1:]]
+try:
+    runpy.run_module("hpc.cost.cli", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"pyarrow", "numpy", "pandas"})
+print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("by, heavy", [("account", []), ("day", ["numpy", "pyarrow"])])
+def test_a_report_over_the_store_in_sql_imports_no_pyarrow(
+    store: Store, tmp_path: Path, by: str, heavy: list[str]
+) -> None:
+    """The SQL report path starts without pyarrow and numpy (half its time on 20M rows);
+    ``--by day`` loads the rows as a table, which needs them (the check can fail)."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(str(PRICE_TABLES["rates"]), encoding="utf-8")
+    args = ["report", "--store", str(store.path), "--prices", str(prices), "--by", by]
+    proc = subprocess.run(
+        [sys.executable, "-c", ONLY_SQL, *args, "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seen = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert seen == {"code": 0, "heavy": heavy}, proc.stderr
+    assert json.loads(proc.stdout)["total"]["jobs"] > 0
