@@ -257,6 +257,38 @@ def test_cost_report_idle_columns_file_and_store(
     assert "idle GPU-h" in table and "efficiency %" in table and "50.0" in table
 
 
+@pytest.mark.slurm
+def test_an_idle_stop_on_slurm_is_no_failure(tmp_path: Path) -> None:
+    """On the test cluster: the job ends COMPLETED for Slurm (the batch shell exits 0; the
+    step keeps 77), COMPLETED_IDLE in job.json and for ``hpc-launch wait=true`` (exit 77),
+    and no node-loss probe runs for it."""
+    from slurm_helpers import require_cluster, sacct_fields
+
+    require_cluster()
+    overrides = [
+        "cluster=slurm",
+        "job.name=hpcI-idle",
+        f"job.entrypoint={JOBS / 'goes_idle.py'}",
+        "resources.tasks_per_node=2",
+        "checkpoint.every_steps=100000",
+        f"run_dir={tmp_path / 'run'}",
+        "accounting.interval_s=0.2",
+        "accounting.idle.window_s=1.5",
+        "accounting.idle.below_util=30",
+        "accounting.idle.action=stop",
+        "wait=true",
+    ]
+    proc = hpc_launch(overrides, tmp_path, timeout=240)
+    assert proc.returncode == COMPLETED_IDLE, proc.stdout + proc.stderr
+    record = records.load(tmp_path / "run")
+    assert record["state"] == "COMPLETED_IDLE" and record["exit_code"] == COMPLETED_IDLE
+    log = Path(record["extra"]["log_file"]).read_text()
+    assert "(idle)" in log and "step exited with code 77" in log
+    assert "node loss" not in log and "every node answers" not in log
+    acct = sacct_fields(record["job_id"], ["State", "ExitCode"])
+    assert acct == {"State": "COMPLETED", "ExitCode": "0:0"}
+
+
 def test_slurm_batch_records_completed_idle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from hpc.backend import LaunchTask
 from hpc.defaults import EXIT_GRACE_S
+from hpc.exitcodes import COMPLETED_IDLE
 from hpc.launchers.base import (
     NOTHING_DISCOVERED,
     JobHandle,
@@ -31,7 +32,7 @@ from hpc.launchers.slurm.script import (
 from hpc.launchers.slurm.sweep import submit_sweep
 from hpc.rundir import records
 from hpc.spec.jobspec import JobSpec
-from hpc.states import TERMINAL
+from hpc.states import TERMINAL, JobState
 from hpc.sweeps.plan import SweepPlan
 
 
@@ -57,6 +58,14 @@ def excluded_nodes(run_dir: Path) -> list[str]:
     except (OSError, ValueError):
         return []
     return sorted(str(node) for node in extra.get("excluded_nodes") or [])
+
+
+def _ended_idle(run_dir: Path) -> bool:
+    """The batch shell recorded accounting.idle's stop (job.json COMPLETED_IDLE)."""
+    try:
+        return records.load(run_dir).get("state") == JobState.COMPLETED_IDLE
+    except (OSError, ValueError):
+        return False
 
 
 class SlurmLauncher(Launcher):
@@ -167,6 +176,9 @@ class SlurmJob(JobHandle):
         )
         if state.state != "COMPLETED" and code == 0:
             code = 1
+        if _ended_idle(self.run_dir):  # the batch shell exits 0 for it: Slurm says COMPLETED
+            self.message = f"{JobState.COMPLETED_IDLE} (exit code {COMPLETED_IDLE})"
+            return COMPLETED_IDLE
         # a message is a warning on success (hpc-launch prints it so): none when all went well
         self.message = None if code == 0 else f"{state.state} (exit code {code})"
         records.update(self.run_dir, state=state.state, exit_code=code)

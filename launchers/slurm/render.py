@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from hpc.defaults import PREEMPTION_LEAD_S, PREEMPTION_SIGNAL
-from hpc.exitcodes import FAILED_HANG, PREEMPTED
+from hpc.exitcodes import COMPLETED_IDLE, FAILED_HANG, PREEMPTED
 from hpc.ports import PORT_BASE, PORT_SPAN
 from hpc.spec.errors import ConfigError
 
@@ -129,4 +129,5 @@ def step_parts(signal: str, command: str) -> dict[str, str]:
         "requeue": fragment("requeue.sh"),
         "preempted": str(PREEMPTED),
         "failed_hang": str(FAILED_HANG),
+        "completed_idle": str(COMPLETED_IDLE),
     }
