@@ -12,7 +12,7 @@ Tables (times are epoch seconds, UTC):
 * ``ingests``: one line per ingest (when, source, rows new/updated/unchanged).
 
 Path: ``--store PATH``, else ``HPC_COST_STORE``, else ``$HPC_STATE_DIR/cost.duckdb``.
-DuckDB runs with a memory limit (``HPC_COST_STORE_MEMORY``, default 128MB) and spills to
+DuckDB runs with a memory limit (``HPC_COST_STORE_MEMORY``, default 96MB) and spills to
 disk beyond it, so ingest and reads stay flat in memory however large the store grows.
 """
 
@@ -112,7 +112,7 @@ class Store:
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         config: dict[str, str | bool | int | float | list[str]] = {
-            "memory_limit": os.environ.get("HPC_COST_STORE_MEMORY", "128MB"),
+            "memory_limit": os.environ.get("HPC_COST_STORE_MEMORY", "96MB"),
             "threads": str(max(1, min(4, len(os.sched_getaffinity(0))))),
             "preserve_insertion_order": "false",
             "temp_directory": str(self.path) + ".tmp",
