@@ -313,6 +313,26 @@ def test_sql_report_equals_build_report(store: Store, name: str, tmp_path: Path)
             _close(got, want)
 
 
+def test_sql_rate_join_equals_build_report(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many (partition, GPU type) pairs: the rates come from a temporary table, joined."""
+    from hpc.cost import store_report
+    from hpc.cost.prices import load_prices
+
+    monkeypatch.setattr(store_report, "MAX_CASE_RATES", 0)
+    (tmp_path / "rates.yaml").write_text(PRICE_TABLES["rates"] or "", encoding="utf-8")
+    prices = load_prices(tmp_path / "rates.yaml")
+    for name in READABLE:
+        want = build_report(store.load(cluster=name), prices, group_by="partition", now=NOW)
+        got = store_report.build_store_report(
+            store, prices, group_by="partition", now=NOW, cluster=name
+        )
+        _close(got, want)
+    temp = store.con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary").fetchall()
+    assert temp == [(0,)]  # dropped after each report
+
+
 def test_live_ingest_spools_sacct_and_updates(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
