@@ -122,7 +122,11 @@ def build_store_report(
 
     try:
         rate_join, rate, unpriced = "", "0.0", "FALSE"
-        if gpu_priced:
+        if gpu_priced and not (prices.gpu_by_type or prices.gpu_by_partition or prices.gpu_rules):
+            # Only a default: one rate for every row, no need to read the pairs (0.1 s
+            # on a 20M-row store).
+            rate = repr(float(prices.gpu_default or 0.0))
+        elif gpu_priced:
             combos = con.execute(
                 "SELECT DISTINCT coalesce(partition, ''), coalesce(gpu_type, '') "
                 f"FROM allocations WHERE {where}",
