@@ -125,4 +125,5 @@ def test_a_run_record_for_a_spec_redacts_its_tracking_uri(tmp_path: Path) -> Non
     assert rec.tracking_uri == "http://alice:***@mlflow.example:5000"
     assert (rec.run_dir, rec.config_file) == (str(spec.run_dir), str(spec.config_file))
     assert (rec.checkpoint_dir, rec.launcher) == (str(spec.checkpoint_dir), "local")
-    assert (rec.job_id, rec.state, rec.extra) == ("j1", "RUNNING", {"a": 1})
+    assert (rec.job_id, rec.state) == ("j1", "RUNNING")
+    assert rec.extra == {"project": "hpc-launch", "a": 1}  # tracking.experiment: budgets
