@@ -270,7 +270,7 @@ def run_until_done_after_time_limits(job_id: str, run_dir: Path) -> None:
 
 
 def test_only_the_preempted_array_task_is_requeued(workdir: Path, jobs: list[str]) -> None:
-    epochs, steps_per_epoch = 200, 45  # one rank per task: 1437 samples / batch 32
+    epochs, steps_per_epoch = 400, 45  # one rank per task: 1437 samples / batch 32
     proc = hpc_launch(
         [
             "-m",
@@ -295,7 +295,8 @@ def test_only_the_preempted_array_task_is_requeued(workdir: Path, jobs: list[str
     assert squeue(task1) == ("RUNNING", "None")
     preempt(task0)
     assert wait_for_requeue_or_end(task0) == "requeued"
-    assert squeue(task1) == ("RUNNING", "None"), "task 1 must keep running"
+    # Task 1 runs on (or, on a fast machine, has already finished: 1 ms a step), untouched.
+    assert squeue(task1) in (("RUNNING", "None"), None), "task 1 must keep running"
     assert "stopping at step" not in logs[1].read_text()
     release(task0)
     assert wait_for_job(task0, timeout=300) == "COMPLETED"
