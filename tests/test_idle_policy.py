@@ -25,6 +25,16 @@ from tests.support import FIXTURES, hpc, hpc_launch
 
 SAMPLES = FIXTURES / "accounting"
 JOBS = Path(__file__).parent / "jobs"
+# goes_idle.py, 2 ranks, stopped by accounting.idle once a 1.5 s window of CPU samples idles.
+IDLE_STOP = [
+    f"job.entrypoint={JOBS / 'goes_idle.py'}",
+    "resources.tasks_per_node=2",
+    "checkpoint.every_steps=100000",
+    "accounting.interval_s=0.2",
+    "accounting.idle.window_s=1.5",
+    "accounting.idle.below_util=30",
+    "accounting.idle.action=stop",
+]
 
 
 def test_real_cpu_streams_idle_only_where_the_run_idled() -> None:
@@ -170,17 +180,7 @@ def test_bad_idle_config_is_one_line(tmp_path: Path) -> None:
 def test_stop_on_a_real_local_run_that_goes_idle(tmp_path: Path) -> None:
     prom = tmp_path / "prom"
     proc = hpc_launch(
-        [
-            f"job.entrypoint={JOBS / 'goes_idle.py'}",
-            "resources.tasks_per_node=2",
-            "checkpoint.every_steps=100000",
-            f"run_dir={tmp_path / 'run'}",
-            "accounting.interval_s=0.2",
-            "accounting.idle.window_s=1.5",
-            "accounting.idle.below_util=30",
-            "accounting.idle.action=stop",
-            f"accounting.prometheus_textfile={prom}",
-        ],
+        [*IDLE_STOP, f"run_dir={tmp_path / 'run'}", f"accounting.prometheus_textfile={prom}"],
         tmp_path,
         timeout=180,
     )
@@ -265,19 +265,8 @@ def test_an_idle_stop_on_slurm_is_no_failure(tmp_path: Path) -> None:
     from slurm_helpers import require_cluster, sacct_fields
 
     require_cluster()
-    overrides = [
-        "cluster=slurm",
-        "job.name=hpcI-idle",
-        f"job.entrypoint={JOBS / 'goes_idle.py'}",
-        "resources.tasks_per_node=2",
-        "checkpoint.every_steps=100000",
-        f"run_dir={tmp_path / 'run'}",
-        "accounting.interval_s=0.2",
-        "accounting.idle.window_s=1.5",
-        "accounting.idle.below_util=30",
-        "accounting.idle.action=stop",
-        "wait=true",
-    ]
+    overrides = ["cluster=slurm", "job.name=hpcI-idle", *IDLE_STOP, f"run_dir={tmp_path / 'run'}"]
+    overrides.append("wait=true")
     proc = hpc_launch(overrides, tmp_path, timeout=240)
     assert proc.returncode == COMPLETED_IDLE, proc.stdout + proc.stderr
     record = records.load(tmp_path / "run")

@@ -145,13 +145,11 @@ def cost_check(
     except ValueError as exc:  # hpc.cost.model.CostInputError: names the file and key
         err(f"error: {exc}")
         return 2, []
-    if guard.refused is not None and not dry_run:  # one line: budget, consumed, estimate, limit
-        err(f"error: {guard.refused.line()}; nothing submitted")
+    stop = guard.refusal(dry_run)
+    if stop is not None:  # one line: budget, consumed, estimate, limit
+        err(f"error: {stop}")
         return BUDGET_REFUSED, []
-    lines = list(guard.lines())
-    if guard.refused is not None:
-        lines.append(f"note: a submit would be refused: {guard.refused.line()}")
-    return None, lines
+    return None, guard.shown()
 
 
 def show_config(spec: JobSpec) -> None:

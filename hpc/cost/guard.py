@@ -37,6 +37,18 @@ class Guard:
     def lines(self) -> list[str]:
         return [self.estimate.line(), *self.estimate.notes, *self.warnings]
 
+    def refusal(self, dry_run: bool) -> str | None:
+        """The one line that stops a submit (None: go on; a dry run only notes it)."""
+        if self.refused is None or dry_run:
+            return None
+        return f"{self.refused.line()}; nothing submitted"
+
+    def shown(self) -> list[str]:
+        """The lines to show when the launch goes on (a dry run notes a refusal)."""
+        if self.refused is None:
+            return self.lines()
+        return [*self.lines(), f"note: a submit would be refused: {self.refused.line()}"]
+
 
 def request_for(config: Mapping[str, Any]) -> Request:
     limit = (config.get("resources") or {}).get("time")

@@ -258,16 +258,12 @@ class _HpcLauncherBase(Launcher):
             guard = before_submit(configs, sweep=True)
         except ValueError as exc:  # hpc.cost.model.CostInputError: names the file and key
             raise LauncherConfigError(f"hydra.launcher ({self.backend}): {exc}") from None
-        if guard.refused is not None and not self.params.get("dry_run"):
-            print(
-                f"hpc_{self.backend}: error: {guard.refused.line()}; nothing submitted",
-                file=sys.stderr,
-            )
+        stop = guard.refusal(bool(self.params.get("dry_run")))
+        if stop is not None:
+            print(f"hpc_{self.backend}: error: {stop}", file=sys.stderr)
             raise SystemExit(BUDGET_REFUSED)  # past Hydra's handler: its own exit code
-        for line in guard.lines():
+        for line in guard.shown():
             log.info(f"hpc_{self.backend}: {line}")
-        if guard.refused is not None:
-            log.info(f"hpc_{self.backend}: note: a submit would be refused: {guard.refused.line()}")
 
     @abc.abstractmethod
     def _submit(self, backend: Backend, plan: SweepPlan) -> list[str | None]:
